@@ -1,0 +1,36 @@
+"""Pure loss functions over similarity matrices.
+
+Importing this package pulls in only jax and numpy.
+"""
+
+from tcm_jax.losses._pairs import gather_references
+from tcm_jax.losses._pairs import pair_masks
+from tcm_jax.losses._pairs import PairMasks
+from tcm_jax.losses._pairs import References
+from tcm_jax.losses._similarity import cosine_similarity
+from tcm_jax.losses._similarity import l2_normalize
+from tcm_jax.losses.tcm import sharded_tcm_loss
+from tcm_jax.losses.tcm import sharded_tcm_statistics
+from tcm_jax.losses.tcm import tcm_diagnostics
+from tcm_jax.losses.tcm import tcm_loss
+from tcm_jax.losses.tcm import tcm_loss_from_embeddings
+from tcm_jax.losses.tcm import tcm_loss_from_statistics
+from tcm_jax.losses.tcm import tcm_statistics
+from tcm_jax.losses.tcm import TCMStatistics
+
+__all__ = [
+    'PairMasks',
+    'References',
+    'TCMStatistics',
+    'cosine_similarity',
+    'gather_references',
+    'l2_normalize',
+    'pair_masks',
+    'sharded_tcm_loss',
+    'sharded_tcm_statistics',
+    'tcm_diagnostics',
+    'tcm_loss',
+    'tcm_loss_from_embeddings',
+    'tcm_loss_from_statistics',
+    'tcm_statistics',
+]

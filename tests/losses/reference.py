@@ -1,0 +1,73 @@
+"""Independent NumPy references for the loss tests: loops over pairs, float64.
+
+Written straight from ../shared/spec/tcm_opis.md, sharing no code with tcm_jax.
+"""
+
+import numpy as np
+
+
+def cosine(x, y=None):
+  x = np.asarray(x, np.float64)
+  y = x if y is None else np.asarray(y, np.float64)
+  nx = np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+  ny = np.maximum(np.linalg.norm(y, axis=1, keepdims=True), 1e-12)
+  return (x / nx) @ (y / ny).T
+
+
+def hard_pairs(similarity, labels, ref_labels=None, margin_pos=0.9,
+               margin_neg=0.5, where=None, ref_where=None):
+  """Lists of (i, j) hard positive and hard negative pairs, and pair counts."""
+  s = np.asarray(similarity, np.float64)
+  q, r = s.shape
+  self_pairs = ref_labels is None
+  if self_pairs:
+    ref_labels, ref_where = labels, where
+  where = np.ones(q, bool) if where is None else np.asarray(where)
+  ref_where = np.ones(r, bool) if ref_where is None else np.asarray(ref_where)
+  hard_pos, hard_neg, num_pos, num_neg = [], [], 0, 0
+  for i in range(q):
+    for j in range(r):
+      if not (where[i] and ref_where[j]) or (self_pairs and i == j):
+        continue
+      if labels[i] == ref_labels[j]:
+        num_pos += 1
+        if s[i, j] <= margin_pos:
+          hard_pos.append((i, j))
+      else:
+        num_neg += 1
+        if s[i, j] >= margin_neg:
+          hard_neg.append((i, j))
+  return hard_pos, hard_neg, num_pos, num_neg
+
+
+def tcm(similarity, labels, ref_labels=None, margin_pos=0.9, margin_neg=0.5,
+        lambda_pos=1.0, lambda_neg=1.0, where=None, ref_where=None):
+  """Returns (loss, dloss/dsimilarity) by the spec's formulas."""
+  s = np.asarray(similarity, np.float64)
+  hard_pos, hard_neg, _, _ = hard_pairs(
+      s, labels, ref_labels, margin_pos, margin_neg, where, ref_where)
+  grad = np.zeros_like(s)
+  loss = 0.0
+  if hard_pos:
+    loss += lambda_pos * np.mean([margin_pos - s[p] for p in hard_pos])
+    for p in hard_pos:
+      grad[p] -= lambda_pos / len(hard_pos)
+  if hard_neg:
+    loss += lambda_neg * np.mean([s[p] - margin_neg for p in hard_neg])
+    for p in hard_neg:
+      grad[p] += lambda_neg / len(hard_neg)
+  return loss, grad
+
+
+def cosine_backward(x, y, grad_similarity):
+  """Gradients w.r.t. x and y of sum(G * cos(x, y)) for a given G."""
+  x = np.asarray(x, np.float64)
+  y = np.asarray(y, np.float64)
+  nx = np.linalg.norm(x, axis=1, keepdims=True)
+  ny = np.linalg.norm(y, axis=1, keepdims=True)
+  xn, yn = x / nx, y / ny
+  dxn = grad_similarity @ yn
+  dyn = grad_similarity.T @ xn
+  dx = (dxn - xn * np.sum(dxn * xn, axis=1, keepdims=True)) / nx
+  dy = (dyn - yn * np.sum(dyn * yn, axis=1, keepdims=True)) / ny
+  return dx, dy
