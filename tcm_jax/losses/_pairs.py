@@ -18,7 +18,11 @@ from tcm_jax.losses import _validation
 
 
 class PairMasks(NamedTuple):
-  """Boolean `[q, r]` masks of the pairs that take part in a loss."""
+  """`[q, r]` float32 masks: 1.0 for the pairs that take part, else 0.0.
+
+  Float rather than boolean because losses multiply by them (`_greater_than`
+  says why).
+  """
   positive: jax.Array
   negative: jax.Array
 
@@ -58,7 +62,20 @@ def pair_masks(
       a device's rows are matched against the references of all devices).
 
   Returns:
-    `PairMasks` with `[q, r]` boolean `positive` and `negative` masks.
+    `PairMasks` with `[q, r]` float32 `positive` and `negative` masks.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from tcm_jax.losses import pair_masks
+    >>> masks = pair_masks(jnp.zeros((3, 3)), jnp.array([0, 0, 1]))
+    >>> print(masks.positive.astype(int))  # float32 1.0/0.0
+    [[0 1 0]
+     [1 0 0]
+     [0 0 0]]
+    >>> print(masks.negative.astype(int))
+    [[0 0 1]
+     [0 0 1]
+     [1 1 0]]
   """
   _validation.check_similarity(similarity)
   num_queries, num_refs = similarity.shape
@@ -75,23 +92,81 @@ def pair_masks(
       raise ValueError(
           'ref_where must be None when ref_labels is None: `where` then masks '
           'queries and references alike.')
-    ref_labels, ref_where = labels, where
+    ref_where = where
     exclude_self = True if exclude_self is None else exclude_self
-  ref_labels = jnp.asarray(ref_labels)
-  _validation.check_labels('ref_labels', ref_labels, num_refs, 'columns')
-  ref_where = None if ref_where is None else jnp.asarray(ref_where)
-  _validation.check_mask('ref_where', ref_where, num_refs)
+  else:
+    ref_labels = jnp.asarray(ref_labels)
+    _validation.check_labels('ref_labels', ref_labels, num_refs, 'columns')
+    ref_where = None if ref_where is None else jnp.asarray(ref_where)
+    _validation.check_mask('ref_where', ref_where, num_refs)
 
-  same_class = labels[:, None] == ref_labels[None, :]
-  valid = jnp.ones(similarity.shape, dtype=bool)
+  ranks, ref_ranks = _dense_ranks(labels, ref_labels)
+  positive = equal(ranks[:, None], ref_ranks[None, :])
+  valid = jnp.ones(similarity.shape, jnp.float32)
   if where is not None:
-    valid &= where[:, None]
+    valid *= where.astype(jnp.float32)[:, None]
   if ref_where is not None:
-    valid &= ref_where[None, :]
+    valid *= ref_where.astype(jnp.float32)[None, :]
   if exclude_self:
-    rows = jnp.arange(num_queries)[:, None] + query_offset
-    valid &= rows != jnp.arange(num_refs)[None, :]
-  return PairMasks(positive=same_class & valid, negative=~same_class & valid)
+    rows = jnp.arange(num_queries) + query_offset
+    valid *= 1.0 - equal(rows.astype(jnp.float32)[:, None],
+                         jnp.arange(num_refs, dtype=jnp.float32)[None, :])
+  positive *= valid
+  return PairMasks(positive=positive, negative=valid - positive)
+
+
+def at_most(x: jax.Array, bound) -> jax.Array:
+  """`(x <= bound)` as float32 1.0/0.0, built from arithmetic alone."""
+  return 1.0 - _greater_than(x, bound)
+
+
+def at_least(x: jax.Array, bound) -> jax.Array:
+  """`(x >= bound)` as float32 1.0/0.0, built from arithmetic alone."""
+  return 1.0 - _greater_than(bound, x)
+
+
+def _greater_than(a, b) -> jax.Array:
+  """`(a > b)` as float32 1.0/0.0 for finite inputs; zero gradient.
+
+  Why arithmetic: on XLA:CPU, comparisons and selects over `[q, r]` pair
+  matrices compile to scalar loops about ten times slower than the vectorised
+  loops that arithmetic fuses into (benchmarks/tcm_loss.py); `max`, `ceil` and
+  `min` give the same mask at a fraction of the cost. Exact: a float
+  difference is 0 exactly when the two numbers are equal.
+  """
+  return jnp.minimum(jnp.ceil(jnp.maximum(a - b, 0.0)), 1.0)
+
+
+def equal(a: jax.Array, b: jax.Array) -> jax.Array:
+  """`(a == b)` as float32 1.0/0.0 for integer-valued floats, in arithmetic."""
+  return 1.0 - jnp.minimum(jnp.abs(a - b), 1.0)
+
+
+def _dense_ranks(
+    labels: jax.Array,
+    ref_labels: jax.Array | None) -> tuple[jax.Array, jax.Array]:
+  """Class ids as their float32 rank among the distinct ids of both arrays.
+
+  Ranks are small integers, exact in float32 (any class ids, up to 2**24
+  rows), so that `equal` can compare them. `ref_labels=None` means `labels`.
+  """
+  if ref_labels is None:
+    ranks = _ranks(labels)
+    return ranks, ranks
+  dtype = jnp.promote_types(labels.dtype, ref_labels.dtype)
+  ranks = _ranks(
+      jnp.concatenate([labels.astype(dtype), ref_labels.astype(dtype)]))
+  return ranks[:labels.shape[0]], ranks[labels.shape[0]:]
+
+
+def _ranks(ids: jax.Array) -> jax.Array:
+  """Rank of each id among the distinct ids, 0-based, as float32."""
+  order = jnp.argsort(ids)
+  ordered = ids[order]
+  starts_new_class = jnp.concatenate(
+      [jnp.zeros(1, jnp.int32), (ordered[1:] != ordered[:-1]).astype(jnp.int32)])
+  return jnp.zeros(ids.shape, jnp.float32).at[order].set(
+      jnp.cumsum(starts_new_class).astype(jnp.float32))
 
 
 def gather_references(
@@ -111,6 +186,21 @@ def gather_references(
   Returns:
     `References`: the `[n * b, ...]` arrays of all `n` devices in device
     order, and the index of this device's first row among them.
+
+  Examples:
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> from jax.sharding import Mesh, PartitionSpec as P
+    >>> from tcm_jax.losses import gather_references
+    >>> mesh = Mesh(jax.devices(), ('data',))  # any count that divides 8
+    >>> def offsets(z, y):
+    ...   refs = gather_references(z, y, None, 'data')
+    ...   return refs.query_offset[None], refs.labels.shape[0]
+    >>> first_rows, num_refs = jax.jit(jax.shard_map(
+    ...     offsets, mesh=mesh, in_specs=(P('data'), P('data')),
+    ...     out_specs=(P('data'), P())))(jnp.zeros((8, 2)), jnp.arange(8))
+    >>> int(first_rows[0]), int(num_refs)
+    (0, 8)
   """
   gather = lambda x: jax.lax.all_gather(x, axis_name, tiled=True)
   return References(

@@ -116,17 +116,39 @@ def tcm_statistics(
       exclude_self=exclude_self, query_offset=query_offset)
   similarity = similarity.astype(
       jnp.promote_types(similarity.dtype, jnp.float32))
-  hard_pos = masks.positive & (similarity <= margin_pos)
-  hard_neg = masks.negative & (similarity >= margin_neg)
-  count = lambda mask: jnp.sum(mask, dtype=jnp.int32)
+  if where is not None or ref_where is not None:
+    # The masks multiply: padded entries must be finite, whatever they held.
+    similarity = jnp.where(masks.positive + masks.negative > 0, similarity, 0.0)
+  hard_pos = jax.lax.stop_gradient(
+      masks.positive * _pairs.at_most(similarity, margin_pos))
+  hard_neg = jax.lax.stop_gradient(
+      masks.negative * _pairs.at_least(similarity, margin_neg))
   return TCMStatistics(
-      hard_pos_sum=jnp.sum(jnp.where(hard_pos, margin_pos - similarity, 0.0)),
-      hard_pos_count=count(hard_pos),
-      hard_neg_sum=jnp.sum(jnp.where(hard_neg, similarity - margin_neg, 0.0)),
-      hard_neg_count=count(hard_neg),
-      pos_count=count(masks.positive),
-      neg_count=count(masks.negative),
+      hard_pos_sum=jnp.sum(hard_pos * (margin_pos - similarity)),
+      hard_pos_count=_count(hard_pos),
+      hard_neg_sum=jnp.sum(hard_neg * (similarity - margin_neg)),
+      hard_neg_count=_count(hard_neg),
+      pos_count=_count(masks.positive),
+      neg_count=_count(masks.negative),
   )
+
+
+def _zero_padded_rows(name: str, embeddings, where):
+  """Padded rows set to 0, so that nothing they hold (NaN) reaches a gradient."""
+  if where is None or embeddings is None:
+    return embeddings
+  embeddings, where = jnp.asarray(embeddings), jnp.asarray(where)
+  _validation.check_mask(name, where, embeddings.shape[0])
+  return jnp.where(where[:, None], embeddings, 0)
+
+
+def _count(mask: jax.Array) -> jax.Array:
+  """Exact int32 number of ones in a float32 0/1 `[q, r]` mask.
+
+  Row sums are exact in float32 (fewer than 2**24 columns); their total is
+  taken in int32, exact up to 2**31 pairs.
+  """
+  return jnp.sum(jnp.sum(mask, axis=1).astype(jnp.int32))
 
 
 def tcm_loss_from_statistics(
@@ -146,6 +168,15 @@ def tcm_loss_from_statistics(
 
   Returns:
     Scalar loss.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from tcm_jax import losses
+    >>> s = jnp.array([[1.0, 0.8, 0.6], [0.8, 1.0, 0.2], [0.6, 0.2, 1.0]])
+    >>> stats = losses.tcm_statistics(s, jnp.array([0, 0, 1]))
+    >>> # (0.9 - 0.8) on both positives; (0.6 - 0.5) on two of four negatives.
+    >>> print(f'{losses.tcm_loss_from_statistics(stats):.4f}')
+    0.2000
   """
   _check_lambdas(lambda_pos, lambda_neg)
   return (
@@ -209,8 +240,9 @@ def tcm_loss(
       + lambda_neg * mean_{hard neg}(S - margin_neg)
 
   A part with no hard pair is exactly 0, with zero gradient. Masked-out
-  (padded) queries and references take no part, so a batch padded to a fixed
-  shape gives the value of the unpadded batch.
+  (padded) queries and references take no part, whatever they hold (NaN
+  included), so a batch padded to a fixed shape gives the value and gradients
+  of the unpadded batch.
 
   Args:
     similarity: `[q, r]` cosine similarities, e.g. from `cosine_similarity`.
@@ -295,6 +327,9 @@ def tcm_loss_from_embeddings(
         'ref_embeddings and ref_labels must be given together, got '
         f'ref_embeddings={"None" if ref_embeddings is None else "array"} and '
         f'ref_labels={"None" if ref_labels is None else "array"}.')
+  embeddings = _zero_padded_rows('where', embeddings, kwargs.get('where'))
+  ref_embeddings = _zero_padded_rows('ref_where', ref_embeddings,
+                                     kwargs.get('ref_where'))
   similarity = _similarity.cosine_similarity(
       embeddings, ref_embeddings, precision=precision)
   return tcm_loss(similarity, labels, ref_labels, **kwargs)
@@ -328,7 +363,22 @@ def sharded_tcm_statistics(
 
   Returns:
     `TCMStatistics` of the global batch.
+
+  Examples:
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> from jax.sharding import Mesh, PartitionSpec as P
+    >>> from tcm_jax import losses
+    >>> mesh = Mesh(jax.devices(), ('data',))  # any count that divides 8
+    >>> z = jax.random.normal(jax.random.key(0), (8, 16))
+    >>> stats_fn = jax.jit(jax.shard_map(
+    ...     lambda z, y: losses.sharded_tcm_statistics(z, y, axis_name='data'),
+    ...     mesh=mesh, in_specs=(P('data'), P('data')), out_specs=P()))
+    >>> stats = stats_fn(z, jnp.array([0, 0, 1, 1, 2, 2, 3, 3]))
+    >>> int(stats.pos_count), int(stats.neg_count)  # 8 * 1 and 8 * 6 pairs
+    (8, 48)
   """
+  embeddings = _zero_padded_rows('where', embeddings, where)
   refs = _pairs.gather_references(embeddings, labels, where, axis_name)
   similarity = _similarity.cosine_similarity(
       embeddings, refs.embeddings, precision=precision)

@@ -189,6 +189,51 @@ def test_padding_gives_the_unpadded_value_and_gradients():
   assert np.all(np.asarray(grad_pad[len(z):]) == 0.0)
 
 
+@pytest.mark.parametrize('fill', [0.0, np.nan, np.inf])
+def test_padded_rows_may_hold_anything(fill):
+  labels = LABEL_LAYOUTS['p_by_k']
+  z = _embeddings(15, len(labels))
+  z_pad = np.concatenate([z, np.full((3, 4), fill, np.float32)])
+  labels_pad = np.concatenate([labels, [0, 1, 2]])
+  where = np.arange(len(z_pad)) < len(z)
+  loss, grad = jax.value_and_grad(tcm_jax.tcm_loss_from_embeddings)(z, labels)
+  loss_pad, grad_pad = jax.value_and_grad(
+      lambda z: tcm_jax.tcm_loss_from_embeddings(z, labels_pad, where=where))(
+          z_pad)
+  np.testing.assert_allclose(loss_pad, loss, rtol=1e-6)
+  np.testing.assert_allclose(grad_pad[:len(z)], grad, rtol=1e-5, atol=1e-7)
+  assert np.all(np.asarray(grad_pad[len(z):]) == 0.0)
+
+  similarity = np.full((15, 15), fill, np.float32)
+  similarity[:12, :12] = tcm_jax.cosine_similarity(z)
+  loss_s, grad_s = jax.value_and_grad(
+      lambda s: tcm_jax.tcm_loss(s, labels_pad, where=where))(similarity)
+  np.testing.assert_allclose(loss_s, loss, rtol=1e-6)
+  assert np.all(np.isfinite(grad_s))
+
+
+def test_class_ids_beyond_float32_precision_stay_distinct():
+  big = 2**31 - 1
+  labels = np.array([big, big - 1, -5, -5, big, 7, big - 1, 0])
+  similarity = np.asarray(tcm_jax.cosine_similarity(_embeddings(16, 8)))
+  expected, expected_grad = reference.tcm(similarity, labels)
+  loss, grad = jax.value_and_grad(
+      lambda s: tcm_jax.tcm_loss(s, labels))(similarity)
+  np.testing.assert_allclose(loss, expected, rtol=1e-5)
+  np.testing.assert_allclose(grad, expected_grad, rtol=1e-5, atol=1e-7)
+  stats = losses.tcm_statistics(similarity, labels)
+  assert int(stats.pos_count) == 2 + 2 + 2 + 0  # (big), (big-1), (-5) pairs
+
+
+def test_query_and_reference_labels_of_different_dtypes():
+  similarity = reference.cosine(_embeddings(17, 4), _embeddings(18, 6))
+  labels = np.array([0, 1, 2, 300], np.int64)
+  ref_labels = np.array([2, 0, 0, 1, 44, 1], np.uint8)
+  expected, _ = reference.tcm(similarity, labels, ref_labels)
+  loss = tcm_jax.tcm_loss(similarity.astype(np.float32), labels, ref_labels)
+  np.testing.assert_allclose(loss, expected, rtol=1e-5)
+
+
 def test_reference_padding_matches_reference_implementation():
   rng = np.random.default_rng(9)
   similarity = reference.cosine(_embeddings(11, 5), _embeddings(12, 9))

@@ -1,0 +1,53 @@
+"""Package-wide properties: light imports and doctested public functions."""
+
+import doctest
+import importlib
+import inspect
+import pkgutil
+import subprocess
+import sys
+
+import pytest
+
+import tcm_jax
+import tcm_jax.losses
+
+HEAVY = ('flax', 'optax', 'orbax', 'tensorflow', 'tensorflow_datasets', 'grain',
+         'ml_collections', 'sklearn', 'matplotlib', 'absl')
+
+
+def _modules():
+  return sorted(m.name for m in pkgutil.walk_packages(
+      tcm_jax.__path__, prefix='tcm_jax.'))
+
+
+@pytest.mark.parametrize('package', ['tcm_jax', 'tcm_jax.losses'])
+def test_import_pulls_in_only_jax_and_numpy(package):
+  code = (f'import sys, {package}; '
+          f'print(sorted({{m.split(".")[0] for m in sys.modules}} & {set(HEAVY)!r}))')
+  out = subprocess.run([sys.executable, '-c', code], check=True,
+                       capture_output=True, text=True).stdout
+  assert out.strip() == '[]'
+
+
+def test_losses_do_not_import_models_data_or_train():
+  for name in _modules():
+    if name.startswith('tcm_jax.losses'):
+      source = inspect.getsource(importlib.import_module(name))
+      for forbidden in ('tcm_jax.models', 'tcm_jax.data', 'tcm_jax.train'):
+        assert forbidden not in source, (name, forbidden)
+
+
+def test_every_public_function_has_an_example():
+  for name in tcm_jax.losses.__all__:
+    obj = getattr(tcm_jax.losses, name)
+    if inspect.isfunction(obj):
+      assert '>>>' in (obj.__doc__ or ''), f'{name} has no doctest example'
+
+
+@pytest.mark.parametrize('module_name', _modules())
+def test_doctests(module_name):
+  module = importlib.import_module(module_name)
+  result = doctest.testmod(
+      module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+  assert result.failed == 0

@@ -1,0 +1,31 @@
+"""The README's Python code blocks run, in order, in one namespace."""
+
+import pathlib
+import re
+
+import numpy as np
+
+README = pathlib.Path(__file__).resolve().parents[1] / 'README.md'
+
+
+def _python_blocks():
+  return re.findall(r'```python\n(.*?)```', README.read_text(), flags=re.S)
+
+
+def test_readme_examples_run_and_tcm_falls(capsys):
+  blocks = _python_blocks()
+  assert len(blocks) >= 3
+  namespace = {}
+  for block in blocks:
+    exec(compile(block, str(README), 'exec'), namespace)  # pylint: disable=exec-used
+  assert 'TCM term' in capsys.readouterr().out
+  assert np.isfinite(float(namespace['loss']))
+  assert float(namespace['tcm_after']) < 0.5 * float(namespace['tcm_before'])
+
+
+def test_ci_runs_the_readme_test_command():
+  commands = re.findall(r'^python -m pip install .*pytest.*$',
+                        README.read_text(), flags=re.M)
+  assert len(commands) == 1
+  ci_script = (README.parent / '.ci' / 'run').read_text()
+  assert commands[0] in ci_script.splitlines()
