@@ -67,6 +67,24 @@ def _mean_or_zero(total: jax.Array, count: jax.Array) -> jax.Array:
   return total / jnp.maximum(count, 1).astype(total.dtype)
 
 
+def _zero_padded_rows(name: str, embeddings, where):
+  """Padded rows set to 0, so that nothing they hold (NaN) reaches a gradient."""
+  if where is None or embeddings is None:
+    return embeddings
+  embeddings, where = jnp.asarray(embeddings), jnp.asarray(where)
+  _validation.check_mask(name, where, embeddings.shape[0])
+  return jnp.where(where[:, None], embeddings, 0)
+
+
+def _count(mask: jax.Array) -> jax.Array:
+  """Exact int32 number of ones in a float32 0/1 `[q, r]` mask.
+
+  Row sums are exact in float32 (fewer than 2**24 columns); their total is
+  taken in int32, exact up to 2**31 pairs.
+  """
+  return jnp.sum(jnp.sum(mask, axis=1).astype(jnp.int32))
+
+
 def tcm_statistics(
     similarity: jax.typing.ArrayLike,
     labels: jax.typing.ArrayLike,
@@ -131,24 +149,6 @@ def tcm_statistics(
       pos_count=_count(masks.positive),
       neg_count=_count(masks.negative),
   )
-
-
-def _zero_padded_rows(name: str, embeddings, where):
-  """Padded rows set to 0, so that nothing they hold (NaN) reaches a gradient."""
-  if where is None or embeddings is None:
-    return embeddings
-  embeddings, where = jnp.asarray(embeddings), jnp.asarray(where)
-  _validation.check_mask(name, where, embeddings.shape[0])
-  return jnp.where(where[:, None], embeddings, 0)
-
-
-def _count(mask: jax.Array) -> jax.Array:
-  """Exact int32 number of ones in a float32 0/1 `[q, r]` mask.
-
-  Row sums are exact in float32 (fewer than 2**24 columns); their total is
-  taken in int32, exact up to 2**31 pairs.
-  """
-  return jnp.sum(jnp.sum(mask, axis=1).astype(jnp.int32))
 
 
 def tcm_loss_from_statistics(

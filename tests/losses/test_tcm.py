@@ -6,6 +6,7 @@ import hypothesis
 import hypothesis.extra.numpy as hnp
 import hypothesis.strategies as st
 import jax
+import jax.experimental
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -14,6 +15,10 @@ from jax.test_util import check_grads
 import tcm_jax
 from tcm_jax import losses
 from tests.losses import reference
+
+# jax.enable_x64 is new in JAX 0.8; older versions in setup.cfg's range have
+# only the experimental one.
+enable_x64 = getattr(jax, 'enable_x64', None) or jax.experimental.enable_x64
 
 GOLDEN_EMBEDDINGS = np.array([[0, 1], [0.43, 0.9], [1, 0], [0.5, 0.5]],
                              np.float32)
@@ -116,7 +121,7 @@ def test_embedding_gradients_match_reference(layout):
 def test_check_grads(hp_index):
   hp = HYPERPARAMETERS[hp_index]
   labels = LABEL_LAYOUTS['unequal_sizes']
-  with jax.enable_x64(True):
+  with enable_x64(True):
     z = jnp.asarray(_embeddings(40, len(labels)), jnp.float64)
     _assert_away_from_margins(reference.cosine(z), hp, gap=1e-3)
     loss_fn = lambda z: tcm_jax.tcm_loss_from_embeddings(z, labels, **hp)
