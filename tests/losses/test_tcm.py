@@ -18,7 +18,8 @@ from tests.losses import reference
 
 # jax.enable_x64 is new in JAX 0.8; older versions in setup.cfg's range have
 # only the experimental one.
-enable_x64 = getattr(jax, 'enable_x64', None) or jax.experimental.enable_x64
+enable_x64 = (jax.enable_x64 if hasattr(jax, 'enable_x64')
+              else jax.experimental.enable_x64)
 
 GOLDEN_EMBEDDINGS = np.array([[0, 1], [0.43, 0.9], [1, 0], [0.5, 0.5]],
                              np.float32)
@@ -237,6 +238,25 @@ def test_query_and_reference_labels_of_different_dtypes():
   expected, _ = reference.tcm(similarity, labels, ref_labels)
   loss = tcm_jax.tcm_loss(similarity.astype(np.float32), labels, ref_labels)
   np.testing.assert_allclose(loss, expected, rtol=1e-5)
+
+
+def test_bfloat16_similarity_gives_float32_loss():
+  labels = LABEL_LAYOUTS['p_by_k']
+  similarity = jnp.asarray(reference.cosine(_embeddings(19, 12)), jnp.bfloat16)
+  loss = jax.jit(tcm_jax.tcm_loss)(similarity, labels)
+  assert loss.dtype == jnp.float32
+  expected, _ = reference.tcm(np.asarray(similarity, np.float64), labels)
+  np.testing.assert_allclose(loss, expected, rtol=1e-6)
+
+
+def test_float64_under_x64_matches_reference_tightly():
+  labels = LABEL_LAYOUTS['unequal_sizes']
+  with enable_x64(True):
+    z = jnp.asarray(_embeddings(20, 12), jnp.float64)
+    loss = jax.jit(tcm_jax.tcm_loss_from_embeddings)(z, labels)
+    assert loss.dtype == jnp.float64
+    expected, _ = reference.tcm(reference.cosine(z), labels)
+    np.testing.assert_allclose(loss, expected, rtol=1e-12)
 
 
 def test_reference_padding_matches_reference_implementation():
