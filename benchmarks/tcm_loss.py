@@ -46,8 +46,9 @@ def median_seconds(fns, args, repeats, min_sample_seconds=0.05):
   """
   calls = []
   for fn in fns:
-    once = seconds_per_call(fn, args, 1)  # compiles and warms up
-    calls.append(max(1, int(min_sample_seconds / max(once, 1e-6))))
+    seconds_per_call(fn, args, 2)  # compiles and warms up
+    once = seconds_per_call(fn, args, 3)
+    calls.append(max(1, int(min_sample_seconds / once)))
   samples = [[] for _ in fns]
   for _ in range(repeats):
     for fn, n, out in zip(fns, calls, samples):

@@ -79,8 +79,7 @@ def pair_masks(
   """
   _validation.check_similarity(similarity)
   num_queries, num_refs = similarity.shape
-  labels = jnp.asarray(labels)
-  _validation.check_labels('labels', labels, num_queries, 'rows')
+  labels = _validation.as_labels('labels', labels, num_queries, 'rows')
   where = None if where is None else jnp.asarray(where)
   _validation.check_mask('where', where, num_queries)
   if ref_labels is None:
@@ -95,8 +94,8 @@ def pair_masks(
     ref_where = where
     exclude_self = True if exclude_self is None else exclude_self
   else:
-    ref_labels = jnp.asarray(ref_labels)
-    _validation.check_labels('ref_labels', ref_labels, num_refs, 'columns')
+    ref_labels = _validation.as_labels('ref_labels', ref_labels, num_refs,
+                                       'columns')
     ref_where = None if ref_where is None else jnp.asarray(ref_where)
     _validation.check_mask('ref_where', ref_where, num_refs)
 
@@ -132,7 +131,9 @@ def _greater_than(a, b) -> jax.Array:
   matrices compile to scalar loops about ten times slower than the vectorised
   loops that arithmetic fuses into (benchmarks/tcm_loss.py); `max`, `ceil` and
   `min` give the same mask at a fraction of the cost. Exact: a float
-  difference is 0 exactly when the two numbers are equal.
+  difference is 0 exactly when the two numbers are equal, except for two
+  numbers below the smallest normal float (about 1e-38 in float32), whose
+  difference XLA:CPU flushes to zero.
   """
   return jnp.minimum(jnp.ceil(jnp.maximum(a - b, 0.0)), 1.0)
 
@@ -153,7 +154,7 @@ def _dense_ranks(
   if ref_labels is None:
     ranks = _ranks(labels)
     return ranks, ranks
-  dtype = jnp.promote_types(labels.dtype, ref_labels.dtype)
+  dtype = _validation.common_label_dtype(labels, ref_labels)
   ranks = _ranks(
       jnp.concatenate([labels.astype(dtype), ref_labels.astype(dtype)]))
   return ranks[:labels.shape[0]], ranks[labels.shape[0]:]

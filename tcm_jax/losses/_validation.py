@@ -25,9 +25,25 @@ def check_similarity(similarity: jax.Array) -> None:
         f'similarity must have a floating dtype, got {similarity.dtype}.')
 
 
-def check_labels(name: str, labels: jax.Array, length: int,
-                 axis_name: str) -> None:
-  """1-D integer labels, one per row (or column) of the similarity."""
+def as_labels(name: str, labels, length: int, axis_name: str) -> jax.Array:
+  """1-D integer labels, one per row (or column) of the similarity.
+
+  Host arrays wider than JAX's integer type (int64 while `jax_enable_x64` is
+  off) are checked to fit first, so that distinct ids are never wrapped into
+  equal ones.
+  """
+  if not isinstance(labels, jax.Array):
+    host = np.asarray(labels)
+    if np.issubdtype(host.dtype, np.integer) and host.size:
+      canonical = jax.dtypes.canonicalize_dtype(host.dtype)
+      info = np.iinfo(canonical)
+      low, high = host.min(), host.max()
+      if low < info.min or high > info.max:
+        raise ValueError(
+            f'{name} holds class ids in [{low}, {high}], beyond {canonical} '
+            f'(JAX\'s integer type here); remap the ids or enable '
+            f'jax_enable_x64.')
+  labels = jnp.asarray(labels)
   if labels.ndim != 1 or labels.shape[0] != length:
     raise ValueError(
         f'{name} must have shape ({length},) to match the {axis_name} of '
@@ -35,6 +51,19 @@ def check_labels(name: str, labels: jax.Array, length: int,
   if not jnp.issubdtype(labels.dtype, jnp.integer):
     raise TypeError(
         f'{name} must have an integer dtype (class ids), got {labels.dtype}.')
+  return labels
+
+
+def common_label_dtype(labels: jax.Array, ref_labels: jax.Array):
+  """The integer dtype both label arrays convert to without wrapping."""
+  dtype = jax.dtypes.canonicalize_dtype(
+      jnp.promote_types(labels.dtype, ref_labels.dtype))
+  if not (np.can_cast(labels.dtype, dtype, 'safe')
+          and np.can_cast(ref_labels.dtype, dtype, 'safe')):
+    raise TypeError(
+        f'labels ({labels.dtype}) and ref_labels ({ref_labels.dtype}) have no '
+        'common integer dtype that holds both; cast them to one dtype.')
+  return dtype
 
 
 def check_mask(name: str, mask: jax.Array | None, length: int) -> None:
@@ -50,6 +79,9 @@ def check_mask(name: str, mask: jax.Array | None, length: int) -> None:
 
 def concrete_float(name: str, value) -> float | None:
   """`value` as a Python float, or None when it is only known at run time."""
+  if isinstance(value, (str, bytes)):
+    raise TypeError(f'{name} must be a number, got {type(value).__name__} '
+                    f'{value!r}.')
   try:
     return float(value)
   except jax.errors.ConcretizationTypeError:

@@ -38,11 +38,14 @@ class TCMStatistics(NamedTuple):
 
   Attributes:
     hard_pos_sum: sum of `margin_pos - S` over hard positive pairs.
-    hard_pos_count: number of hard positive pairs (int32).
+    hard_pos_count: number of hard positive pairs.
     hard_neg_sum: sum of `S - margin_neg` over hard negative pairs.
-    hard_neg_count: number of hard negative pairs (int32).
-    pos_count: number of positive pairs taking part (int32).
-    neg_count: number of negative pairs taking part (int32).
+    hard_neg_count: number of hard negative pairs.
+    pos_count: number of positive pairs taking part.
+    neg_count: number of negative pairs taking part.
+
+  Counts are float32 so that they add across devices without overflow: exact
+  below 2**24 pairs, within a relative 1e-7 beyond.
   """
   hard_pos_sum: jax.Array
   hard_pos_count: jax.Array
@@ -64,7 +67,7 @@ def _check_lambdas(lambda_pos, lambda_neg) -> None:
 
 def _mean_or_zero(total: jax.Array, count: jax.Array) -> jax.Array:
   """`total / count`, and 0 (with zero gradient) when nothing was counted."""
-  return total / jnp.maximum(count, 1).astype(total.dtype)
+  return total / jnp.maximum(count, 1.0).astype(total.dtype)
 
 
 def _zero_padded_rows(name: str, embeddings, where):
@@ -77,12 +80,28 @@ def _zero_padded_rows(name: str, embeddings, where):
 
 
 def _count(mask: jax.Array) -> jax.Array:
-  """Exact int32 number of ones in a float32 0/1 `[q, r]` mask.
+  """Number of ones in a float32 0/1 `[q, r]` mask, as float32.
 
-  Row sums are exact in float32 (fewer than 2**24 columns); their total is
-  taken in int32, exact up to 2**31 pairs.
+  Row sums are exact (fewer than 2**24 columns), and so is their float32
+  total below 2**24 pairs; past that it is off by at most a relative 1e-7,
+  which a mean does not notice, where an int32 total would wrap past 2**31.
   """
-  return jnp.sum(jnp.sum(mask, axis=1).astype(jnp.int32))
+  return jnp.sum(jnp.sum(mask, axis=1))
+
+
+def _zero_excluded(similarity, masks, exclude_self, query_offset, padded):
+  """Zeroes the entries the masks exclude, whatever they hold (NaN, -inf).
+
+  The masks multiply, and 0 * nan is nan: the excluded entries must be
+  finite. With padding, one select over all entries; otherwise the self pairs
+  alone (a diagonal filled with -inf is a common way to drop them).
+  """
+  if padded:
+    return jnp.where(masks.positive + masks.negative > 0, similarity, 0.0)
+  if exclude_self:
+    rows = jnp.arange(similarity.shape[0])
+    return similarity.at[rows, rows + query_offset].set(0.0, mode='drop')
+  return similarity
 
 
 def tcm_statistics(
@@ -134,9 +153,10 @@ def tcm_statistics(
       exclude_self=exclude_self, query_offset=query_offset)
   similarity = similarity.astype(
       jnp.promote_types(similarity.dtype, jnp.float32))
-  if where is not None or ref_where is not None:
-    # The masks multiply: padded entries must be finite, whatever they held.
-    similarity = jnp.where(masks.positive + masks.negative > 0, similarity, 0.0)
+  exclude_self = ref_labels is None if exclude_self is None else exclude_self
+  similarity = _zero_excluded(
+      similarity, masks, exclude_self, query_offset,
+      padded=where is not None or ref_where is not None)
   hard_pos = jax.lax.stop_gradient(
       masks.positive * _pairs.at_most(similarity, margin_pos))
   hard_neg = jax.lax.stop_gradient(
@@ -206,13 +226,13 @@ def tcm_diagnostics(stats: TCMStatistics) -> dict[str, jax.Array]:
     >>> print(f"{d['hard_pos_fraction']:.2f} {d['hard_neg_fraction']:.2f}")
     1.00 0.50
   """
-  fraction = lambda hard, total: _mean_or_zero(
-      hard.astype(jnp.float32), total)
   return {
       'tcm_pos': _mean_or_zero(stats.hard_pos_sum, stats.hard_pos_count),
       'tcm_neg': _mean_or_zero(stats.hard_neg_sum, stats.hard_neg_count),
-      'hard_pos_fraction': fraction(stats.hard_pos_count, stats.pos_count),
-      'hard_neg_fraction': fraction(stats.hard_neg_count, stats.neg_count),
+      'hard_pos_fraction': _mean_or_zero(stats.hard_pos_count,
+                                         stats.pos_count),
+      'hard_neg_fraction': _mean_or_zero(stats.hard_neg_count,
+                                         stats.neg_count),
   }
 
 
@@ -242,7 +262,9 @@ def tcm_loss(
   A part with no hard pair is exactly 0, with zero gradient. Masked-out
   (padded) queries and references take no part, whatever they hold (NaN
   included), so a batch padded to a fixed shape gives the value and gradients
-  of the unpadded batch.
+  of the unpadded batch; so do self pairs (a diagonal of -inf is fine). The
+  similarities of the pairs that take part must be finite, as cosine
+  similarities are.
 
   Args:
     similarity: `[q, r]` cosine similarities, e.g. from `cosine_similarity`.
@@ -386,7 +408,9 @@ def sharded_tcm_statistics(
       similarity, labels, refs.labels, margin_pos=margin_pos,
       margin_neg=margin_neg, where=where, ref_where=refs.where,
       exclude_self=True, query_offset=refs.query_offset)
-  return jax.lax.psum(stats, axis_name)
+  # One psum per statistic: JAX before 0.8.1 cannot transpose a psum that
+  # mixes differentiable sums with constant counts.
+  return jax.tree.map(lambda x: jax.lax.psum(x, axis_name), stats)
 
 
 def sharded_tcm_loss(
@@ -406,7 +430,9 @@ def sharded_tcm_loss(
   Value and gradients equal those of `tcm_loss_from_embeddings` on the
   concatenated global batch: the statistics are summed over the mesh before
   dividing, and `all_gather` carries the gradients of the reference columns
-  back to the devices that own them.
+  back to the devices that own them. Gradients taken inside `shard_map` need
+  its default `check_vma=True`, under which JAX sums the gradients of
+  replicated parameters over devices itself (add no `pmean` or `psum`).
 
   Args:
     embeddings: this device's `[b, dim]` embeddings.

@@ -231,6 +231,31 @@ def test_class_ids_beyond_float32_precision_stay_distinct():
   assert int(stats.pos_count) == 2 + 2 + 2 + 0  # (big), (big-1), (-5) pairs
 
 
+@pytest.mark.parametrize('fill', [-np.inf, np.nan, np.inf])
+def test_self_pairs_may_hold_anything(fill):
+  labels = LABEL_LAYOUTS['unequal_sizes']
+  similarity = np.array(tcm_jax.cosine_similarity(_embeddings(21, 12)))
+  expected, expected_grad = reference.tcm(similarity, labels)
+  np.fill_diagonal(similarity, fill)
+  loss, grad = jax.jit(jax.value_and_grad(tcm_jax.tcm_loss))(similarity, labels)
+  np.testing.assert_allclose(loss, expected, rtol=1e-5)
+  np.testing.assert_allclose(grad, expected_grad, rtol=1e-5, atol=1e-7)
+
+
+def test_counts_are_floats_that_add_across_devices_without_wrapping():
+  # A global batch of 46,342 rows has more than 2**31 pairs: int32 counts
+  # summed over devices would wrap to negative numbers.
+  stats = losses.tcm_statistics(tcm_jax.cosine_similarity(_embeddings(22, 6)),
+                                np.array([0, 0, 1, 1, 2, 2]))
+  for count in (stats.hard_pos_count, stats.hard_neg_count, stats.pos_count,
+                stats.neg_count):
+    assert jnp.issubdtype(count.dtype, jnp.floating)
+  huge = stats._replace(hard_neg_sum=jnp.float32(0.2 * 2**32),
+                        hard_neg_count=jnp.float32(2**32))
+  np.testing.assert_allclose(
+      losses.tcm_loss_from_statistics(huge, lambda_pos=0.0), 0.2, rtol=1e-6)
+
+
 def test_query_and_reference_labels_of_different_dtypes():
   similarity = reference.cosine(_embeddings(17, 4), _embeddings(18, 6))
   labels = np.array([0, 1, 2, 300], np.int64)
@@ -314,16 +339,20 @@ def _jitted_loss_and_grad(similarity, labels, ref_labels, margin_pos,
                                  margin_neg=margin_neg))(similarity)
 
 
+# Values the float32 similarity and margins can equal exactly, to test ties
+# too. Below 1e-30 in magnitude XLA:CPU flushes differences to zero
+# (`_pairs._greater_than`), so such values are left out (0 stays in).
+_VALUES = st.floats(-1, 1, width=32).filter(lambda x: x == 0 or abs(x) > 1e-30)
+
+
 @hypothesis.settings(deadline=None, max_examples=60)
 @hypothesis.given(
-    # Subnormals are left out: XLA on CPU flushes them to zero.
     similarity=hnp.arrays(
         np.float32, st.tuples(st.integers(2, 5), st.integers(2, 5)),
-        elements=st.floats(-1, 1, width=32, allow_subnormal=False)),
+        elements=_VALUES),
     data=st.data(),
-    # Margins the float32 similarity can equal exactly, to test ties too.
-    margin_pos=st.floats(-1, 1, width=32, allow_subnormal=False),
-    margin_neg=st.floats(-1, 1, width=32, allow_subnormal=False),
+    margin_pos=_VALUES,
+    margin_neg=_VALUES,
 )
 def test_property_matches_reference(similarity, data, margin_pos, margin_neg):
   q, r = similarity.shape
@@ -389,6 +418,16 @@ def test_property_invariant_to_permuting_the_batch(seed, n):
     (lambda: tcm_jax.tcm_loss(np.zeros((4, 4)), np.zeros(4, int),
                               margin_pos=np.ones(2)),
      TypeError, r'margin_pos must be a scalar, got ndarray \(2,\)'),
+    (lambda: tcm_jax.tcm_loss(np.zeros((4, 4)), np.zeros(4, int),
+                              margin_pos='0.5'),
+     TypeError, r"margin_pos must be a number, got str '0.5'"),
+    (lambda: tcm_jax.tcm_loss(np.zeros((2, 2)),
+                              np.array([3_000_000_000, 3_000_000_000 + 2**32])),
+     ValueError, r'labels holds class ids in \[3000000000, 7294967296\], '
+     r'beyond int32'),
+    (lambda: tcm_jax.tcm_loss(np.zeros((1, 1)), np.array([-1], np.int32),
+                              np.array([2**32 - 1], np.uint32)),
+     TypeError, r'labels \(int32\) and ref_labels \(uint32\) have no common'),
     (lambda: tcm_jax.tcm_loss(np.zeros((4, 4)), np.zeros(4, int),
                               where=np.ones(3, bool)),
      ValueError, r'where must have shape \(4,\), got shape \(3,\)'),
