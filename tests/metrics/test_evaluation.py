@@ -1,0 +1,129 @@
+"""The streamed evaluation of embeddings against the matrix functions."""
+
+import jax
+import numpy as np
+import pytest
+
+import tcm_jax
+from tcm_jax import metrics
+from tests.metrics import reference
+from tests.metrics.conftest import clustered_set
+from tests.metrics.conftest import cosine
+
+
+@pytest.fixture(scope='module')
+def two_thousand():
+  sizes = np.random.default_rng(9).integers(2, 60, size=70)
+  sizes[:3] = 1  # three singleton classes
+  z, labels = clustered_set(9, sizes[np.cumsum(sizes) <= 2000], dim=16)
+  return z, labels
+
+
+@pytest.fixture(scope='module')
+def matrix_result(two_thousand):
+  z, labels = two_thousand
+  similarity = tcm_jax.cosine_similarity(
+      z, precision=jax.lax.Precision.HIGHEST)
+  return metrics.evaluate_similarity(similarity, labels, ks=(1, 4, 16))
+
+
+@pytest.mark.parametrize('block_size', [333, 512, 1999])
+def test_streaming_equals_the_matrix_functions(two_thousand, matrix_result,
+                                               block_size):
+  z, labels = two_thousand
+  assert len(labels) % block_size != 0
+  streamed = metrics.evaluate_embeddings(z, labels, ks=(1, 4, 16),
+                                         block_size=block_size)
+  expected = matrix_result
+  assert streamed.curves.calibration_range == expected.curves.calibration_range
+  np.testing.assert_array_equal(streamed.curves.thresholds,
+                                expected.curves.thresholds)
+  np.testing.assert_allclose(streamed.curves.tpr, expected.curves.tpr,
+                             rtol=0, atol=1e-12)
+  np.testing.assert_allclose(streamed.curves.tnr, expected.curves.tnr,
+                             rtol=0, atol=1e-12)
+  assert streamed.opis == pytest.approx(expected.opis, abs=1e-7)
+  assert streamed.eps_opis == pytest.approx(expected.eps_opis, abs=1e-7)
+  assert streamed.retrieval.recall_at_k == expected.retrieval.recall_at_k
+  # Sums of float32 per-query averages: blocks group them differently.
+  assert streamed.retrieval.map_at_r == pytest.approx(
+      expected.retrieval.map_at_r, abs=1e-6)
+  assert streamed.retrieval.r_precision == pytest.approx(
+      expected.retrieval.r_precision, abs=1e-6)
+  assert streamed.calibration.threshold == expected.calibration.threshold
+  np.testing.assert_array_equal(streamed.calibration.class_frr,
+                                expected.calibration.class_frr)
+
+
+def test_matrix_evaluation_matches_reference(two_thousand, matrix_result):
+  z, labels = two_thousand
+  s = cosine(z)
+  result = matrix_result
+  assert len(result.excluded_classes) == 3
+  assert result.retrieval.num_excluded_queries == 3
+  similarity = np.asarray(tcm_jax.cosine_similarity(
+      z, precision=jax.lax.Precision.HIGHEST))
+  recall, map_r, r_prec, excluded = reference.retrieval(
+      similarity, labels, (1, 4, 16))
+  assert excluded == 3
+  for k in (1, 4, 16):
+    assert result.retrieval.recall_at_k[k] == pytest.approx(recall[k], abs=1e-6)
+  assert result.retrieval.map_at_r == pytest.approx(map_r, abs=1e-6)
+  assert result.retrieval.r_precision == pytest.approx(r_prec, abs=1e-6)
+  low, high = result.curves.calibration_range.distance
+  assert abs(low - reference.far_quantile(s, labels, 1e-3)) < 1e-4
+  assert abs(high - reference.far_quantile(s, labels, 1e-1)) < 1e-4
+  negatives = reference.negative_distances(s, labels)
+  assert result.far_reached[0] == pytest.approx(
+      np.mean(negatives <= result.curves.thresholds[0]), abs=1e-4)
+  assert 0.0 < result.opis <= 0.25
+  report = result.to_dict()
+  assert report['num_classes_evaluated'] == len(result.curves.classes)
+  assert report['calibration_range']['far'] == [1e-3, 1e-1]
+
+
+def _bad(**overrides):
+  z, labels = clustered_set(10, [5, 6, 7])
+  kwargs = dict(embeddings=z, labels=labels)
+  kwargs.update(overrides)
+  return lambda: metrics.evaluate_embeddings(**kwargs)
+
+
+@pytest.mark.parametrize('call, error, match', [
+    (_bad(embeddings=np.where(np.arange(18)[:, None] % 7 == 0, np.nan,
+                              clustered_set(10, [5, 6, 7])[0])),
+     ValueError, r'embeddings has 3 rows with NaN or infinite values '
+     r'\(rows \[0, 7, 14\]\)'),
+    (_bad(embeddings=np.full((18, 8), np.inf)), ValueError, r'18 rows'),
+    (_bad(labels=np.zeros(17, int)), ValueError,
+     r'labels must have shape \(18,\), one per row, got shape \(17,\)'),
+    (_bad(labels=np.zeros(18)), TypeError, r'labels must have an integer'),
+    (_bad(labels=np.r_[np.zeros(17, int), 1]), ValueError,
+     r'at least two classes with at least two samples .* got 1 among 2'),
+    (_bad(far_range=(0.1, 0.1)), ValueError,
+     r'far_range must satisfy .* got \(0.1, 0.1\): empty or reversed'),
+    (_bad(far_range=(0.2, 0.1)), ValueError, r'far_range .* reversed'),
+    (_bad(far_range=(0.0, 0.1)), ValueError, r'far_range must start above 0'),
+    (_bad(distance_range=(0.8, 0.3)), ValueError,
+     r'distance_range .* got \(0.8, 0.3\)'),
+    (_bad(distance_range=(0.3, float('nan'))), ValueError, r'distance_range'),
+    (_bad(num_thresholds=1), ValueError,
+     r'num_thresholds must be an integer >= 2, got 1'),
+    (_bad(epsilon=0.0), ValueError, r'epsilon must be in \(0, 1\), got 0.0'),
+    (_bad(epsilon=1.0), ValueError, r'epsilon must be in \(0, 1\), got 1.0'),
+    (_bad(target_far=0.0), ValueError, r'target_far must be .* got 0.0'),
+    (_bad(ks=(0, 1)), ValueError, r'ks must be positive integers'),
+    (_bad(embeddings=np.zeros(18)), ValueError, r'embeddings must be 2-D'),
+])
+def test_bad_input(call, error, match):
+  with pytest.raises(error, match=match):
+    call()
+
+
+def test_progress_is_reported_per_block():
+  z, labels = clustered_set(11, [10, 12, 9])
+  calls = []
+  metrics.evaluate_embeddings(z, labels, block_size=8,
+                              progress=lambda done, total: calls.append(
+                                  (done, total)))
+  assert calls == [(i, 8) for i in range(1, 9)]  # 4 blocks, two passes
