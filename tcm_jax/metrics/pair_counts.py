@@ -31,8 +31,9 @@ from tcm_jax.losses import cosine_similarity
 FINE_BINS_PER_UNIT = 2**14
 FINE_BINS = 2 * FINE_BINS_PER_UNIT
 
-# Elements in one block's [b, R] similarity: the block size adapts to R.
-DEFAULT_BLOCK_ELEMENTS = 2**24
+# Elements in one block's [b, R] similarity (8 MiB of float32): the block
+# size adapts to R. Larger blocks ran slower on the CPU (benchmarks/metrics.py).
+DEFAULT_BLOCK_ELEMENTS = 2**21
 
 ProgressFn = Callable[[int, int], None]
 
@@ -171,27 +172,24 @@ def class_histogram_block(queries, refs, query_ids, ref_ids, row_valid, offset,
   """Per-class histograms of one block's pairs over the threshold bins.
 
   Returns:
-    `[num_classes, 2, k + 1]` int32 counts (axis 1: negatives, positives) by
-    query class and `threshold_bins`, and `[num_classes, 2]` int32 counts of
-    the pairs accepted at `extra_threshold`.
+    `[num_classes, 2, k + 1, 2]` int32 counts by query class, negative (0)
+    or positive (1), `threshold_bins`, and not accepted (0) or accepted (1)
+    at `extra_threshold`.
   """
-  similarity = block_similarity(queries, refs)
-  distance = 1.0 - similarity
+  distance = 1.0 - block_similarity(queries, refs)
   positive = query_ids[:, None] == ref_ids[None, :]
   valid = row_valid[:, None] & jnp.ones(distance.shape, bool)
   if exclude_self:
     valid &= ~self_pair_mask(distance.shape, offset)
+  # One scatter for both: key = (class, positive, threshold bin, d <= extra).
   num_bins = thresholds.shape[0] + 1
   key = ((query_ids[:, None] * 2 + positive) * num_bins
-         + threshold_bins(distance, thresholds))
-  key = jnp.where(valid, key, num_classes * 2 * num_bins)  # dropped below
-  hist = jnp.zeros(num_classes * 2 * num_bins, jnp.int32)
-  hist = hist.at[key.ravel()].add(1, mode='drop')
-  accepted = valid & (distance <= extra_threshold)
-  per_row = jnp.stack([jnp.sum(accepted & ~positive, axis=1),
-                       jnp.sum(accepted & positive, axis=1)], axis=1)
-  at_extra = jnp.zeros((num_classes, 2), jnp.int32).at[query_ids].add(per_row)
-  return hist.reshape(num_classes, 2, num_bins), at_extra
+         + threshold_bins(distance, thresholds)) * 2
+  key += distance <= extra_threshold
+  size = num_classes * 2 * num_bins * 2
+  key = jnp.where(valid, key, size)  # dropped below
+  hist = jnp.zeros(size, jnp.int32).at[key.ravel()].add(1, mode='drop')
+  return hist.reshape(num_classes, 2, num_bins, 2)
 
 
 def negative_histogram(source: PairSource,
@@ -236,15 +234,14 @@ def class_counts(source: PairSource, thresholds: np.ndarray,
   """Counts every pair of `source` by query class against the thresholds."""
   thresholds = np.asarray(thresholds, np.float32)
   ref_ids = jnp.asarray(source.ref_ids)
-  hist = np.zeros((source.num_classes, 2, len(thresholds) + 1), np.int64)
-  at_extra = np.zeros((source.num_classes, 2), np.int64)
+  hist = np.zeros((source.num_classes, 2, len(thresholds) + 1, 2), np.int64)
   for block in blocks(source, progress):
-    block_hist, block_extra = class_histogram_block(
+    hist += np.asarray(class_histogram_block(
         block.queries, block.refs, block.query_ids, ref_ids, block.row_valid,
         block.offset, jnp.asarray(thresholds), jnp.float32(extra_threshold),
-        num_classes=source.num_classes, exclude_self=source.exclude_self)
-    hist += np.asarray(block_hist)
-    at_extra += np.asarray(block_extra)
+        num_classes=source.num_classes, exclude_self=source.exclude_self))
+  at_extra = hist[..., 1].sum(axis=2)
+  hist = hist.sum(axis=3)
   accepted = np.cumsum(hist, axis=2)[:, :, :-1]
   totals = hist.sum(axis=2)
   return ClassCounts(
