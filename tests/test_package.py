@@ -11,6 +11,7 @@ import pytest
 
 import tcm_jax
 import tcm_jax.losses
+import tcm_jax.metrics
 
 HEAVY = ('flax', 'optax', 'orbax', 'tensorflow', 'tensorflow_datasets', 'grain',
          'ml_collections', 'sklearn', 'matplotlib', 'absl')
@@ -21,7 +22,8 @@ def _modules():
       tcm_jax.__path__, prefix='tcm_jax.'))
 
 
-@pytest.mark.parametrize('package', ['tcm_jax', 'tcm_jax.losses'])
+@pytest.mark.parametrize('package',
+                         ['tcm_jax', 'tcm_jax.losses', 'tcm_jax.metrics'])
 def test_import_pulls_in_only_jax_and_numpy(package):
   code = (f'import sys, {package}; '
           f'print(sorted({{m.split(".")[0] for m in sys.modules}} & {set(HEAVY)!r}))')
@@ -30,17 +32,18 @@ def test_import_pulls_in_only_jax_and_numpy(package):
   assert out.strip() == '[]'
 
 
-def test_losses_do_not_import_models_data_or_train():
+def test_losses_and_metrics_do_not_import_models_data_or_train():
   for name in _modules():
-    if name.startswith('tcm_jax.losses'):
+    if name.startswith(('tcm_jax.losses', 'tcm_jax.metrics')):
       source = inspect.getsource(importlib.import_module(name))
       for forbidden in ('tcm_jax.models', 'tcm_jax.data', 'tcm_jax.train'):
         assert forbidden not in source, (name, forbidden)
 
 
-def test_every_public_function_has_an_example():
-  for name in tcm_jax.losses.__all__:
-    obj = getattr(tcm_jax.losses, name)
+@pytest.mark.parametrize('package', [tcm_jax.losses, tcm_jax.metrics])
+def test_every_public_function_has_an_example(package):
+  for name in package.__all__:
+    obj = getattr(package, name)
     if inspect.isfunction(obj):
       assert '>>>' in (obj.__doc__ or ''), f'{name} has no doctest example'
 

@@ -3,7 +3,6 @@
 Importing this package pulls in only jax and numpy.
 """
 
-from tcm_jax.metrics.evaluation import evaluate
 from tcm_jax.metrics.evaluation import evaluate_embeddings
 from tcm_jax.metrics.evaluation import evaluate_similarity
 from tcm_jax.metrics.evaluation import Evaluation
@@ -33,7 +32,6 @@ __all__ = [
     'calibration_range',
     'eps_opis',
     'eps_opis_from_utility',
-    'evaluate',
     'evaluate_embeddings',
     'evaluate_similarity',
     'map_at_r',

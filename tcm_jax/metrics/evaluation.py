@@ -17,10 +17,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tcm_jax.metrics import opis as opis_lib
 from tcm_jax.metrics import pair_counts
 from tcm_jax.metrics import retrieval
 from tcm_jax.metrics import threshold as threshold_lib
+# From the module itself: the package's `opis` is the function of that name.
+from tcm_jax.metrics.opis import check_epsilon
+from tcm_jax.metrics.opis import curves_from_counts
+from tcm_jax.metrics.opis import eps_opis_from_utility
+from tcm_jax.metrics.opis import opis_from_utility
+from tcm_jax.metrics.opis import UtilityCurves
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,7 +47,7 @@ class Evaluation:
     num_references: references in the set.
   """
   retrieval: retrieval.RetrievalMetrics
-  curves: opis_lib.UtilityCurves
+  curves: UtilityCurves
   opis: float
   eps_opis: float
   epsilon: float
@@ -120,7 +125,7 @@ def evaluate(source: pair_counts.PairSource, *, far_range=(1e-3, 1e-1),
   else:
     threshold_lib.check_range('distance_range', distance_range, -1.0, 3.0)
   threshold_lib.thresholds_between(0.0, 1.0, num_thresholds)
-  opis_lib.check_epsilon(epsilon)
+  check_epsilon(epsilon)
   threshold_lib.check_far('target_far', target_far)
   if not beta > 0:
     raise ValueError(f'beta must be positive, got {beta}.')
@@ -147,17 +152,16 @@ def evaluate(source: pair_counts.PairSource, *, far_range=(1e-3, 1e-1),
   global_threshold = threshold_lib.far_quantile(histogram, target_far)
   counts = pair_counts.class_counts(source, thresholds, global_threshold,
                                     second_progress)
-  curves = opis_lib.curves_from_counts(counts, mask, source.classes, beta,
-                                       calibration_range)
+  curves = curves_from_counts(counts, mask, source.classes, beta,
+                              calibration_range)
   negatives = max(int(counts.neg_total.sum()), 1)
   query_classes = np.zeros(source.num_classes, bool)
   query_classes[source.query_ids] = True
   return Evaluation(
       retrieval=retrieval.summarize(source, retrieval_plan, sums),
       curves=curves,
-      opis=float(opis_lib.opis_from_utility(curves.utility)),
-      eps_opis=float(opis_lib.eps_opis_from_utility(curves.utility,
-                                                    epsilon=epsilon)),
+      opis=float(opis_from_utility(curves.utility)),
+      eps_opis=float(eps_opis_from_utility(curves.utility, epsilon=epsilon)),
       epsilon=float(epsilon),
       beta=float(beta),
       calibration=threshold_lib.calibrate(counts, target_far, mask),
