@@ -151,9 +151,10 @@ def _format_report(evaluation: metrics.Evaluation, source_name: str,
         f'{calibration.class_far[index]:.4g} | '
         f'{calibration.class_frr[index]:.4g} |')
   excluded = result['excluded_classes']
-  lines += ['', f'Excluded: {len(excluded)} classes with a single sample'
-            + (f' ({", ".join(map(str, excluded[:20]))}'
-               f'{", ..." if len(excluded) > 20 else ""})' if excluded else '')
+  lines += ['', f'Excluded: {len(excluded)} classes without a positive pair '
+            '(a single sample, or no reference of their own class)'
+            + (f': {", ".join(map(str, excluded[:20]))}'
+               f'{", ..." if len(excluded) > 20 else ""}' if excluded else '')
             + f'; {result["num_excluded_queries"]} queries without another '
             'sample of their class.', '']
   return '\n'.join(lines)
@@ -168,7 +169,7 @@ def write_report(evaluation: metrics.Evaluation, out_dir: str, *,
   paths = {name: os.path.join(out_dir, name)
            for name in ('metrics.json', 'report.md', 'utility_curves.png')}
   with open(paths['metrics.json'], 'w') as f:
-    json.dump(evaluation.to_dict(), f, indent=2)
+    json.dump(evaluation.to_dict(), f, indent=2, allow_nan=False)
   worst = evaluation.curves.classes[worst_classes(evaluation)]
   plots.plot_utility_curves(
       plot_curves or evaluation.curves, evaluation.curves.calibration_range,

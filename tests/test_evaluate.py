@@ -41,7 +41,8 @@ def test_command_writes_the_report(npz_file, tmp_path):
   assert 'FAR goes from 0.001 to 0.1' in report
   assert '## One global threshold at FAR 0.05' in report
   assert '## Worst classes' in report
-  assert 'Excluded: 1 classes with a single sample (0)' in report
+  assert ('Excluded: 1 classes without a positive pair (a single sample, or '
+          'no reference of their own class): 0; 1 queries') in report
   assert (out / 'utility_curves.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
 
 

@@ -21,6 +21,7 @@ from tcm_jax.metrics import pair_counts
 from tcm_jax.metrics import retrieval
 from tcm_jax.metrics import threshold as threshold_lib
 # From the module itself: the package's `opis` is the function of that name.
+from tcm_jax.metrics.opis import check_beta
 from tcm_jax.metrics.opis import check_epsilon
 from tcm_jax.metrics.opis import curves_from_counts
 from tcm_jax.metrics.opis import eps_opis_from_utility
@@ -127,8 +128,7 @@ def evaluate(source: pair_counts.PairSource, *, far_range=(1e-3, 1e-1),
   threshold_lib.thresholds_between(0.0, 1.0, num_thresholds)
   check_epsilon(epsilon)
   threshold_lib.check_far('target_far', target_far)
-  if not beta > 0:
-    raise ValueError(f'beta must be positive, got {beta}.')
+  check_beta(beta)
   mask = pair_counts.check_enough_classes(source)
   first_progress, second_progress = _two_pass_progress(progress)
 

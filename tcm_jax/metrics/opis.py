@@ -24,6 +24,7 @@ References:
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import jax
 import jax.numpy as jnp
@@ -50,11 +51,22 @@ def utility_from_rates(tpr: jax.typing.ArrayLike, tnr: jax.typing.ArrayLike, *,
     >>> print(utility_from_rates([1.0, 0.5, 0.0], [1.0, 1.0, 0.0]))
     [1.         0.6666667  0.        ]
   """
+  check_beta(beta)
   tpr, tnr = jnp.asarray(tpr, jnp.float32), jnp.asarray(tnr, jnp.float32)
-  beta2 = beta * beta
-  denominator = beta2 * tnr + tpr
+  # Weights scaled so that neither can overflow, for any finite beta.
+  if beta >= 1:
+    w_tnr, w_tpr = 1.0, 1.0 / (beta * beta)
+  else:
+    w_tnr, w_tpr = beta * beta, 1.0
+  denominator = w_tnr * tnr + w_tpr * tpr
   safe = jnp.where(denominator > 0, denominator, 1.0)
-  return jnp.where(denominator > 0, (1 + beta2) * tnr * tpr / safe, 0.0)
+  return jnp.where(denominator > 0, (w_tnr + w_tpr) * tnr * tpr / safe, 0.0)
+
+
+def check_beta(beta: float) -> float:
+  if not (math.isfinite(float(beta)) and beta > 0):
+    raise ValueError(f'beta must be a finite positive number, got {beta}.')
+  return float(beta)
 
 
 def _class_weights(utility: jax.Array, where) -> jax.Array:
@@ -96,7 +108,8 @@ def eps_opis_from_utility(utility: jax.typing.ArrayLike, *,
 
   Classes are ranked by mean utility over the thresholds, ties by class
   index; the worst group has at least one and at most `T - 1` classes.
-  `epsilon * T` within 1e-3 of an integer counts as that integer.
+  `epsilon * T` within 1e-3 of an integer counts as that integer. With fewer
+  than two classes there is no gap: 0.
 
   Args:
     utility: `[classes, thresholds]` utility curves.
@@ -127,7 +140,8 @@ def eps_opis_from_utility(utility: jax.typing.ArrayLike, *,
   group_mean = lambda group: (
       jnp.sum(jnp.where(group[:, None], utility, 0.0), axis=0)
       / jnp.maximum(jnp.sum(group), 1))
-  return jnp.mean((group_mean(worst) - group_mean(rest)) ** 2)
+  gap = jnp.mean((group_mean(worst) - group_mean(rest)) ** 2)
+  return jnp.where(evaluated >= 2, gap, 0.0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,8 +169,7 @@ def curves_from_counts(counts: pair_counts.ClassCounts, class_mask: np.ndarray,
                        calibration_range: threshold_lib.CalibrationRange
                        ) -> UtilityCurves:
   """Utility curves of the evaluated classes from exact pair counts."""
-  if not beta > 0:
-    raise ValueError(f'beta must be positive, got {beta}.')
+  check_beta(beta)
   pos_total = np.maximum(counts.pos_total[class_mask], 1)[:, None]
   neg_total = np.maximum(counts.neg_total[class_mask], 1)[:, None]
   tpr = counts.pos_accepted[class_mask] / pos_total

@@ -273,8 +273,12 @@ def _check_finite(name: str, array) -> None:
         f'{bad[:10].tolist()}{" ..." if len(bad) > 10 else ""}).')
 
 
-def _source(labels, ref_labels, **arrays) -> PairSource:
+def _source(labels, ref_labels, block_size, **arrays) -> PairSource:
   """Dense class ids for queries and references (union of their labels)."""
+  if block_size is not None and (int(block_size) != block_size
+                                 or block_size < 1):
+    raise ValueError(
+        f'block_size must be a positive integer or None, got {block_size}.')
   exclude_self = ref_labels is None
   ref_labels = labels if exclude_self else ref_labels
   classes, ids = np.unique(np.concatenate([labels, ref_labels]),
@@ -282,7 +286,7 @@ def _source(labels, ref_labels, **arrays) -> PairSource:
   ids = ids.astype(np.int32)
   return PairSource(query_ids=ids[:len(labels)], ref_ids=ids[len(labels):],
                     num_classes=len(classes), exclude_self=exclude_self,
-                    classes=classes, **arrays)
+                    classes=classes, block_size=block_size, **arrays)
 
 
 def source_from_similarity(similarity, labels, ref_labels=None, *,
@@ -305,8 +309,7 @@ def source_from_similarity(similarity, labels, ref_labels=None, *,
   else:
     ref_labels = _as_labels('ref_labels', ref_labels, num_refs)
   _check_finite('similarity', similarity)
-  return _source(labels, ref_labels, similarity=similarity,
-                 block_size=block_size)
+  return _source(labels, ref_labels, block_size, similarity=similarity)
 
 
 def source_from_embeddings(embeddings, labels, ref_embeddings=None,
@@ -329,8 +332,8 @@ def source_from_embeddings(embeddings, labels, ref_embeddings=None,
           f'{ref_embeddings.shape}.')
     ref_labels = _as_labels('ref_labels', ref_labels, ref_embeddings.shape[0])
     _check_finite('ref_embeddings', ref_embeddings)
-  return _source(labels, ref_labels, embeddings=embeddings,
-                 ref_embeddings=ref_embeddings, block_size=block_size)
+  return _source(labels, ref_labels, block_size, embeddings=embeddings,
+                 ref_embeddings=ref_embeddings)
 
 
 def evaluated_classes(source: PairSource) -> np.ndarray:

@@ -57,10 +57,13 @@ def retrieval_block(queries, refs, query_ids, ref_ids, row_valid, offset,
     R-precision, then the number of queries evaluated.
   """
   similarity = pair_counts.block_similarity(queries, refs)
+  # top_k ranks -0.0 below +0.0; they tie, and ties go to the lowest index.
+  similarity = jnp.where(similarity == 0, 0.0, similarity)
   if exclude_self:
     similarity = jnp.where(pair_counts.self_pair_mask(similarity.shape, offset),
                            -jnp.inf, similarity)
-  _, neighbours = jax.lax.top_k(similarity, num_neighbours)  # lowest index first on ties
+  # On ties top_k puts the lower index first.
+  _, neighbours = jax.lax.top_k(similarity, num_neighbours)
   relevant = ref_ids[neighbours] == query_ids[:, None]
   hits_so_far = jnp.cumsum(relevant, axis=1)
   ranks = jnp.arange(1, num_neighbours + 1)

@@ -112,10 +112,20 @@ def far_quantile(negative_histogram: np.ndarray, far: float) -> float:
 
 
 def thresholds_between(low: float, high: float, num: int) -> np.ndarray:
-  """`num` evenly spaced float32 distance thresholds, both ends included."""
+  """`num` evenly spaced float32 distance thresholds, both ends included.
+
+  The spacing must be at least 4 float32 rounding units, so that thresholds
+  are distinct and `pair_counts.threshold_bins` is exact.
+  """
   if int(num) != num or num < 2:
     raise ValueError(f'num_thresholds must be an integer >= 2, got {num}.')
-  return np.linspace(low, high, int(num), dtype=np.float32)
+  thresholds = np.linspace(low, high, int(num), dtype=np.float32)
+  unit = np.spacing(np.float32(max(abs(low), abs(high))))
+  if (high - low) / (num - 1) < 4 * unit:
+    raise ValueError(
+        f'the range ({low}, {high}) is too narrow for {num} distinct float32 '
+        'thresholds; widen it or use fewer thresholds.')
+  return thresholds
 
 
 def _spread(values: np.ndarray) -> dict[str, float]:

@@ -114,6 +114,9 @@ def _bad(**overrides):
     (_bad(target_far=0.0), ValueError, r'target_far must be .* got 0.0'),
     (_bad(ks=(0, 1)), ValueError, r'ks must be positive integers'),
     (_bad(embeddings=np.zeros(18)), ValueError, r'embeddings must be 2-D'),
+    (_bad(block_size=0), ValueError, r'block_size must be a positive integer'),
+    (_bad(block_size=-1), ValueError, r'block_size must be a positive integer'),
+    (_bad(beta=float('inf')), ValueError, r'beta must be a finite positive'),
 ])
 def test_bad_input(call, error, match):
   with pytest.raises(error, match=match):

@@ -139,3 +139,30 @@ def test_extreme_utilities_give_the_maximum_opis():
   utility = np.array([[1.0] * 5, [0.0] * 5])
   assert float(metrics.opis_from_utility(utility)) == 0.25
   assert float(metrics.eps_opis_from_utility(utility, epsilon=0.5)) == 1.0
+
+
+def test_too_narrow_a_range_for_distinct_thresholds_is_refused():
+  s = np.full((4, 4), 0.1, np.float32)
+  with pytest.raises(ValueError, match=r'too narrow for 1001 distinct float32'):
+    metrics.utility_curves(s, [0, 0, 1, 1], distance_range=(0.89999, 0.90001),
+                           num_thresholds=1001)
+
+
+@pytest.mark.parametrize('beta', [1e-20, 1e20])
+def test_extreme_finite_beta_gives_finite_utility(beta):
+  tpr, tnr = np.array([0.0, 0.5, 1.0, 0.3]), np.array([1.0, 0.5, 0.0, 0.9])
+  expected = reference.utility(tpr, tnr, beta)
+  np.testing.assert_allclose(metrics.utility_from_rates(tpr, tnr, beta=beta),
+                             expected, atol=1e-6)
+
+
+@pytest.mark.parametrize('beta', [0.0, -1.0, float('inf'), float('nan')])
+def test_bad_beta(beta):
+  with pytest.raises(ValueError, match='beta must be a finite positive'):
+    metrics.utility_from_rates([0.5], [0.5], beta=beta)
+
+
+def test_eps_opis_of_one_class_is_zero():
+  utility = np.array([[0.3, 0.4], [0.9, 0.9]])
+  assert float(metrics.eps_opis_from_utility(
+      utility, where=np.array([True, False]))) == 0.0

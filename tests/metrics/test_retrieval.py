@@ -50,3 +50,11 @@ def test_ties_are_broken_by_reference_index():
   # first (another class), then 2, then 3 (its class).
   got = metrics.recall_at_k(s, [0, 1, 2, 0], ks=(1, 2, 3))
   assert got == {1: 0.5, 2: 0.5, 3: 1.0}
+
+
+def test_negative_and_positive_zero_tie():
+  s = np.array([[1.0, -0.0, 0.0], [-0.0, 1.0, 0.5], [0.0, 0.5, 1.0]],
+               np.float32)
+  # Query 0 ties -0.0 (ref 1, other class) with +0.0 (ref 2, its class):
+  # the lower index, ref 1, comes first.
+  assert metrics.recall_at_k(s, [0, 1, 0], ks=(1,)) == {1: 0.0}
