@@ -14,6 +14,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from tcm_jax.losses import _similarity
 from tcm_jax.losses import _validation
 
 
@@ -210,3 +211,60 @@ def gather_references(
       where=None if where is None else gather(where),
       query_offset=jax.lax.axis_index(axis_name) * embeddings.shape[0],
   )
+
+
+def zero_padded_rows(name: str, embeddings, where):
+  """Padded rows set to 0, so that nothing they hold (NaN) reaches a gradient."""
+  if where is None or embeddings is None:
+    return embeddings
+  embeddings, where = jnp.asarray(embeddings), jnp.asarray(where)
+  _validation.check_mask(name, where, embeddings.shape[0])
+  return jnp.where(where[:, None], embeddings, 0)
+
+
+def zero_excluded(similarity, masks, exclude_self, query_offset, padded):
+  """Zeroes the entries the masks exclude, whatever they hold (NaN, -inf).
+
+  The masks multiply, and 0 * nan is nan: the excluded entries must be
+  finite. With padding, one select over all entries; otherwise the self pairs
+  alone (a diagonal filled with -inf is a common way to drop them).
+  """
+  if padded:
+    return jnp.where(masks.positive + masks.negative > 0, similarity, 0.0)
+  if exclude_self:
+    rows = jnp.arange(similarity.shape[0])
+    return similarity.at[rows, rows + query_offset].set(0.0, mode='drop')
+  return similarity
+
+
+def sharded_statistics(statistics_fn, embeddings: jax.Array, labels: jax.Array,
+                       *, axis_name, where: jax.Array | None = None,
+                       precision: jax.lax.PrecisionLike = None):
+  """A loss's statistics over the global batch, from inside `jax.shard_map`.
+
+  Each device scores its own rows (queries) against the all-gathered rows of
+  every device (references), with its self pairs at its own row offset; the
+  statistics (a pytree of sums and counts) are then summed over the mesh.
+
+  Args:
+    statistics_fn: `fn(similarity, labels, ref_labels, *, where, ref_where,
+      exclude_self, query_offset)` returning a pytree of sums and counts.
+    embeddings: this device's `[b, dim]` embeddings.
+    labels: this device's `[b]` integer labels.
+    axis_name: the mesh axis name (or tuple of names) the batch is sharded on.
+    where: optional `[b]` boolean mask, False for padded rows.
+    precision: precision of the similarity's matrix product.
+
+  Returns:
+    The statistics of the global batch, the same on every device.
+  """
+  embeddings = zero_padded_rows('where', embeddings, where)
+  refs = gather_references(embeddings, labels, where, axis_name)
+  similarity = _similarity.cosine_similarity(
+      embeddings, refs.embeddings, precision=precision)
+  stats = statistics_fn(
+      similarity, labels, refs.labels, where=where, ref_where=refs.where,
+      exclude_self=True, query_offset=refs.query_offset)
+  # One psum per statistic: JAX before 0.8.1 cannot transpose a psum that
+  # mixes differentiable sums with constant counts.
+  return jax.tree.map(lambda x: jax.lax.psum(x, axis_name), stats)

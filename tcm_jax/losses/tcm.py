@@ -22,6 +22,7 @@ References:
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import NamedTuple
 
@@ -70,15 +71,6 @@ def _mean_or_zero(total: jax.Array, count: jax.Array) -> jax.Array:
   return total / jnp.maximum(count, 1.0).astype(total.dtype)
 
 
-def _zero_padded_rows(name: str, embeddings, where):
-  """Padded rows set to 0, so that nothing they hold (NaN) reaches a gradient."""
-  if where is None or embeddings is None:
-    return embeddings
-  embeddings, where = jnp.asarray(embeddings), jnp.asarray(where)
-  _validation.check_mask(name, where, embeddings.shape[0])
-  return jnp.where(where[:, None], embeddings, 0)
-
-
 def _count(mask: jax.Array) -> jax.Array:
   """Number of ones in a float32 0/1 `[q, r]` mask, as float32.
 
@@ -87,21 +79,6 @@ def _count(mask: jax.Array) -> jax.Array:
   which a mean does not notice, where an int32 total would wrap past 2**31.
   """
   return jnp.sum(jnp.sum(mask, axis=1))
-
-
-def _zero_excluded(similarity, masks, exclude_self, query_offset, padded):
-  """Zeroes the entries the masks exclude, whatever they hold (NaN, -inf).
-
-  The masks multiply, and 0 * nan is nan: the excluded entries must be
-  finite. With padding, one select over all entries; otherwise the self pairs
-  alone (a diagonal filled with -inf is a common way to drop them).
-  """
-  if padded:
-    return jnp.where(masks.positive + masks.negative > 0, similarity, 0.0)
-  if exclude_self:
-    rows = jnp.arange(similarity.shape[0])
-    return similarity.at[rows, rows + query_offset].set(0.0, mode='drop')
-  return similarity
 
 
 def tcm_statistics(
@@ -154,7 +131,7 @@ def tcm_statistics(
   similarity = similarity.astype(
       jnp.promote_types(similarity.dtype, jnp.float32))
   exclude_self = ref_labels is None if exclude_self is None else exclude_self
-  similarity = _zero_excluded(
+  similarity = _pairs.zero_excluded(
       similarity, masks, exclude_self, query_offset,
       padded=where is not None or ref_where is not None)
   hard_pos = jax.lax.stop_gradient(
@@ -349,9 +326,9 @@ def tcm_loss_from_embeddings(
         'ref_embeddings and ref_labels must be given together, got '
         f'ref_embeddings={"None" if ref_embeddings is None else "array"} and '
         f'ref_labels={"None" if ref_labels is None else "array"}.')
-  embeddings = _zero_padded_rows('where', embeddings, kwargs.get('where'))
-  ref_embeddings = _zero_padded_rows('ref_where', ref_embeddings,
-                                     kwargs.get('ref_where'))
+  embeddings = _pairs.zero_padded_rows('where', embeddings, kwargs.get('where'))
+  ref_embeddings = _pairs.zero_padded_rows('ref_where', ref_embeddings,
+                                           kwargs.get('ref_where'))
   similarity = _similarity.cosine_similarity(
       embeddings, ref_embeddings, precision=precision)
   return tcm_loss(similarity, labels, ref_labels, **kwargs)
@@ -400,17 +377,11 @@ def sharded_tcm_statistics(
     >>> int(stats.pos_count), int(stats.neg_count)  # 8 * 1 and 8 * 6 pairs
     (8, 48)
   """
-  embeddings = _zero_padded_rows('where', embeddings, where)
-  refs = _pairs.gather_references(embeddings, labels, where, axis_name)
-  similarity = _similarity.cosine_similarity(
-      embeddings, refs.embeddings, precision=precision)
-  stats = tcm_statistics(
-      similarity, labels, refs.labels, margin_pos=margin_pos,
-      margin_neg=margin_neg, where=where, ref_where=refs.where,
-      exclude_self=True, query_offset=refs.query_offset)
-  # One psum per statistic: JAX before 0.8.1 cannot transpose a psum that
-  # mixes differentiable sums with constant counts.
-  return jax.tree.map(lambda x: jax.lax.psum(x, axis_name), stats)
+  statistics_fn = functools.partial(
+      tcm_statistics, margin_pos=margin_pos, margin_neg=margin_neg)
+  return _pairs.sharded_statistics(
+      statistics_fn, embeddings, labels, axis_name=axis_name, where=where,
+      precision=precision)
 
 
 def sharded_tcm_loss(
