@@ -7,6 +7,14 @@ from tcm_jax.losses._pairs import gather_references
 from tcm_jax.losses._pairs import pair_masks
 from tcm_jax.losses._pairs import PairMasks
 from tcm_jax.losses._pairs import References
+from tcm_jax.losses._pairs import sharded_statistics
+from tcm_jax.losses._ranking import RankingStatistics
+from tcm_jax.losses._ranking import recall_at_k_loss
+from tcm_jax.losses._ranking import recall_at_k_statistics
+from tcm_jax.losses._ranking import sharded_recall_at_k_loss
+from tcm_jax.losses._ranking import sharded_smooth_ap_loss
+from tcm_jax.losses._ranking import smooth_ap_loss
+from tcm_jax.losses._ranking import smooth_ap_statistics
 from tcm_jax.losses._similarity import cosine_similarity
 from tcm_jax.losses._similarity import l2_normalize
 from tcm_jax.losses.tcm import sharded_tcm_loss
@@ -20,14 +28,22 @@ from tcm_jax.losses.tcm import TCMStatistics
 
 __all__ = [
     'PairMasks',
+    'RankingStatistics',
     'References',
     'TCMStatistics',
     'cosine_similarity',
     'gather_references',
     'l2_normalize',
     'pair_masks',
+    'recall_at_k_loss',
+    'recall_at_k_statistics',
+    'sharded_recall_at_k_loss',
+    'sharded_smooth_ap_loss',
+    'sharded_statistics',
     'sharded_tcm_loss',
     'sharded_tcm_statistics',
+    'smooth_ap_loss',
+    'smooth_ap_statistics',
     'tcm_diagnostics',
     'tcm_loss',
     'tcm_loss_from_embeddings',

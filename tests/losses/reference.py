@@ -71,3 +71,73 @@ def cosine_backward(x, y, grad_similarity):
   dx = (dxn - xn * np.sum(dxn * xn, axis=1, keepdims=True)) / nx
   dy = (dyn - yn * np.sum(dyn * yn, axis=1, keepdims=True)) / ny
   return dx, dy
+
+
+def _sigmoid(x):
+  return 1.0 / (1.0 + np.exp(-x))
+
+
+def _ranking_queries(similarity, labels, ref_labels, where, ref_where):
+  """Per query: (positives, references) index lists, from the spec's rules."""
+  s = np.asarray(similarity, np.float64)
+  q, r = s.shape
+  self_pairs = ref_labels is None
+  if self_pairs:
+    ref_labels, ref_where = labels, where
+  where = np.ones(q, bool) if where is None else np.asarray(where)
+  ref_where = np.ones(r, bool) if ref_where is None else np.asarray(ref_where)
+  for a in range(q):
+    if not where[a]:
+      continue
+    refs = [j for j in range(r) if ref_where[j] and not (self_pairs and j == a)]
+    positives = [j for j in refs if ref_labels[j] == labels[a]]
+    if positives:
+      yield s[a], positives, refs
+
+
+def smooth_ap(similarity, labels, ref_labels=None, temperature=0.01,
+              where=None, ref_where=None):
+  """1 - mean over queries of the smoothed AP (Brown et al. 2020, eq. 6)."""
+  aps = []
+  for row, positives, refs in _ranking_queries(similarity, labels, ref_labels,
+                                               where, ref_where):
+    ap = 0.0
+    for i in positives:
+      rank_pos = 1 + sum(_sigmoid((row[j] - row[i]) / temperature)
+                         for j in positives if j != i)
+      rank_all = 1 + sum(_sigmoid((row[j] - row[i]) / temperature)
+                         for j in refs if j != i)
+      ap += rank_pos / rank_all
+    aps.append(ap / len(positives))
+  return 1.0 - np.mean(aps) if aps else 0.0
+
+
+def recall_at_k(similarity, labels, ref_labels=None, ks=(1, 2, 4, 8, 16),
+                temperature=0.01, k_temperature=1.0, where=None,
+                ref_where=None):
+  """1 - mean over queries and k of the smoothed Recall@k (Patel et al.)."""
+  recalls = []
+  for row, positives, refs in _ranking_queries(similarity, labels, ref_labels,
+                                               where, ref_where):
+    per_k = []
+    for k in ks:
+      found = 0.0
+      for i in positives:
+        rank = 1 + sum(_sigmoid((row[j] - row[i]) / temperature)
+                       for j in refs if j != i)
+        found += _sigmoid((k - rank) / k_temperature)
+      attainable = min(k, len(positives))
+      per_k.append(min(found, attainable) / attainable)
+    recalls.append(np.mean(per_k))
+  return 1.0 - np.mean(recalls) if recalls else 0.0
+
+
+def numeric_gradient(fn, x, eps=1e-6):
+  """Central differences of a scalar function of an array, in float64."""
+  x = np.asarray(x, np.float64)
+  grad = np.zeros_like(x)
+  for index in np.ndindex(x.shape):
+    step = np.zeros_like(x)
+    step[index] = eps
+    grad[index] = (fn(x + step) - fn(x - step)) / (2 * eps)
+  return grad
