@@ -3,6 +3,15 @@
 Importing this package pulls in only jax and numpy.
 """
 
+from tcm_jax.losses._pair_based import contrastive_loss
+from tcm_jax.losses._pair_based import contrastive_statistics
+from tcm_jax.losses._pair_based import multi_similarity_loss
+from tcm_jax.losses._pair_based import multi_similarity_statistics
+from tcm_jax.losses._pair_based import sharded_contrastive_loss
+from tcm_jax.losses._pair_based import sharded_multi_similarity_loss
+from tcm_jax.losses._pair_based import sharded_triplet_loss
+from tcm_jax.losses._pair_based import triplet_loss
+from tcm_jax.losses._pair_based import triplet_statistics
 from tcm_jax.losses._pairs import gather_references
 from tcm_jax.losses._pairs import pair_masks
 from tcm_jax.losses._pairs import PairMasks
@@ -31,17 +40,24 @@ __all__ = [
     'RankingStatistics',
     'References',
     'TCMStatistics',
+    'contrastive_loss',
+    'contrastive_statistics',
     'cosine_similarity',
     'gather_references',
     'l2_normalize',
+    'multi_similarity_loss',
+    'multi_similarity_statistics',
     'pair_masks',
     'recall_at_k_loss',
     'recall_at_k_statistics',
+    'sharded_contrastive_loss',
+    'sharded_multi_similarity_loss',
     'sharded_recall_at_k_loss',
     'sharded_smooth_ap_loss',
     'sharded_statistics',
     'sharded_tcm_loss',
     'sharded_tcm_statistics',
+    'sharded_triplet_loss',
     'smooth_ap_loss',
     'smooth_ap_statistics',
     'tcm_diagnostics',
@@ -49,4 +65,6 @@ __all__ = [
     'tcm_loss_from_embeddings',
     'tcm_loss_from_statistics',
     'tcm_statistics',
+    'triplet_loss',
+    'triplet_statistics',
 ]

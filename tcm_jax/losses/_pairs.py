@@ -257,6 +257,21 @@ def sharded_statistics(statistics_fn, embeddings: jax.Array, labels: jax.Array,
 
   Returns:
     The statistics of the global batch, the same on every device.
+
+  Examples:
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> from jax.sharding import Mesh, PartitionSpec as P
+    >>> from tcm_jax import losses
+    >>> mesh = Mesh(jax.devices(), ('data',))  # any count that divides 8
+    >>> z = jax.random.normal(jax.random.key(0), (8, 16))
+    >>> stats_fn = jax.jit(jax.shard_map(
+    ...     lambda z, y: losses.sharded_statistics(
+    ...         losses.contrastive_statistics, z, y, axis_name='data'),
+    ...     mesh=mesh, in_specs=(P('data'), P('data')), out_specs=P()))
+    >>> stats = stats_fn(z, jnp.array([0, 0, 1, 1, 2, 2, 3, 3]))
+    >>> int(stats.pos_count), int(stats.neg_count)
+    (8, 48)
   """
   embeddings = zero_padded_rows('where', embeddings, where)
   refs = gather_references(embeddings, labels, where, axis_name)
@@ -268,3 +283,38 @@ def sharded_statistics(statistics_fn, embeddings: jax.Array, labels: jax.Array,
   # One psum per statistic: JAX before 0.8.1 cannot transpose a psum that
   # mixes differentiable sums with constant counts.
   return jax.tree.map(lambda x: jax.lax.psum(x, axis_name), stats)
+
+
+# Elements of the per-query intermediates held at once by `map_queries`.
+MAP_CHUNK_ELEMENTS = 2**22
+
+
+def map_queries(fn, xs, elements_per_query: int):
+  """`fn` over the leading (query) axis of `xs`, in vectorised chunks.
+
+  For losses whose per-query work is a `[r, r]`-sized tensor: the chunks are
+  rematerialised in the backward pass, so only one chunk's intermediates
+  (`MAP_CHUNK_ELEMENTS` elements) are held at a time.
+  """
+  chunk = max(1, MAP_CHUNK_ELEMENTS // max(elements_per_query, 1))
+  return jax.lax.map(jax.checkpoint(fn), xs, batch_size=chunk)
+
+
+def sharded_example(name: str) -> str:
+  """The docstring example of a `sharded_<name>` loss (checked by doctest)."""
+  return f"""
+  Examples:
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> from jax.sharding import Mesh, PartitionSpec as P
+    >>> from tcm_jax import losses
+    >>> mesh = Mesh(jax.devices(), ('data',))  # any count that divides 8
+    >>> z = jax.random.normal(jax.random.key(0), (8, 16))
+    >>> y = jnp.array([0, 0, 1, 1, 2, 2, 3, 3])
+    >>> global_loss = jax.jit(jax.shard_map(
+    ...     lambda z, y: losses.sharded_{name}(z, y, axis_name='data'),
+    ...     mesh=mesh, in_specs=(P('data'), P('data')), out_specs=P()))
+    >>> one_device = losses.{name}(losses.cosine_similarity(z), y)
+    >>> bool(jnp.allclose(global_loss(z, y), one_device, rtol=1e-5))
+    True
+"""

@@ -37,10 +37,6 @@ import jax.numpy as jnp
 from tcm_jax.losses import _pairs
 from tcm_jax.losses import _validation
 
-# Queries per chunk of the [chunk, positives, refs] sigmoid tensor.
-_CHUNK_ELEMENTS = 2**22
-
-
 class RankingStatistics(NamedTuple):
   """Sum of the per-query scores and the number of queries scored."""
   score_sum: jax.Array
@@ -78,12 +74,9 @@ def _smooth_ranks(similarity, positive, valid, temperature, max_positives):
     rank_pos = 1.0 + jnp.sum(sig * pos[None, :] * not_i, axis=1)
     return rank_all, rank_pos
 
-  # Queries in vectorised chunks; rematerialised in the backward pass so that
-  # only one chunk's [chunk, max_positives, r] sigmoids are ever held.
-  chunk = max(1, _CHUNK_ELEMENTS // (max_positives * num_refs))
-  rank_all, rank_pos = jax.lax.map(
-      jax.checkpoint(one_query), (similarity, positive, valid, index),
-      batch_size=chunk)
+  rank_all, rank_pos = _pairs.map_queries(
+      one_query, (similarity, positive, valid, index),
+      max_positives * num_refs)
   return rank_all, rank_pos, is_positive
 
 
@@ -127,6 +120,14 @@ def smooth_ap_statistics(
   """Sum over queries of the smoothed average precision, and their count.
 
   See `smooth_ap_loss` for the arguments.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from tcm_jax import losses
+    >>> s = jnp.array([[1.0, 0.8, 0.3], [0.8, 1.0, -0.2], [0.3, -0.2, 1.0]])
+    >>> stats = losses.smooth_ap_statistics(s, jnp.array([0, 0, 1]))
+    >>> int(stats.num_queries)  # queries with a positive
+    2
   """
   _check_temperature('temperature', temperature)
   similarity, masks = _prepared(similarity, labels, ref_labels, where,
@@ -225,6 +226,14 @@ def recall_at_k_statistics(
   """Sum over queries of the mean smoothed Recall@k, and their count.
 
   See `recall_at_k_loss` for the arguments.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from tcm_jax import losses
+    >>> s = jnp.array([[1.0, 0.8, 0.3], [0.8, 1.0, -0.2], [0.3, -0.2, 1.0]])
+    >>> stats = losses.recall_at_k_statistics(s, jnp.array([0, 0, 1]))
+    >>> int(stats.num_queries)  # queries with a positive
+    2
   """
   _check_temperature('temperature', temperature)
   _check_temperature('k_temperature', k_temperature)
@@ -345,6 +354,9 @@ def sharded_smooth_ap_loss(embeddings: jax.Array, labels: jax.Array, *,
   return _loss(stats)
 
 
+sharded_smooth_ap_loss.__doc__ += _pairs.sharded_example('smooth_ap_loss')
+
+
 def sharded_recall_at_k_loss(embeddings: jax.Array, labels: jax.Array, *,
                              axis_name, where: jax.Array | None = None,
                              precision: jax.lax.PrecisionLike = None,
@@ -358,3 +370,6 @@ def sharded_recall_at_k_loss(embeddings: jax.Array, labels: jax.Array, *,
       functools.partial(recall_at_k_statistics, **kwargs), embeddings, labels,
       axis_name=axis_name, where=where, precision=precision)
   return _loss(stats)
+
+
+sharded_recall_at_k_loss.__doc__ += _pairs.sharded_example('recall_at_k_loss')

@@ -78,21 +78,11 @@ def _sigmoid(x):
 
 
 def _ranking_queries(similarity, labels, ref_labels, where, ref_where):
-  """Per query: (positives, references) index lists, from the spec's rules."""
-  s = np.asarray(similarity, np.float64)
-  q, r = s.shape
-  self_pairs = ref_labels is None
-  if self_pairs:
-    ref_labels, ref_where = labels, where
-  where = np.ones(q, bool) if where is None else np.asarray(where)
-  ref_where = np.ones(r, bool) if ref_where is None else np.asarray(ref_where)
-  for a in range(q):
-    if not where[a]:
-      continue
-    refs = [j for j in range(r) if ref_where[j] and not (self_pairs and j == a)]
-    positives = [j for j in refs if ref_labels[j] == labels[a]]
+  """Per query with a positive: (row, positive indices, reference indices)."""
+  for row, positives, refs in _all_queries(similarity, labels, ref_labels,
+                                           where, ref_where):
     if positives:
-      yield s[a], positives, refs
+      yield row, positives, refs
 
 
 def smooth_ap(similarity, labels, ref_labels=None, temperature=0.01,
@@ -141,3 +131,74 @@ def numeric_gradient(fn, x, eps=1e-6):
     step[index] = eps
     grad[index] = (fn(x + step) - fn(x - step)) / (2 * eps)
   return grad
+
+
+def _pair_lists(similarity, labels, ref_labels, where=None, ref_where=None):
+  """Per query: (row, positive indices, negative indices), spec rules."""
+  for row, positives, refs in _all_queries(similarity, labels, ref_labels,
+                                           where, ref_where):
+    yield row, positives, [j for j in refs if j not in positives]
+
+
+def _all_queries(similarity, labels, ref_labels, where, ref_where):
+  s = np.asarray(similarity, np.float64)
+  q, r = s.shape
+  self_pairs = ref_labels is None
+  if self_pairs:
+    ref_labels, ref_where = labels, where
+  where = np.ones(q, bool) if where is None else np.asarray(where)
+  ref_where = np.ones(r, bool) if ref_where is None else np.asarray(ref_where)
+  for a in range(q):
+    if not where[a]:
+      continue
+    refs = [j for j in range(r) if ref_where[j] and not (self_pairs and j == a)]
+    yield s[a], [j for j in refs if ref_labels[j] == labels[a]], refs
+
+
+def contrastive(similarity, labels, ref_labels=None, margin_pos=1.0,
+                margin_neg=0.0, where=None, ref_where=None):
+  pos, neg = [], []
+  for row, positives, negatives in _pair_lists(similarity, labels, ref_labels,
+                                               where, ref_where):
+    pos += [max(margin_pos - row[j], 0.0) for j in positives]
+    neg += [max(row[j] - margin_neg, 0.0) for j in negatives]
+  return (np.mean(pos) if pos else 0.0) + (np.mean(neg) if neg else 0.0)
+
+
+def triplet(similarity, labels, ref_labels=None, margin=0.05, mining='all',
+            where=None, ref_where=None):
+  terms = []
+  for row, positives, negatives in _pair_lists(similarity, labels, ref_labels,
+                                               where, ref_where):
+    if mining == 'batch_hard':
+      if positives and negatives:
+        terms.append(max(max(row[negatives]) - min(row[positives]) + margin,
+                         0.0))
+      continue
+    for p in positives:
+      if mining == 'all':
+        terms += [max(row[n] - row[p] + margin, 0.0) for n in negatives]
+      else:  # semi-hard: row[p] - margin < row[n] < row[p]
+        semi = [row[n] for n in negatives if row[p] - margin < row[n] < row[p]]
+        if semi:
+          terms.append(max(max(semi) - row[p] + margin, 0.0))
+  return np.mean(terms) if terms else 0.0
+
+
+def multi_similarity(similarity, labels, ref_labels=None, alpha=2.0, beta=50.0,
+                     base=0.5, epsilon=0.1, where=None, ref_where=None):
+  losses = []
+  for row, positives, negatives in _pair_lists(similarity, labels, ref_labels,
+                                               where, ref_where):
+    if not positives and not negatives:
+      continue
+    least_pos = min(row[positives]) if positives else np.inf
+    most_neg = max(row[negatives]) if negatives else -np.inf
+    hard_pos = [j for j in positives if row[j] < most_neg + epsilon]
+    hard_neg = [j for j in negatives if row[j] > least_pos - epsilon]
+    loss = np.log1p(sum(np.exp(-alpha * (row[j] - base)) for j in hard_pos))
+    loss /= alpha
+    loss += np.log1p(sum(np.exp(beta * (row[j] - base))
+                         for j in hard_neg)) / beta
+    losses.append(loss)
+  return np.mean(losses) if losses else 0.0
