@@ -24,8 +24,10 @@ from tcm_jax.losses._ranking import sharded_recall_at_k_loss
 from tcm_jax.losses._ranking import sharded_smooth_ap_loss
 from tcm_jax.losses._ranking import smooth_ap_loss
 from tcm_jax.losses._ranking import smooth_ap_statistics
+from tcm_jax.losses import registry
 from tcm_jax.losses._similarity import cosine_similarity
 from tcm_jax.losses._similarity import l2_normalize
+from tcm_jax.losses.registry import objective
 from tcm_jax.losses.tcm import sharded_tcm_loss
 from tcm_jax.losses.tcm import sharded_tcm_statistics
 from tcm_jax.losses.tcm import tcm_diagnostics
@@ -47,9 +49,11 @@ __all__ = [
     'l2_normalize',
     'multi_similarity_loss',
     'multi_similarity_statistics',
+    'objective',
     'pair_masks',
     'recall_at_k_loss',
     'recall_at_k_statistics',
+    'registry',
     'sharded_contrastive_loss',
     'sharded_multi_similarity_loss',
     'sharded_recall_at_k_loss',

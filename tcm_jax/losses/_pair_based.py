@@ -104,7 +104,7 @@ def contrastive_statistics(similarity, labels, ref_labels=None, *,
       neg_count=jnp.sum(masks.negative))
 
 
-def _contrastive_from_statistics(stats: ContrastiveStatistics) -> jax.Array:
+def contrastive_from_statistics(stats: ContrastiveStatistics) -> jax.Array:
   return (mean_of(MeanStatistics(stats.pos_sum, stats.pos_count))
           + mean_of(MeanStatistics(stats.neg_sum, stats.neg_count)))
 
@@ -150,7 +150,7 @@ def contrastive_loss(similarity, labels, ref_labels=None, *,
     >>> print(f'{losses.contrastive_loss(s, jnp.array([0, 0, 1])):.4f}')
     0.3500
   """
-  return _contrastive_from_statistics(contrastive_statistics(
+  return contrastive_from_statistics(contrastive_statistics(
       similarity, labels, ref_labels, margin_pos=margin_pos,
       margin_neg=margin_neg, where=where, ref_where=ref_where,
       exclude_self=exclude_self, query_offset=query_offset))
@@ -369,7 +369,7 @@ def multi_similarity_loss(similarity, labels, ref_labels=None, *,
 
 
 sharded_contrastive_loss = _sharded(
-    contrastive_statistics, _contrastive_from_statistics, 'contrastive_loss')
+    contrastive_statistics, contrastive_from_statistics, 'contrastive_loss')
 sharded_triplet_loss = _sharded(triplet_statistics, mean_of, 'triplet_loss')
 sharded_multi_similarity_loss = _sharded(
     multi_similarity_statistics, mean_of, 'multi_similarity_loss')

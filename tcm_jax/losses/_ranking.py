@@ -144,7 +144,7 @@ def smooth_ap_statistics(
       num_queries=jnp.sum(has_positive))
 
 
-def _loss(stats: RankingStatistics) -> jax.Array:
+def loss_from_statistics(stats: RankingStatistics) -> jax.Array:
   """`1 - mean score`; 0 (with zero gradient) when no query has a positive."""
   return jnp.where(stats.num_queries > 0,
                    1.0 - stats.score_sum / jnp.maximum(stats.num_queries, 1.0),
@@ -203,7 +203,7 @@ def smooth_ap_loss(
     >>> print(f'{losses.smooth_ap_loss(s, jnp.array([0, 0, 1])):.4f}')
     0.0000
   """
-  return _loss(smooth_ap_statistics(
+  return loss_from_statistics(smooth_ap_statistics(
       similarity, labels, ref_labels, temperature=temperature,
       max_positives=max_positives, where=where, ref_where=ref_where,
       exclude_self=exclude_self, query_offset=query_offset))
@@ -319,7 +319,7 @@ def recall_at_k_loss(
     >>> print(f'{loss:.4f}')  # rank 1 for both positives: 1 - sigmoid(0)
     0.5000
   """
-  return _loss(recall_at_k_statistics(
+  return loss_from_statistics(recall_at_k_statistics(
       similarity, labels, ref_labels, ks=ks, temperature=temperature,
       k_temperature=k_temperature, max_positives=max_positives, where=where,
       ref_where=ref_where, exclude_self=exclude_self,
@@ -351,7 +351,7 @@ def sharded_smooth_ap_loss(embeddings: jax.Array, labels: jax.Array, *,
   stats = _pairs.sharded_statistics(
       functools.partial(smooth_ap_statistics, **kwargs), embeddings, labels,
       axis_name=axis_name, where=where, precision=precision)
-  return _loss(stats)
+  return loss_from_statistics(stats)
 
 
 sharded_smooth_ap_loss.__doc__ += _pairs.sharded_example('smooth_ap_loss')
@@ -369,7 +369,7 @@ def sharded_recall_at_k_loss(embeddings: jax.Array, labels: jax.Array, *,
   stats = _pairs.sharded_statistics(
       functools.partial(recall_at_k_statistics, **kwargs), embeddings, labels,
       axis_name=axis_name, where=where, precision=precision)
-  return _loss(stats)
+  return loss_from_statistics(stats)
 
 
 sharded_recall_at_k_loss.__doc__ += _pairs.sharded_example('recall_at_k_loss')

@@ -1,0 +1,195 @@
+"""Base losses by name, and their sum with TCM in one objective.
+
+A config names a base loss and its hyperparameters; `objective` returns a
+function that computes the similarity-based statistics of the base loss and
+of TCM from one similarity matrix, and returns the total with its parts for
+logging. The same objective has a cross-device form (`Objective.sharded`)
+that gathers the references once for both losses.
+
+  >>> import jax.numpy as jnp
+  >>> from tcm_jax.losses import registry
+  >>> fn = registry.objective('smooth_ap', tcm={})  # TCM with its defaults
+  >>> s = jnp.array([[1.0, 0.9, 0.1], [0.9, 1.0, 0.2], [0.1, 0.2, 1.0]])
+  >>> total, parts = fn(s, jnp.array([0, 0, 1]))
+  >>> sorted(parts)
+  ['base', 'hard_neg_fraction', 'hard_pos_fraction', 'tcm', 'tcm_neg', 'tcm_pos']
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+
+from tcm_jax.losses import _pair_based
+from tcm_jax.losses import _pairs
+from tcm_jax.losses import _ranking
+from tcm_jax.losses import tcm as tcm_lib
+
+_MASK_ARGS = frozenset({'where', 'ref_where', 'exclude_self', 'query_offset'})
+
+
+@dataclasses.dataclass(frozen=True)
+class PairLoss:
+  """A loss over a similarity matrix, given as statistics and a reduction.
+
+  Attributes:
+    name: the registry name.
+    statistics_fn: `fn(similarity, labels, ref_labels, **hyper, **masks)`
+      returning a pytree of sums and counts (summable across devices).
+    reduce_fn: `fn(stats, **reduce_hyper)` returning the scalar loss.
+    reduce_args: hyperparameters that go to `reduce_fn`, not to statistics.
+    reference: the paper.
+  """
+  name: str
+  statistics_fn: Callable[..., Any]
+  reduce_fn: Callable[..., jax.Array]
+  reduce_args: tuple[str, ...] = ()
+  reference: str = ''
+
+  def hyperparameters(self) -> dict[str, Any]:
+    """Every hyperparameter with its default."""
+    names = {}
+    for fn in (self.statistics_fn, self.reduce_fn):
+      for p in inspect.signature(fn).parameters.values():
+        if p.kind == p.KEYWORD_ONLY and p.name not in _MASK_ARGS:
+          names[p.name] = p.default
+    return names
+
+  def split(self, hyper: dict[str, Any]):
+    """Hyperparameters for the statistics and for the reduction."""
+    unknown = set(hyper) - set(self.hyperparameters())
+    if unknown:
+      raise ValueError(
+          f'unknown hyperparameters {sorted(unknown)} for loss {self.name!r}; '
+          f'it takes {sorted(self.hyperparameters())}.')
+    stats = {k: v for k, v in hyper.items() if k not in self.reduce_args}
+    reduce = {k: v for k, v in hyper.items() if k in self.reduce_args}
+    return stats, reduce
+
+
+LOSSES: dict[str, PairLoss] = {
+    'tcm': PairLoss(
+        'tcm', tcm_lib.tcm_statistics, tcm_lib.tcm_loss_from_statistics,
+        ('lambda_pos', 'lambda_neg'),
+        'Zhang et al., Threshold-Consistent Margin Loss, ICLR 2024'),
+    'contrastive': PairLoss(
+        'contrastive', _pair_based.contrastive_statistics,
+        _pair_based.contrastive_from_statistics, (),
+        'Hadsell, Chopra, LeCun, CVPR 2006'),
+    'triplet': PairLoss(
+        'triplet', _pair_based.triplet_statistics, _pair_based.mean_of, (),
+        'Schroff et al., CVPR 2015; Hermans et al., 2017'),
+    'multi_similarity': PairLoss(
+        'multi_similarity', _pair_based.multi_similarity_statistics,
+        _pair_based.mean_of, (), 'Wang et al., CVPR 2019'),
+    'smooth_ap': PairLoss(
+        'smooth_ap', _ranking.smooth_ap_statistics,
+        _ranking.loss_from_statistics, (), 'Brown et al., ECCV 2020'),
+    'recall_at_k': PairLoss(
+        'recall_at_k', _ranking.recall_at_k_statistics,
+        _ranking.loss_from_statistics, (), 'Patel et al., CVPR 2022'),
+}
+
+
+def get(name: str) -> PairLoss:
+  """The registered loss `name`; a clear error lists the names otherwise."""
+  try:
+    return LOSSES[name]
+  except KeyError:
+    raise ValueError(
+        f'unknown loss {name!r}; registered: {sorted(LOSSES)}.') from None
+
+
+def _frozen(hyper: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
+  """Hashable hyperparameters (an objective is a static argument of jit)."""
+  return tuple(sorted((k, tuple(v) if isinstance(v, list) else v)
+                      for k, v in hyper.items()))
+
+
+@dataclasses.dataclass(frozen=True)
+class Objective:
+  """`base + tcm`, each with bound hyperparameters; see `objective`."""
+  base: PairLoss
+  frozen_base_hyper: tuple[tuple[str, Any], ...]
+  frozen_tcm_hyper: tuple[tuple[str, Any], ...] | None
+
+  @property
+  def base_hyper(self) -> dict[str, Any]:
+    return dict(self.frozen_base_hyper)
+
+  @property
+  def tcm_hyper(self) -> dict[str, Any] | None:
+    return (None if self.frozen_tcm_hyper is None
+            else dict(self.frozen_tcm_hyper))
+
+  def _statistics(self, similarity, labels, ref_labels=None, **masks):
+    base_stats, _ = self.base.split(self.base_hyper)
+    stats = {'base': self.base.statistics_fn(
+        similarity, labels, ref_labels, **base_stats, **masks)}
+    if self.tcm_hyper is not None:
+      tcm_stats, _ = LOSSES['tcm'].split(self.tcm_hyper)
+      stats['tcm'] = tcm_lib.tcm_statistics(
+          similarity, labels, ref_labels, **tcm_stats, **masks)
+    return stats
+
+  def _reduce(self, stats) -> tuple[jax.Array, dict[str, jax.Array]]:
+    _, base_reduce = self.base.split(self.base_hyper)
+    parts = {'base': self.base.reduce_fn(stats['base'], **base_reduce)}
+    total = parts['base']
+    if self.tcm_hyper is not None:
+      _, tcm_reduce = LOSSES['tcm'].split(self.tcm_hyper)
+      parts['tcm'] = tcm_lib.tcm_loss_from_statistics(stats['tcm'],
+                                                      **tcm_reduce)
+      parts.update(tcm_lib.tcm_diagnostics(stats['tcm']))
+      total = total + parts['tcm']
+    return total, parts
+
+  def __call__(self, similarity, labels, ref_labels=None, **masks):
+    """`(loss, parts)` over a similarity matrix (masks as for `tcm_loss`)."""
+    return self._reduce(self._statistics(similarity, labels, ref_labels,
+                                         **masks))
+
+  def sharded(self, embeddings: jax.Array, labels: jax.Array, *, axis_name,
+              where: jax.Array | None = None,
+              precision: jax.lax.PrecisionLike = None):
+    """`(loss, parts)` of the global batch, from inside `jax.shard_map`."""
+    stats = _pairs.sharded_statistics(
+        self._statistics, embeddings, labels, axis_name=axis_name,
+        where=where, precision=precision)
+    return self._reduce(stats)
+
+
+def objective(base: str, *, tcm: dict[str, Any] | None = None,
+              **base_hyper) -> Objective:
+  """The training objective `base + TCM`, as one function of a similarity.
+
+  Args:
+    base: a registered loss name (`sorted(LOSSES)`).
+    tcm: TCM's hyperparameters (`{}` for the paper's defaults), or None for
+      the base loss alone.
+    **base_hyper: the base loss's hyperparameters (defaults: its paper's).
+
+  Returns:
+    An `Objective`: `objective(similarity, labels)` and
+    `objective.sharded(embeddings, labels, axis_name=...)` return
+    `(loss, parts)`, parts holding `base`, `tcm` and TCM's diagnostics.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from tcm_jax.losses import registry
+    >>> fn = registry.objective('contrastive', margin_neg=0.2, tcm={})
+    >>> s = jnp.array([[1.0, 0.8, 0.3], [0.8, 1.0, -0.2], [0.3, -0.2, 1.0]])
+    >>> total, parts = fn(s, jnp.array([0, 0, 1]))
+    >>> bool(jnp.isclose(total, parts['base'] + parts['tcm']))
+    True
+  """
+  loss = get(base)
+  loss.split(base_hyper)  # unknown names fail here, not at trace time
+  if tcm is not None:
+    LOSSES['tcm'].split(tcm)
+  return Objective(loss, _frozen(base_hyper),
+                   None if tcm is None else _frozen(tcm))

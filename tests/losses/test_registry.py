@@ -1,0 +1,84 @@
+"""Losses by name, and base + TCM as one objective with its parts."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import Mesh
+from jax.sharding import PartitionSpec as P
+
+import tcm_jax
+from tcm_jax import losses
+from tcm_jax.losses import registry
+
+DIRECT = {
+    'tcm': tcm_jax.tcm_loss,
+    'contrastive': losses.contrastive_loss,
+    'triplet': losses.triplet_loss,
+    'multi_similarity': losses.multi_similarity_loss,
+    'smooth_ap': losses.smooth_ap_loss,
+    'recall_at_k': losses.recall_at_k_loss,
+}
+
+
+def _batch(seed=0, n=24):
+  rng = np.random.default_rng(seed)
+  z = rng.normal(size=(n, 8)).astype(np.float32)
+  return z, np.arange(n) % 6
+
+
+def test_every_registered_loss_is_its_function():
+  assert set(registry.LOSSES) == set(DIRECT)
+  z, labels = _batch()
+  s = tcm_jax.cosine_similarity(z)
+  for name, fn in DIRECT.items():
+    total, parts = registry.objective(name)(s, labels)
+    np.testing.assert_allclose(total, fn(s, labels), rtol=1e-6, err_msg=name)
+    assert set(parts) == {'base'}
+
+
+def test_base_plus_tcm_with_hyperparameters():
+  z, labels = _batch(1)
+  s = tcm_jax.cosine_similarity(z)
+  fn = registry.objective('multi_similarity', beta=10.0,
+                          tcm=dict(margin_pos=0.8, lambda_neg=0.5))
+  total, parts = jax.jit(fn)(s, labels)
+  base = losses.multi_similarity_loss(s, labels, beta=10.0)
+  tcm = tcm_jax.tcm_loss(s, labels, margin_pos=0.8, lambda_neg=0.5)
+  np.testing.assert_allclose(parts['base'], base, rtol=1e-6)
+  np.testing.assert_allclose(parts['tcm'], tcm, rtol=1e-6)
+  np.testing.assert_allclose(total, base + tcm, rtol=1e-6)
+  stats = losses.tcm_statistics(s, labels, margin_pos=0.8)
+  np.testing.assert_allclose(parts['hard_pos_fraction'],
+                             losses.tcm_diagnostics(stats)['hard_pos_fraction'])
+
+
+def test_sharded_objective_equals_one_device():
+  mesh = Mesh(np.array(jax.devices()), ('data',))
+  z, labels = _batch(2, 48)
+  fn = registry.objective('recall_at_k', temperature=0.1, tcm={})
+  sharded = jax.jit(jax.shard_map(
+      lambda z, y: fn.sharded(z, y, axis_name='data'), mesh=mesh,
+      in_specs=(P('data'), P('data')), out_specs=P()))
+  (total, parts), grad = jax.value_and_grad(
+      lambda z: sharded(z, labels), has_aux=True)(z)
+  (expected, expected_parts), expected_grad = jax.value_and_grad(
+      lambda z: fn(tcm_jax.cosine_similarity(z), labels), has_aux=True)(z)
+  np.testing.assert_allclose(total, expected, rtol=1e-5)
+  for key in expected_parts:
+    np.testing.assert_allclose(parts[key], expected_parts[key], rtol=1e-5)
+  np.testing.assert_allclose(grad, expected_grad, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize('call, match', [
+    (lambda: registry.objective('arcface_v9'),
+     r"unknown loss 'arcface_v9'; registered: \['contrastive'"),
+    (lambda: registry.objective('smooth_ap', temprature=0.1),
+     r"unknown hyperparameters \['temprature'\] for loss 'smooth_ap'; it "
+     r"takes \['max_positives', 'temperature'\]"),
+    (lambda: registry.objective('contrastive', tcm=dict(margin=0.3)),
+     r"unknown hyperparameters \['margin'\] for loss 'tcm'"),
+])
+def test_bad_names(call, match):
+  with pytest.raises(ValueError, match=match):
+    call()
