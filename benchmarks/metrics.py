@@ -15,13 +15,11 @@
 
 import argparse
 import math
-import resource
 import subprocess
 import sys
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from tcm_jax import losses

@@ -31,24 +31,6 @@ def mean_of(stats: MeanStatistics) -> jax.Array:
   return stats.total / jnp.maximum(stats.count, 1.0)
 
 
-def _prepared(similarity, labels, ref_labels, where, ref_where, exclude_self,
-              query_offset):
-  """Masks, and the similarity with excluded entries zeroed (finite)."""
-  similarity = jnp.asarray(similarity)
-  masks = _pairs.pair_masks(
-      similarity, labels, ref_labels, where=where, ref_where=ref_where,
-      exclude_self=exclude_self, query_offset=query_offset)
-  similarity = similarity.astype(
-      jnp.promote_types(similarity.dtype, jnp.float32))
-  exclude_self = ref_labels is None if exclude_self is None else exclude_self
-  similarity = _pairs.zero_excluded(
-      similarity, masks, exclude_self, query_offset,
-      padded=where is not None or ref_where is not None)
-  return similarity, masks
-
-
-_MASK_ARGS = ('where', 'ref_where', 'exclude_self', 'query_offset')
-
 
 def _sharded(statistics_fn, reduce_fn, doc_name):
   """The cross-device form of a loss given by its statistics."""
@@ -95,8 +77,9 @@ def contrastive_statistics(similarity, labels, ref_labels=None, *,
   """
   _validation.check_in_range('margin_pos', margin_pos, -1.0, 1.0)
   _validation.check_in_range('margin_neg', margin_neg, -1.0, 1.0)
-  similarity, masks = _prepared(similarity, labels, ref_labels, where,
-                                ref_where, exclude_self, query_offset)
+  similarity, masks = _pairs.prepare(
+      similarity, labels, ref_labels, where=where, ref_where=ref_where,
+      exclude_self=exclude_self, query_offset=query_offset)
   return ContrastiveStatistics(
       pos_sum=jnp.sum(masks.positive * jax.nn.relu(margin_pos - similarity)),
       pos_count=jnp.sum(masks.positive),
@@ -178,8 +161,9 @@ def triplet_statistics(similarity, labels, ref_labels=None, *,
   if mining not in ('all', 'batch_hard', 'semi_hard'):
     raise ValueError("mining must be 'all', 'batch_hard' or 'semi_hard', got "
                      f'{mining!r}.')
-  similarity, masks = _prepared(similarity, labels, ref_labels, where,
-                                ref_where, exclude_self, query_offset)
+  similarity, masks = _pairs.prepare(
+      similarity, labels, ref_labels, where=where, ref_where=ref_where,
+      exclude_self=exclude_self, query_offset=query_offset)
   if mining == 'batch_hard':
     hardest_pos = _masked_extreme(similarity, masks.positive, jnp.min, 2.0)
     hardest_neg = _masked_extreme(similarity, masks.negative, jnp.max, -2.0)
@@ -291,8 +275,9 @@ def multi_similarity_statistics(similarity, labels, ref_labels=None, *,
     _validation.check_in_range(name, value, 1e-12, math.inf)
   _validation.check_in_range('base', base, -1.0, 1.0)
   _validation.check_in_range('epsilon', epsilon, 0.0, 2.0)
-  similarity, masks = _prepared(similarity, labels, ref_labels, where,
-                                ref_where, exclude_self, query_offset)
+  similarity, masks = _pairs.prepare(
+      similarity, labels, ref_labels, where=where, ref_where=ref_where,
+      exclude_self=exclude_self, query_offset=query_offset)
   # Pair mining (not differentiated): hard negatives are more similar than
   # the least similar positive minus epsilon; hard positives less similar
   # than the most similar negative plus epsilon.

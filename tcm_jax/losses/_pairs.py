@@ -237,6 +237,27 @@ def zero_excluded(similarity, masks, exclude_self, query_offset, padded):
   return similarity
 
 
+def prepare(similarity, labels, ref_labels=None, *, where=None,
+            ref_where=None, exclude_self=None, query_offset=0):
+  """What every pair loss starts from: validated masks, safe similarities.
+
+  Returns:
+    `(similarity, masks)`: the similarity in at least float32 with every
+    entry the masks exclude (self pairs, padding) set to 0, and `PairMasks`.
+  """
+  similarity = jnp.asarray(similarity)
+  masks = pair_masks(
+      similarity, labels, ref_labels, where=where, ref_where=ref_where,
+      exclude_self=exclude_self, query_offset=query_offset)
+  similarity = similarity.astype(
+      jnp.promote_types(similarity.dtype, jnp.float32))
+  exclude_self = ref_labels is None if exclude_self is None else exclude_self
+  similarity = zero_excluded(
+      similarity, masks, exclude_self, query_offset,
+      padded=where is not None or ref_where is not None)
+  return similarity, masks
+
+
 def sharded_statistics(statistics_fn, embeddings: jax.Array, labels: jax.Array,
                        *, axis_name, where: jax.Array | None = None,
                        precision: jax.lax.PrecisionLike = None):

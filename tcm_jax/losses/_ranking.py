@@ -80,21 +80,6 @@ def _smooth_ranks(similarity, positive, valid, temperature, max_positives):
   return rank_all, rank_pos, is_positive
 
 
-def _prepared(similarity, labels, ref_labels, where, ref_where, exclude_self,
-              query_offset):
-  similarity = jnp.asarray(similarity)
-  masks = _pairs.pair_masks(
-      similarity, labels, ref_labels, where=where, ref_where=ref_where,
-      exclude_self=exclude_self, query_offset=query_offset)
-  similarity = similarity.astype(
-      jnp.promote_types(similarity.dtype, jnp.float32))
-  exclude_self = ref_labels is None if exclude_self is None else exclude_self
-  similarity = _pairs.zero_excluded(
-      similarity, masks, exclude_self, query_offset,
-      padded=where is not None or ref_where is not None)
-  return similarity, masks
-
-
 def _max_positives(max_positives, num_refs):
   if max_positives is None:
     return num_refs
@@ -130,8 +115,9 @@ def smooth_ap_statistics(
     2
   """
   _check_temperature('temperature', temperature)
-  similarity, masks = _prepared(similarity, labels, ref_labels, where,
-                                ref_where, exclude_self, query_offset)
+  similarity, masks = _pairs.prepare(
+      similarity, labels, ref_labels, where=where, ref_where=ref_where,
+      exclude_self=exclude_self, query_offset=query_offset)
   valid = masks.positive + masks.negative
   rank_all, rank_pos, is_positive = _smooth_ranks(
       similarity, masks.positive, valid, temperature,
@@ -240,8 +226,9 @@ def recall_at_k_statistics(
   ks = tuple(ks)
   if not ks or any(int(k) != k or k < 1 for k in ks):
     raise ValueError(f'ks must be positive integers, got {ks}.')
-  similarity, masks = _prepared(similarity, labels, ref_labels, where,
-                                ref_where, exclude_self, query_offset)
+  similarity, masks = _pairs.prepare(
+      similarity, labels, ref_labels, where=where, ref_where=ref_where,
+      exclude_self=exclude_self, query_offset=query_offset)
   valid = masks.positive + masks.negative
   rank_all, _, is_positive = _smooth_ranks(
       similarity, masks.positive, valid, temperature,

@@ -22,7 +22,6 @@ import inspect
 from typing import Any, Callable
 
 import jax
-import jax.numpy as jnp
 
 from tcm_jax.losses import _pair_based
 from tcm_jax.losses import _pairs

@@ -123,17 +123,10 @@ def tcm_statistics(
     >>> int(stats.hard_neg_count), int(stats.neg_count)  # (0,2) and (2,0)
     (2, 4)
   """
-  similarity = jnp.asarray(similarity)
   _check_margins(margin_pos, margin_neg)
-  masks = _pairs.pair_masks(
+  similarity, masks = _pairs.prepare(
       similarity, labels, ref_labels, where=where, ref_where=ref_where,
       exclude_self=exclude_self, query_offset=query_offset)
-  similarity = similarity.astype(
-      jnp.promote_types(similarity.dtype, jnp.float32))
-  exclude_self = ref_labels is None if exclude_self is None else exclude_self
-  similarity = _pairs.zero_excluded(
-      similarity, masks, exclude_self, query_offset,
-      padded=where is not None or ref_where is not None)
   hard_pos = jax.lax.stop_gradient(
       masks.positive * _pairs.at_most(similarity, margin_pos))
   hard_neg = jax.lax.stop_gradient(

@@ -1,7 +1,6 @@
 """Losses by name, and base + TCM as one objective with its parts."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.sharding import Mesh
