@@ -31,7 +31,6 @@ def mean_of(stats: MeanStatistics) -> jax.Array:
   return stats.total / jnp.maximum(stats.count, 1.0)
 
 
-
 def _sharded(statistics_fn, reduce_fn, doc_name):
   """The cross-device form of a loss given by its statistics."""
 
