@@ -13,6 +13,12 @@ from tcm_jax.losses._pair_based import sharded_triplet_loss
 from tcm_jax.losses._pair_based import triplet_loss
 from tcm_jax.losses._pair_based import triplet_statistics
 from tcm_jax.losses._pairs import gather_references
+from tcm_jax.losses._proxy import arcface_loss
+from tcm_jax.losses._proxy import cosface_loss
+from tcm_jax.losses._proxy import normalized_softmax_loss
+from tcm_jax.losses._proxy import proxy_anchor_loss
+from tcm_jax.losses._proxy import proxy_anchor_statistics
+from tcm_jax.losses._proxy import sharded_proxy_anchor_loss
 from tcm_jax.losses._pairs import pair_masks
 from tcm_jax.losses._pairs import PairMasks
 from tcm_jax.losses._pairs import References
@@ -38,6 +44,8 @@ from tcm_jax.losses.tcm import tcm_statistics
 from tcm_jax.losses.tcm import TCMStatistics
 
 __all__ = [
+    'arcface_loss',
+    'cosface_loss',
     'PairMasks',
     'RankingStatistics',
     'References',
@@ -49,13 +57,17 @@ __all__ = [
     'l2_normalize',
     'multi_similarity_loss',
     'multi_similarity_statistics',
+    'normalized_softmax_loss',
     'objective',
     'pair_masks',
+    'proxy_anchor_loss',
+    'proxy_anchor_statistics',
     'recall_at_k_loss',
     'recall_at_k_statistics',
     'registry',
     'sharded_contrastive_loss',
     'sharded_multi_similarity_loss',
+    'sharded_proxy_anchor_loss',
     'sharded_recall_at_k_loss',
     'sharded_smooth_ap_loss',
     'sharded_statistics',

@@ -202,3 +202,53 @@ def multi_similarity(similarity, labels, ref_labels=None, alpha=2.0, beta=50.0,
                          for j in hard_neg)) / beta
     losses.append(loss)
   return np.mean(losses) if losses else 0.0
+
+
+def _normalize_rows(x):
+  x = np.asarray(x, np.float64)
+  return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def _softmax_ce(logits, labels):
+  out = []
+  for row, y in zip(logits, labels):
+    shifted = row - row.max()
+    out.append(-(shifted[y] - np.log(np.sum(np.exp(shifted)))))
+  return np.array(out)
+
+
+def classification(kind, z, labels, w, where=None, **hp):
+  """Normalised softmax, CosFace or ArcFace, straight from the papers."""
+  cos = _normalize_rows(z) @ _normalize_rows(w).T
+  logits = cos.copy()
+  for n, y in enumerate(labels):
+    if kind == 'normalized_softmax':
+      logits[n] = cos[n] / hp.get('temperature', 0.05)
+      continue
+    s, m = hp['scale'], hp['margin']
+    target = cos[n, y]
+    if kind == 'cosface':
+      target = target - m
+    elif np.cos(np.pi - m) < target:  # arcface, theta + m < pi
+      target = np.cos(np.arccos(target) + m)
+    else:
+      target = target - m * np.sin(m)
+    logits[n] = s * cos[n]
+    logits[n, y] = s * target
+  terms = _softmax_ce(logits, labels)
+  where = np.ones(len(labels), bool) if where is None else np.asarray(where)
+  return float(np.mean(terms[where]))
+
+
+def proxy_anchor(z, labels, w, alpha=32.0, margin=0.1, where=None):
+  cos = _normalize_rows(z) @ _normalize_rows(w).T
+  where = np.ones(len(labels), bool) if where is None else np.asarray(where)
+  positive, negative, with_positive = 0.0, 0.0, 0
+  for p in range(w.shape[0]):
+    pos = [cos[n, p] for n in range(len(labels)) if where[n] and labels[n] == p]
+    neg = [cos[n, p] for n in range(len(labels)) if where[n] and labels[n] != p]
+    if pos:
+      with_positive += 1
+      positive += np.log1p(sum(np.exp(-alpha * (c - margin)) for c in pos))
+    negative += np.log1p(sum(np.exp(alpha * (c + margin)) for c in neg))
+  return positive / max(with_positive, 1) + negative / w.shape[0]

@@ -1,0 +1,292 @@
+"""Proxy- and classification-based losses: one learned vector per class.
+
+Each takes embeddings, integer labels in `[0, num_classes)` and the
+`[num_classes, dim]` proxy (class-weight) matrix as an argument: the caller
+owns the parameters. Similarities are cosines, in float32.
+
+The classification losses (normalised softmax, CosFace, ArcFace) are means of
+per-sample terms; Proxy-Anchor couples the batch through a sum over samples
+per proxy, so its cross-device form sums those over the mesh first.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from tcm_jax.losses import _pairs
+from tcm_jax.losses import _similarity
+from tcm_jax.losses import _validation
+
+
+def _check(embeddings, labels, proxies, where):
+  """Shapes and dtypes; concrete labels are checked against the proxies."""
+  embeddings, proxies = jnp.asarray(embeddings), jnp.asarray(proxies)
+  if embeddings.ndim != 2:
+    raise ValueError(
+        f'embeddings must be 2-D [n, dim], got shape {embeddings.shape}.')
+  if proxies.ndim != 2 or proxies.shape[1] != embeddings.shape[1]:
+    raise ValueError(
+        f'proxies must be [num_classes, {embeddings.shape[1]}] to match the '
+        f'embeddings, got shape {proxies.shape}.')
+  labels = _validation.as_labels('labels', labels, embeddings.shape[0], 'rows')
+  try:  # labels known now (not traced): check them against the proxies
+    host = np.asarray(labels)
+  except (jax.errors.TracerArrayConversionError,
+          jax.errors.ConcretizationTypeError):
+    host = None
+  if host is not None:
+    bad = (host < 0) | (host >= proxies.shape[0])
+    if bad.any():
+      raise ValueError(
+          f'labels must be class indices in [0, {proxies.shape[0]}) (one '
+          f'proxy each); {int(bad.sum())} are not, e.g. '
+          f'{host[bad][:5].tolist()}.')
+  where = None if where is None else jnp.asarray(where)
+  _validation.check_mask('where', where, embeddings.shape[0])
+  embeddings = _pairs.zero_padded_rows('where', embeddings, where)
+  weights = (jnp.ones(embeddings.shape[0], jnp.float32) if where is None
+             else where.astype(jnp.float32))
+  cosine = _similarity.cosine_similarity(embeddings, proxies)
+  return cosine, labels, weights
+
+
+def _weighted_mean(values, weights):
+  return jnp.sum(values * weights) / jnp.maximum(jnp.sum(weights), 1.0)
+
+
+def _cross_entropy(logits, labels):
+  log_probs = jax.nn.log_softmax(logits, axis=1)
+  return -jnp.take_along_axis(log_probs, labels[:, None], axis=1)[:, 0]
+
+
+def _positive(name, value):
+  _validation.check_in_range(name, value, 1e-12, math.inf)
+
+
+def normalized_softmax_loss(embeddings, labels, proxies, *,
+                            temperature: float = 0.05,
+                            where=None) -> jax.Array:
+  """Softmax cross-entropy over cosine similarities to the class proxies.
+
+  `logits = cos(z, W) / temperature`; mean over (unpadded) samples.
+
+  Args:
+    embeddings: `[n, dim]` embeddings.
+    labels: `[n]` class indices in `[0, num_classes)`.
+    proxies: `[num_classes, dim]` class weights (normalised inside).
+    temperature: softmax temperature (the paper's 0.05), > 0.
+    where: optional `[n]` boolean mask, False for padded rows.
+
+  Returns:
+    Scalar loss.
+
+  References:
+    Zhai, Wu, "Classification is a Strong Baseline for Deep Metric
+    Learning", BMVC 2019.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from tcm_jax import losses
+    >>> z, w = jnp.array([[1.0, 0.0]]), jnp.array([[1.0, 0.0], [0.0, 1.0]])
+    >>> loss = losses.normalized_softmax_loss(z, jnp.array([0]), w,
+    ...                                       temperature=1.0)
+    >>> print(f'{loss:.4f}')  # -log(e / (e + 1))
+    0.3133
+  """
+  _positive('temperature', temperature)
+  cosine, labels, weights = _check(embeddings, labels, proxies, where)
+  return _weighted_mean(_cross_entropy(cosine / temperature, labels), weights)
+
+
+def cosface_loss(embeddings, labels, proxies, *, scale: float = 64.0,
+                 margin: float = 0.35, where=None) -> jax.Array:
+  """CosFace (large margin cosine loss): `s * (cos - m)` for the true class.
+
+  Args:
+    embeddings: `[n, dim]` embeddings.
+    labels: `[n]` class indices in `[0, num_classes)`.
+    proxies: `[num_classes, dim]` class weights (normalised inside).
+    scale: logit scale s (the paper's 64), > 0.
+    margin: cosine margin m (the paper's 0.35), in [0, 1].
+    where: optional `[n]` boolean mask, False for padded rows.
+
+  Returns:
+    Scalar loss, mean over samples.
+
+  References:
+    Wang et al., "CosFace: Large Margin Cosine Loss for Deep Face
+    Recognition", CVPR 2018.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from tcm_jax import losses
+    >>> z, w = jnp.array([[1.0, 0.0]]), jnp.array([[1.0, 0.0], [0.0, 1.0]])
+    >>> loss = losses.cosface_loss(z, jnp.array([0]), w, scale=1.0, margin=1.0)
+    >>> print(f'{loss:.4f}')  # logits 0 and 0: log 2
+    0.6931
+  """
+  _positive('scale', scale)
+  _validation.check_in_range('margin', margin, 0.0, 1.0)
+  cosine, labels, weights = _check(embeddings, labels, proxies, where)
+  target = jax.nn.one_hot(labels, cosine.shape[1], dtype=cosine.dtype)
+  logits = scale * (cosine - margin * target)
+  return _weighted_mean(_cross_entropy(logits, labels), weights)
+
+
+def arcface_loss(embeddings, labels, proxies, *, scale: float = 64.0,
+                 margin: float = 0.5, where=None) -> jax.Array:
+  """ArcFace (additive angular margin): `s * cos(theta + m)` for the true class.
+
+  As in the authors' implementation, once `theta + m` would pass pi the
+  target logit continues as `cos(theta) - m * sin(m)`, which keeps it
+  decreasing in theta.
+
+  Args:
+    embeddings: `[n, dim]` embeddings.
+    labels: `[n]` class indices in `[0, num_classes)`.
+    proxies: `[num_classes, dim]` class weights (normalised inside).
+    scale: logit scale s (the paper's 64), > 0.
+    margin: angular margin m in radians (the paper's 0.5), in [0, pi/2].
+    where: optional `[n]` boolean mask, False for padded rows.
+
+  Returns:
+    Scalar loss, mean over samples.
+
+  References:
+    Deng, Guo, Xue, Zafeiriou, "ArcFace: Additive Angular Margin Loss for
+    Deep Face Recognition", CVPR 2019.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from tcm_jax import losses
+    >>> z, w = jnp.array([[1.0, 0.0]]), jnp.array([[1.0, 0.0], [0.0, 1.0]])
+    >>> loss = losses.arcface_loss(z, jnp.array([0]), w, scale=1.0,
+    ...                            margin=jnp.pi / 2)
+    >>> print(f'{loss:.4f}')  # cos(0 + pi/2) = 0 against cos(pi/2) = 0
+    0.6931
+  """
+  _positive('scale', scale)
+  _validation.check_in_range('margin', margin, 0.0, math.pi / 2)
+  cosine, labels, weights = _check(embeddings, labels, proxies, where)
+  target = jax.nn.one_hot(labels, cosine.shape[1], dtype=cosine.dtype)
+  cos_t = jnp.sum(cosine * target, axis=1)
+  # sin(theta) with a floor: its gradient is infinite at cos = +-1.
+  sin_t = jnp.sqrt(jnp.maximum(1.0 - cos_t * cos_t, 1e-12))
+  shifted = cos_t * math.cos(margin) - sin_t * math.sin(margin)
+  fallback = cos_t - margin * math.sin(margin)
+  target_logit = jnp.where(cos_t > math.cos(math.pi - margin), shifted,
+                           fallback)
+  logits = scale * (cosine + target * (target_logit - cos_t)[:, None])
+  return _weighted_mean(_cross_entropy(logits, labels), weights)
+
+
+class ProxyAnchorStatistics(NamedTuple):
+  """Per-proxy sums over samples (add across devices before the log)."""
+  positive_sums: jax.Array  # [classes] sum over positives of exp(-a(s - d))
+  negative_sums: jax.Array  # [classes] sum over negatives of exp(a(s + d))
+  has_positive: jax.Array  # [classes] samples of that class in the batch
+
+
+def proxy_anchor_statistics(embeddings, labels, proxies, *,
+                            alpha: float = 32.0, margin: float = 0.1,
+                            where=None) -> ProxyAnchorStatistics:
+  """The per-proxy sums of `proxy_anchor_loss`."""
+  _positive('alpha', alpha)
+  _validation.check_in_range('margin', margin, 0.0, 1.0)
+  cosine, labels, weights = _check(embeddings, labels, proxies, where)
+  target = jax.nn.one_hot(labels, cosine.shape[1], dtype=cosine.dtype)
+  positive = target * weights[:, None]
+  negative = (1.0 - target) * weights[:, None]
+  # Cosines are in [-1, 1]: the exponents stay below alpha * (1 + margin).
+  return ProxyAnchorStatistics(
+      positive_sums=jnp.sum(positive * jnp.exp(-alpha * (cosine - margin)), 0),
+      negative_sums=jnp.sum(negative * jnp.exp(alpha * (cosine + margin)), 0),
+      has_positive=jnp.sum(positive, axis=0))
+
+
+def proxy_anchor_from_statistics(stats: ProxyAnchorStatistics) -> jax.Array:
+  """Proxy-Anchor from (possibly cross-device summed) per-proxy sums."""
+  with_positive = jnp.minimum(stats.has_positive, 1.0)
+  positive = (jnp.sum(with_positive * jnp.log1p(stats.positive_sums))
+              / jnp.maximum(jnp.sum(with_positive), 1.0))
+  negative = jnp.mean(jnp.log1p(stats.negative_sums))
+  return positive + negative
+
+
+def proxy_anchor_loss(embeddings, labels, proxies, *, alpha: float = 32.0,
+                      margin: float = 0.1, where=None) -> jax.Array:
+  """Proxy-Anchor: each proxy pulls its samples and pushes the others.
+
+  .. math::
+
+    L = \\frac{1}{|P^+|} \\sum_{p \\in P^+} \\log\\left(1 + \\sum_{x \\in X_p^+}
+        e^{-\\alpha (s(x, p) - \\delta)}\\right)
+      + \\frac{1}{|P|} \\sum_{p \\in P} \\log\\left(1 + \\sum_{x \\in X_p^-}
+        e^{\\alpha (s(x, p) + \\delta)}\\right)
+
+  with `P+` the proxies of the classes in the batch.
+
+  Args:
+    embeddings: `[n, dim]` embeddings.
+    labels: `[n]` class indices in `[0, num_classes)`.
+    proxies: `[num_classes, dim]` proxies (normalised inside).
+    alpha: scale (the paper's 32), > 0.
+    margin: delta (the paper's 0.1), in [0, 1].
+    where: optional `[n]` boolean mask, False for padded rows.
+
+  Returns:
+    Scalar loss.
+
+  References:
+    Kim, Kim, Cho, Kwak, "Proxy Anchor Loss for Deep Metric Learning",
+    CVPR 2020.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from tcm_jax import losses
+    >>> z, w = jnp.array([[1.0, 0.0]]), jnp.array([[1.0, 0.0], [0.0, 1.0]])
+    >>> loss = losses.proxy_anchor_loss(z, jnp.array([0]), w, alpha=1.0,
+    ...                                 margin=0.0)
+    >>> # Proxy 0 pulls its sample: log(1 + e^-1). Pushing: proxy 0 has no
+    >>> # negative (log 1), proxy 1 one at cos 0 (log 2); mean of the two.
+    >>> print(f'{loss:.4f}')
+    0.6598
+  """
+  return proxy_anchor_from_statistics(proxy_anchor_statistics(
+      embeddings, labels, proxies, alpha=alpha, margin=margin, where=where))
+
+
+def sharded_proxy_anchor_loss(embeddings, labels, proxies, *, axis_name,
+                              where=None, **kwargs) -> jax.Array:
+  """`proxy_anchor_loss` of the global batch, from inside `jax.shard_map`.
+
+  The per-proxy sums are added over `axis_name` before the logarithms, so
+  value and gradients equal one device holding the global batch (proxies
+  replicated; gradients inside `shard_map` need `check_vma=True`).
+
+  Examples:
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> from jax.sharding import Mesh, PartitionSpec as P
+    >>> from tcm_jax import losses
+    >>> mesh = Mesh(jax.devices(), ('data',))  # any count that divides 8
+    >>> z = jax.random.normal(jax.random.key(0), (8, 16))
+    >>> w = jax.random.normal(jax.random.key(1), (4, 16))
+    >>> y = jnp.array([0, 0, 1, 1, 2, 2, 3, 3])
+    >>> fn = jax.jit(jax.shard_map(
+    ...     lambda z, y, w: losses.sharded_proxy_anchor_loss(
+    ...         z, y, w, axis_name='data'),
+    ...     mesh=mesh, in_specs=(P('data'), P('data'), P()), out_specs=P()))
+    >>> bool(jnp.allclose(fn(z, y, w), losses.proxy_anchor_loss(z, y, w),
+    ...                   rtol=1e-5))
+    True
+  """
+  stats = proxy_anchor_statistics(embeddings, labels, proxies, where=where,
+                                  **kwargs)
+  return proxy_anchor_from_statistics(
+      jax.tree.map(lambda x: jax.lax.psum(x, axis_name), stats))

@@ -1,0 +1,128 @@
+"""Proxy- and classification-based losses against NumPy references."""
+
+import functools
+
+import jax
+import jax.experimental
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import Mesh
+from jax.sharding import PartitionSpec as P
+from jax.test_util import check_grads
+
+from tcm_jax import losses
+from tests.losses import reference
+
+enable_x64 = (jax.enable_x64 if hasattr(jax, 'enable_x64')
+              else jax.experimental.enable_x64)
+
+CASES = [
+    ('normalized_softmax', losses.normalized_softmax_loss, dict()),
+    ('normalized_softmax', losses.normalized_softmax_loss,
+     dict(temperature=0.5)),
+    ('cosface', losses.cosface_loss, dict(scale=64.0, margin=0.35)),
+    ('cosface', losses.cosface_loss, dict(scale=4.0, margin=0.1)),
+    ('arcface', losses.arcface_loss, dict(scale=64.0, margin=0.5)),
+    ('arcface', losses.arcface_loss, dict(scale=4.0, margin=1.2)),
+    ('proxy_anchor', losses.proxy_anchor_loss, dict()),
+    ('proxy_anchor', losses.proxy_anchor_loss, dict(alpha=4.0, margin=0.3)),
+]
+IDS = [f'{c[0]}-{i}' for i, c in enumerate(CASES)]
+LABELS = np.array([3, 0, 0, 1, 0, 2, 1, 0, 2, 4, 0, 3])  # class 5: no sample
+
+
+def _reference(name, z, labels, w, **hp):
+  if name == 'proxy_anchor':
+    return reference.proxy_anchor(z, labels, w, **hp)
+  return reference.classification(name, z, labels, w, **hp)
+
+
+def _data(seed, n=12, classes=6, dim=5):
+  rng = np.random.default_rng(seed)
+  return (rng.normal(size=(n, dim)).astype(np.float32),
+          rng.normal(size=(classes, dim)).astype(np.float32))
+
+
+@pytest.mark.parametrize('name, loss_fn, hp', CASES, ids=IDS)
+def test_value_and_gradients_match_reference(name, loss_fn, hp):
+  z, w = _data(0)
+  expected = _reference(name, z, LABELS, w, **hp)
+  grad_z = reference.numeric_gradient(
+      lambda x: _reference(name, x, LABELS, w, **hp), z)
+  grad_w = reference.numeric_gradient(
+      lambda x: _reference(name, z, LABELS, x, **hp), w)
+  loss, (dz, dw) = jax.jit(jax.value_and_grad(
+      functools.partial(loss_fn, **hp), argnums=(0, 2)))(z, LABELS, w)
+  np.testing.assert_allclose(loss, expected, rtol=1e-5, atol=1e-5)
+  scale = max(1.0, float(np.abs(grad_z).max()))
+  np.testing.assert_allclose(dz, grad_z, rtol=1e-3, atol=1e-4 * scale)
+  np.testing.assert_allclose(dw, grad_w, rtol=1e-3, atol=1e-4 * scale)
+
+
+@pytest.mark.parametrize('name, loss_fn, hp', CASES[1::2], ids=IDS[1::2])
+def test_check_grads(name, loss_fn, hp):
+  del name
+  with enable_x64(True):
+    z, w = (jnp.asarray(a, jnp.float64) for a in _data(1))
+    check_grads(lambda z, w: loss_fn(z, LABELS, w, **hp), (z, w), order=1,
+                modes=('rev',), eps=1e-6)
+
+
+@pytest.mark.parametrize('name, loss_fn, hp', CASES[::2], ids=IDS[::2])
+def test_padding_and_single_class(name, loss_fn, hp):
+  z, w = _data(2)
+  z_pad = np.concatenate([z, np.full((2, 5), np.nan, np.float32)])
+  labels = np.concatenate([LABELS, [0, 1]])
+  where = np.arange(14) < 12
+  loss, grad = jax.value_and_grad(
+      lambda x: loss_fn(x, labels, w, where=where, **hp))(z_pad)
+  np.testing.assert_allclose(loss, _reference(name, z, LABELS, w, **hp),
+                             rtol=1e-5, atol=1e-6)
+  assert np.all(np.isfinite(grad)) and np.all(np.asarray(grad)[12:] == 0)
+  one_class = np.zeros(12, int)
+  loss, grad = jax.value_and_grad(
+      lambda x: loss_fn(x, one_class, w, **hp))(z)
+  np.testing.assert_allclose(loss, _reference(name, z, one_class, w, **hp),
+                             rtol=1e-5, atol=1e-5)
+  assert np.all(np.isfinite(grad))
+
+
+@pytest.mark.parametrize('call, match', [
+    (lambda: losses.arcface_loss(np.zeros((3, 4)), np.zeros(3, int),
+                                 np.zeros((2, 5))),
+     r'proxies must be \[num_classes, 4\] .* got shape \(2, 5\)'),
+    (lambda: losses.cosface_loss(np.ones((3, 4)), np.array([0, 1, 2]),
+                                 np.ones((2, 4))),
+     r'labels must be class indices in \[0, 2\) .* 1 are not, e.g. \[2\]'),
+    (lambda: losses.normalized_softmax_loss(np.ones((3, 4)), np.zeros(3, int),
+                                            np.ones((2, 4)), temperature=0.0),
+     r'temperature must be'),
+    (lambda: losses.arcface_loss(np.ones((3, 4)), np.zeros(3, int),
+                                 np.ones((2, 4)), margin=2.0),
+     r'margin must be'),
+    (lambda: losses.proxy_anchor_loss(np.ones((3, 4)), np.zeros(3),
+                                      np.ones((2, 4))),
+     r'labels must have an integer dtype'),
+])
+def test_bad_input(call, match):
+  with pytest.raises((ValueError, TypeError), match=match):
+    call()
+
+
+def test_proxy_anchor_eight_devices_equal_one():
+  mesh = Mesh(np.array(jax.devices()), ('data',))
+  rng = np.random.default_rng(3)
+  z = rng.normal(size=(48, 8)).astype(np.float32)
+  w = rng.normal(size=(12, 8)).astype(np.float32)
+  labels = np.arange(48) % 10  # proxies 10, 11 have no sample
+  fn = jax.jit(jax.shard_map(
+      lambda z, y, w: losses.sharded_proxy_anchor_loss(z, y, w,
+                                                       axis_name='data'),
+      mesh=mesh, in_specs=(P('data'), P('data'), P()), out_specs=P()))
+  loss, grads = jax.value_and_grad(fn, argnums=(0, 2))(z, labels, w)
+  expected, expected_grads = jax.value_and_grad(
+      losses.proxy_anchor_loss, argnums=(0, 2))(z, labels, w)
+  np.testing.assert_allclose(loss, expected, rtol=1e-5)
+  for got, want in zip(grads, expected_grads):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
