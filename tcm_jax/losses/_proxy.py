@@ -195,7 +195,16 @@ class ProxyAnchorStatistics(NamedTuple):
 def proxy_anchor_statistics(embeddings, labels, proxies, *,
                             alpha: float = 32.0, margin: float = 0.1,
                             where=None) -> ProxyAnchorStatistics:
-  """The per-proxy sums of `proxy_anchor_loss`."""
+  """The per-proxy sums of `proxy_anchor_loss`.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from tcm_jax import losses
+    >>> z, w = jnp.array([[1.0, 0.0]]), jnp.array([[1.0, 0.0], [0.0, 1.0]])
+    >>> stats = losses.proxy_anchor_statistics(z, jnp.array([0]), w)
+    >>> print(stats.has_positive)
+    [1. 0.]
+  """
   _positive('alpha', alpha)
   _validation.check_in_range('margin', margin, 0.0, 1.0)
   cosine, labels, weights = _check(embeddings, labels, proxies, where)

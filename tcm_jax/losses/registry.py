@@ -25,7 +25,9 @@ import jax
 
 from tcm_jax.losses import _pair_based
 from tcm_jax.losses import _pairs
+from tcm_jax.losses import _proxy
 from tcm_jax.losses import _ranking
+from tcm_jax.losses import _similarity
 from tcm_jax.losses import tcm as tcm_lib
 
 _MASK_ARGS = frozenset({'where', 'ref_where', 'exclude_self', 'query_offset'})
@@ -192,3 +194,78 @@ def objective(base: str, *, tcm: dict[str, Any] | None = None,
     LOSSES['tcm'].split(tcm)
   return Objective(loss, _frozen(base_hyper),
                    None if tcm is None else _frozen(tcm))
+
+
+# Losses over embeddings and a [classes, dim] proxy matrix the caller owns.
+PROXY_LOSSES: dict[str, Callable[..., jax.Array]] = {
+    'normalized_softmax': _proxy.normalized_softmax_loss,
+    'cosface': _proxy.cosface_loss,
+    'arcface': _proxy.arcface_loss,
+    'proxy_anchor': _proxy.proxy_anchor_loss,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class ProxyObjective:
+  """A proxy loss plus TCM over the batch; see `proxy_objective`."""
+  name: str
+  frozen_base_hyper: tuple[tuple[str, Any], ...]
+  frozen_tcm_hyper: tuple[tuple[str, Any], ...] | None
+
+  def __call__(self, embeddings, labels, proxies, *, where=None):
+    """`(loss, parts)` of a batch of embeddings with the class proxies."""
+    base = PROXY_LOSSES[self.name](embeddings, labels, proxies, where=where,
+                                   **dict(self.frozen_base_hyper))
+    parts = {'base': base}
+    total = base
+    if self.frozen_tcm_hyper is not None:
+      stats_hyper, reduce_hyper = LOSSES['tcm'].split(
+          dict(self.frozen_tcm_hyper))
+      embeddings = _pairs.zero_padded_rows('where', embeddings, where)
+      stats = tcm_lib.tcm_statistics(
+          _similarity.cosine_similarity(embeddings), labels, where=where,
+          **stats_hyper)
+      parts['tcm'] = tcm_lib.tcm_loss_from_statistics(stats, **reduce_hyper)
+      parts.update(tcm_lib.tcm_diagnostics(stats))
+      total = total + parts['tcm']
+    return total, parts
+
+
+def proxy_objective(base: str, *, tcm: dict[str, Any] | None = None,
+                    **base_hyper) -> ProxyObjective:
+  """A proxy/classification loss plus TCM, as one function.
+
+  Args:
+    base: one of `sorted(PROXY_LOSSES)`.
+    tcm: TCM's hyperparameters (`{}` for the defaults), or None.
+    **base_hyper: the proxy loss's hyperparameters.
+
+  Returns:
+    `fn(embeddings, labels, proxies, where=None) -> (loss, parts)`. These
+    losses are means over samples: across devices, average the per-device
+    values (TCM's batch coupling needs `objective(...).sharded` or
+    `sharded_tcm_loss`).
+
+  Examples:
+    >>> import jax
+    >>> from tcm_jax.losses import registry
+    >>> fn = registry.proxy_objective('arcface', scale=16.0, tcm={})
+    >>> z = jax.random.normal(jax.random.key(0), (8, 4))
+    >>> w = jax.random.normal(jax.random.key(1), (3, 4))
+    >>> total, parts = fn(z, jax.numpy.array([0, 0, 1, 1, 2, 2, 0, 1]), w)
+    >>> sorted(parts)[:2]
+    ['base', 'hard_neg_fraction']
+  """
+  if base not in PROXY_LOSSES:
+    raise ValueError(
+        f'unknown proxy loss {base!r}; registered: {sorted(PROXY_LOSSES)}.')
+  takes = [p.name for p in inspect.signature(PROXY_LOSSES[base]).parameters
+           .values() if p.kind == p.KEYWORD_ONLY and p.name != 'where']
+  unknown = set(base_hyper) - set(takes)
+  if unknown:
+    raise ValueError(f'unknown hyperparameters {sorted(unknown)} for loss '
+                     f'{base!r}; it takes {sorted(takes)}.')
+  if tcm is not None:
+    LOSSES['tcm'].split(tcm)
+  return ProxyObjective(base, _frozen(base_hyper),
+                        None if tcm is None else _frozen(tcm))

@@ -81,3 +81,23 @@ def test_sharded_objective_equals_one_device():
 def test_bad_names(call, match):
   with pytest.raises(ValueError, match=match):
     call()
+
+
+def test_proxy_objective_is_base_plus_tcm():
+  z, labels = _batch(3)
+  w = np.random.default_rng(4).normal(size=(6, 8)).astype(np.float32)
+  fn = registry.proxy_objective('cosface', scale=8.0, tcm=dict(margin_neg=0.3))
+  total, parts = jax.jit(fn)(z, labels, w)
+  base = losses.cosface_loss(z, labels, w, scale=8.0)
+  tcm = tcm_jax.tcm_loss_from_embeddings(z, labels, margin_neg=0.3)
+  np.testing.assert_allclose(parts['base'], base, rtol=1e-6)
+  np.testing.assert_allclose(parts['tcm'], tcm, rtol=1e-6)
+  np.testing.assert_allclose(total, base + tcm, rtol=1e-6)
+  alone, parts = registry.proxy_objective('proxy_anchor')(z, labels, w)
+  np.testing.assert_allclose(alone, losses.proxy_anchor_loss(z, labels, w),
+                             rtol=1e-6)
+  assert set(parts) == {'base'}
+  with pytest.raises(ValueError, match=r"unknown proxy loss 'softmax'"):
+    registry.proxy_objective('softmax')
+  with pytest.raises(ValueError, match=r"unknown hyperparameters \['s'\]"):
+    registry.proxy_objective('arcface', s=30.0)
