@@ -31,6 +31,26 @@ BASES = {
 }
 
 
+# Proxy losses: one proxy per class of the batch.
+PROXIES = {
+    'normalized_softmax': {},
+    'cosface': {},
+    'arcface': {},
+    'proxy_anchor': {},
+}
+
+
+def proxy_step(name, with_tcm):
+  objective = losses.proxy_objective(name, tcm={} if with_tcm else None,
+                                     **PROXIES[name])
+
+  def loss(z, labels, proxies):
+    total, _ = objective(z, labels, proxies)
+    return total
+
+  return jax.jit(jax.value_and_grad(loss, argnums=(0, 2)))
+
+
 def registry_name(label):
   return label.split(' ')[0]
 
@@ -62,6 +82,14 @@ def main():
     base, both = median_seconds([step(label, False), step(label, True)],
                                 (z, labels), args.repeats)
     print(f'{label:<22} {1e3 * base:>9.1f} {1e3 * both:>9.1f} '
+          f'{both / base:>6.2f}')
+  proxies = jnp.asarray(rng.normal(size=(args.batch // 4, args.dim)),
+                        jnp.float32)
+  for name in PROXIES:
+    base, both = median_seconds([proxy_step(name, False),
+                                 proxy_step(name, True)],
+                                (z, labels, proxies), args.repeats)
+    print(f'{name:<22} {1e3 * base:>9.1f} {1e3 * both:>9.1f} '
           f'{both / base:>6.2f}')
 
 

@@ -34,6 +34,7 @@ from tcm_jax.losses import registry
 from tcm_jax.losses._similarity import cosine_similarity
 from tcm_jax.losses._similarity import l2_normalize
 from tcm_jax.losses.registry import objective
+from tcm_jax.losses.registry import proxy_objective
 from tcm_jax.losses.tcm import sharded_tcm_loss
 from tcm_jax.losses.tcm import sharded_tcm_statistics
 from tcm_jax.losses.tcm import tcm_diagnostics
@@ -62,6 +63,7 @@ __all__ = [
     'pair_masks',
     'proxy_anchor_loss',
     'proxy_anchor_statistics',
+    'proxy_objective',
     'recall_at_k_loss',
     'recall_at_k_statistics',
     'registry',
