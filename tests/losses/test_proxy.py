@@ -70,7 +70,7 @@ def test_check_grads(name, loss_fn, hp):
 
 
 @pytest.mark.parametrize('name, loss_fn, hp', CASES[::2], ids=IDS[::2])
-def test_padding_and_single_class(name, loss_fn, hp):
+def test_padding_one_class_and_distinct_classes(name, loss_fn, hp):
   z, w = _data(2)
   z_pad = np.concatenate([z, np.full((2, 5), np.nan, np.float32)])
   labels = np.concatenate([LABELS, [0, 1]])
@@ -80,12 +80,12 @@ def test_padding_and_single_class(name, loss_fn, hp):
   np.testing.assert_allclose(loss, _reference(name, z, LABELS, w, **hp),
                              rtol=1e-5, atol=1e-6)
   assert np.all(np.isfinite(grad)) and np.all(np.asarray(grad)[12:] == 0)
-  one_class = np.zeros(12, int)
-  loss, grad = jax.value_and_grad(
-      lambda x: loss_fn(x, one_class, w, **hp))(z)
-  np.testing.assert_allclose(loss, _reference(name, z, one_class, w, **hp),
-                             rtol=1e-5, atol=1e-5)
-  assert np.all(np.isfinite(grad))
+  for batch, labels in ((z, np.zeros(12, int)), (z[:6], np.arange(6))):
+    loss, grad = jax.value_and_grad(
+        lambda x: loss_fn(x, labels, w, **hp))(batch)
+    np.testing.assert_allclose(loss, _reference(name, batch, labels, w, **hp),
+                               rtol=1e-5, atol=1e-5)
+    assert np.all(np.isfinite(grad))
 
 
 @pytest.mark.parametrize('call, match', [
