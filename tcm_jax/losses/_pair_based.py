@@ -314,8 +314,8 @@ def multi_similarity_loss(similarity, labels, ref_labels=None, *,
           e^{\\beta (S_{ik} - \\lambda)}\\right)
 
   averaged over the anchors that have any pair. The mining is not
-  differentiated. Defaults are the paper's: alpha 2, beta 50, lambda (`base`)
-  0.5, epsilon 0.1.
+  differentiated. Defaults: alpha 2, beta 50, lambda (`base`) 0.5, epsilon
+  0.1, those of the authors' released code and pytorch-metric-learning.
 
   Args:
     similarity: `[q, r]` cosine similarities.

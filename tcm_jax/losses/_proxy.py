@@ -2,7 +2,9 @@
 
 Each takes embeddings, integer labels in `[0, num_classes)` and the
 `[num_classes, dim]` proxy (class-weight) matrix as an argument: the caller
-owns the parameters. Similarities are cosines, in float32.
+owns the parameters. Similarities are cosines, in float32. Labels known at
+call time are checked against the proxies (padded rows excepted); traced
+labels cannot be, and an out-of-range one gives a meaningless loss.
 
 The classification losses (normalised softmax, CosFace, ArcFace) are means of
 per-sample terms; Proxy-Anchor couples the batch through a sum over samples
@@ -23,6 +25,15 @@ from tcm_jax.losses import _similarity
 from tcm_jax.losses import _validation
 
 
+def _known(x) -> np.ndarray | None:
+  """`x` as a NumPy array, or None while it is traced."""
+  try:
+    return np.asarray(x)
+  except (jax.errors.TracerArrayConversionError,
+          jax.errors.ConcretizationTypeError):
+    return None
+
+
 def _check(embeddings, labels, proxies, where):
   """Shapes and dtypes; concrete labels are checked against the proxies."""
   embeddings, proxies = jnp.asarray(embeddings), jnp.asarray(proxies)
@@ -34,20 +45,21 @@ def _check(embeddings, labels, proxies, where):
         f'proxies must be [num_classes, {embeddings.shape[1]}] to match the '
         f'embeddings, got shape {proxies.shape}.')
   labels = _validation.as_labels('labels', labels, embeddings.shape[0], 'rows')
-  try:  # labels known now (not traced): check them against the proxies
-    host = np.asarray(labels)
-  except (jax.errors.TracerArrayConversionError,
-          jax.errors.ConcretizationTypeError):
-    host = None
-  if host is not None:
+  where = None if where is None else jnp.asarray(where)
+  _validation.check_mask('where', where, embeddings.shape[0])
+  host = _known(labels)
+  if host is not None:  # labels known now (not traced): check them
     bad = (host < 0) | (host >= proxies.shape[0])
+    padding = None if where is None else _known(where)
+    if padding is not None:
+      bad &= padding
     if bad.any():
       raise ValueError(
           f'labels must be class indices in [0, {proxies.shape[0]}) (one '
           f'proxy each); {int(bad.sum())} are not, e.g. '
           f'{host[bad][:5].tolist()}.')
-  where = None if where is None else jnp.asarray(where)
-  _validation.check_mask('where', where, embeddings.shape[0])
+  if where is not None:  # padded rows may hold any label, -1 included
+    labels = jnp.where(where, labels, 0)
   embeddings = _pairs.zero_padded_rows('where', embeddings, where)
   weights = (jnp.ones(embeddings.shape[0], jnp.float32) if where is None
              else where.astype(jnp.float32))
@@ -186,16 +198,36 @@ def arcface_loss(embeddings, labels, proxies, *, scale: float = 64.0,
 
 
 class ProxyAnchorStatistics(NamedTuple):
-  """Per-proxy sums over samples (add across devices before the log)."""
-  positive_sums: jax.Array  # [classes] sum over positives of exp(-a(s - d))
-  negative_sums: jax.Array  # [classes] sum over negatives of exp(a(s + d))
+  """Per-proxy sums over samples (add across devices before the log).
+
+  Each sum is of `exp(x - shift)`, the shift being the largest exponent `x`
+  of that proxy (at least 0), the same on every device, so nothing overflows
+  for any `alpha`.
+  """
+  positive_sums: jax.Array  # [classes] sum over positives of exp(x - shift)
+  positive_shift: jax.Array  # [classes]
+  negative_sums: jax.Array  # [classes] sum over negatives of exp(x - shift)
+  negative_shift: jax.Array  # [classes]
   has_positive: jax.Array  # [classes] samples of that class in the batch
+
+
+def _shifted_sums(exponents, mask, axis_name):
+  """Per-proxy sums of exp(exponent - shift) over masked samples, and shift."""
+  largest = jnp.max(jnp.where(mask > 0, exponents, -jnp.inf), axis=0)
+  shift = jax.lax.stop_gradient(jnp.maximum(largest, 0.0))
+  if axis_name is not None:
+    shift = jax.lax.pmax(shift, axis_name)
+  safe = jnp.where(mask > 0, exponents - shift, -jnp.inf)
+  return jnp.sum(jnp.exp(safe), axis=0), shift
 
 
 def proxy_anchor_statistics(embeddings, labels, proxies, *,
                             alpha: float = 32.0, margin: float = 0.1,
-                            where=None) -> ProxyAnchorStatistics:
+                            where=None, axis_name=None) -> ProxyAnchorStatistics:
   """The per-proxy sums of `proxy_anchor_loss`.
+
+  With `axis_name` (inside `jax.shard_map`), the shifts are shared over the
+  mesh so that the sums can be added across devices.
 
   Examples:
     >>> import jax.numpy as jnp
@@ -211,19 +243,28 @@ def proxy_anchor_statistics(embeddings, labels, proxies, *,
   target = jax.nn.one_hot(labels, cosine.shape[1], dtype=cosine.dtype)
   positive = target * weights[:, None]
   negative = (1.0 - target) * weights[:, None]
-  # Cosines are in [-1, 1]: the exponents stay below alpha * (1 + margin).
+  positive_sums, positive_shift = _shifted_sums(
+      -alpha * (cosine - margin), positive, axis_name)
+  negative_sums, negative_shift = _shifted_sums(
+      alpha * (cosine + margin), negative, axis_name)
   return ProxyAnchorStatistics(
-      positive_sums=jnp.sum(positive * jnp.exp(-alpha * (cosine - margin)), 0),
-      negative_sums=jnp.sum(negative * jnp.exp(alpha * (cosine + margin)), 0),
+      positive_sums=positive_sums, positive_shift=positive_shift,
+      negative_sums=negative_sums, negative_shift=negative_shift,
       has_positive=jnp.sum(positive, axis=0))
+
+
+def _log1p(sums, shift):
+  """`log(1 + sum exp(x))` from the sum of `exp(x - shift)`."""
+  return shift + jnp.log(jnp.exp(-shift) + sums)
 
 
 def proxy_anchor_from_statistics(stats: ProxyAnchorStatistics) -> jax.Array:
   """Proxy-Anchor from (possibly cross-device summed) per-proxy sums."""
   with_positive = jnp.minimum(stats.has_positive, 1.0)
-  positive = (jnp.sum(with_positive * jnp.log1p(stats.positive_sums))
+  positive = (jnp.sum(with_positive
+                      * _log1p(stats.positive_sums, stats.positive_shift))
               / jnp.maximum(jnp.sum(with_positive), 1.0))
-  negative = jnp.mean(jnp.log1p(stats.negative_sums))
+  negative = jnp.mean(_log1p(stats.negative_sums, stats.negative_shift))
   return positive + negative
 
 
@@ -296,6 +337,8 @@ def sharded_proxy_anchor_loss(embeddings, labels, proxies, *, axis_name,
     True
   """
   stats = proxy_anchor_statistics(embeddings, labels, proxies, where=where,
-                                  **kwargs)
-  return proxy_anchor_from_statistics(
-      jax.tree.map(lambda x: jax.lax.psum(x, axis_name), stats))
+                                  axis_name=axis_name, **kwargs)
+  summed = stats._replace(**{
+      name: jax.lax.psum(getattr(stats, name), axis_name)
+      for name in ('positive_sums', 'negative_sums', 'has_positive')})
+  return proxy_anchor_from_statistics(summed)

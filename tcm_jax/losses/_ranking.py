@@ -15,8 +15,10 @@ before dividing), like `tcm_loss`.
 
 The exact form costs `[q, r, r]` sigmoids; with class-balanced batches each
 query has a handful of positives, and `max_positives` (static) bounds the work
-to `[q, max_positives, r]`. A query with more positives than that keeps its
-first `max_positives` by reference index (documented truncation).
+to `[q, max_positives, r]`. A query with more positives than that scores only
+its first `max_positives` by reference index: Smooth-AP then averages over
+those, and Recall@k counts those found in the top k against
+`min(k, |P_q|)` over all its positives.
 
 References:
   Brown, Xie, Kalogeiton, Zisserman, "Smooth-AP: Smoothing the Path Towards
@@ -83,7 +85,8 @@ def _smooth_ranks(similarity, positive, valid, temperature, max_positives):
 def _max_positives(max_positives, num_refs):
   if max_positives is None:
     return num_refs
-  if int(max_positives) != max_positives or max_positives < 1:
+  if (isinstance(max_positives, bool) or int(max_positives) != max_positives
+      or max_positives < 1):
     raise ValueError(
         f'max_positives must be a positive integer or None, got '
         f'{max_positives}.')
@@ -223,6 +226,8 @@ def recall_at_k_statistics(
   """
   _check_temperature('temperature', temperature)
   _check_temperature('k_temperature', k_temperature)
+  if not isinstance(ks, (tuple, list)):
+    raise TypeError(f'ks must be a tuple of positive integers, got {ks!r}.')
   ks = tuple(ks)
   if not ks or any(int(k) != k or k < 1 for k in ks):
     raise ValueError(f'ks must be positive integers, got {ks}.')
@@ -233,7 +238,7 @@ def recall_at_k_statistics(
   rank_all, _, is_positive = _smooth_ranks(
       similarity, masks.positive, valid, temperature,
       _max_positives(max_positives, similarity.shape[1]))
-  count = jnp.sum(is_positive, axis=1)
+  count = jnp.sum(masks.positive, axis=1)  # all positives, kept or not
   k = jnp.asarray(ks, jnp.float32)
   within_k = jax.nn.sigmoid((k[None, None, :] - rank_all[:, :, None])
                             / k_temperature)

@@ -86,33 +86,41 @@ def _ranking_queries(similarity, labels, ref_labels, where, ref_where):
 
 
 def smooth_ap(similarity, labels, ref_labels=None, temperature=0.01,
-              where=None, ref_where=None):
-  """1 - mean over queries of the smoothed AP (Brown et al. 2020, eq. 6)."""
+              where=None, ref_where=None, max_positives=None):
+  """1 - mean over queries of the smoothed AP (Brown et al. 2020, eq. 6).
+
+  With `max_positives`, each query averages over its first positives only.
+  """
   aps = []
   for row, positives, refs in _ranking_queries(similarity, labels, ref_labels,
                                                where, ref_where):
     ap = 0.0
-    for i in positives:
+    kept = positives[:max_positives]
+    for i in kept:
       rank_pos = 1 + sum(_sigmoid((row[j] - row[i]) / temperature)
                          for j in positives if j != i)
       rank_all = 1 + sum(_sigmoid((row[j] - row[i]) / temperature)
                          for j in refs if j != i)
       ap += rank_pos / rank_all
-    aps.append(ap / len(positives))
+    aps.append(ap / len(kept))
   return 1.0 - np.mean(aps) if aps else 0.0
 
 
 def recall_at_k(similarity, labels, ref_labels=None, ks=(1, 2, 4, 8, 16),
                 temperature=0.01, k_temperature=1.0, where=None,
-                ref_where=None):
-  """1 - mean over queries and k of the smoothed Recall@k (Patel et al.)."""
+                ref_where=None, max_positives=None):
+  """1 - mean over queries and k of the smoothed Recall@k (Patel et al.).
+
+  With `max_positives`, only the first positives are counted as found; the
+  normaliser min(k, |P|) still counts them all.
+  """
   recalls = []
   for row, positives, refs in _ranking_queries(similarity, labels, ref_labels,
                                                where, ref_where):
     per_k = []
     for k in ks:
       found = 0.0
-      for i in positives:
+      for i in positives[:max_positives]:
         rank = 1 + sum(_sigmoid((row[j] - row[i]) / temperature)
                        for j in refs if j != i)
         found += _sigmoid((k - rank) / k_temperature)
@@ -247,8 +255,10 @@ def proxy_anchor(z, labels, w, alpha=32.0, margin=0.1, where=None):
   for p in range(w.shape[0]):
     pos = [cos[n, p] for n in range(len(labels)) if where[n] and labels[n] == p]
     neg = [cos[n, p] for n in range(len(labels)) if where[n] and labels[n] != p]
+    # log(1 + sum exp(x)) in log space: any alpha.
     if pos:
       with_positive += 1
-      positive += np.log1p(sum(np.exp(-alpha * (c - margin)) for c in pos))
-    negative += np.log1p(sum(np.exp(alpha * (c + margin)) for c in neg))
+      positive += np.logaddexp.reduce([0.0] + [-alpha * (c - margin)
+                                               for c in pos])
+    negative += np.logaddexp.reduce([0.0] + [alpha * (c + margin) for c in neg])
   return positive / max(with_positive, 1) + negative / w.shape[0]

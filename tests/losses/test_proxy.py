@@ -27,6 +27,8 @@ CASES = [
     ('arcface', losses.arcface_loss, dict(scale=4.0, margin=1.2)),
     ('proxy_anchor', losses.proxy_anchor_loss, dict()),
     ('proxy_anchor', losses.proxy_anchor_loss, dict(alpha=4.0, margin=0.3)),
+    # exp(alpha * (1 + margin)) overflows float32: the sums must be shifted.
+    ('proxy_anchor', losses.proxy_anchor_loss, dict(alpha=200.0, margin=0.5)),
 ]
 IDS = [f'{c[0]}-{i}' for i, c in enumerate(CASES)]
 LABELS = np.array([3, 0, 0, 1, 0, 2, 1, 0, 2, 4, 0, 3])  # class 5: no sample
@@ -110,19 +112,33 @@ def test_bad_input(call, match):
     call()
 
 
-def test_proxy_anchor_eight_devices_equal_one():
+def test_padded_rows_may_carry_any_label():
+  z, w = _data(5)
+  labels = np.concatenate([LABELS[:10], [-1, 99]])
+  where = np.arange(12) < 10
+  for name, loss_fn, hp in CASES[::2]:
+    np.testing.assert_allclose(
+        loss_fn(z, labels, w, where=where, **hp),
+        _reference(name, z[:10], LABELS[:10], w, **hp), rtol=1e-5,
+        atol=1e-6, err_msg=name)
+
+
+@pytest.mark.parametrize('alpha', [32.0, 200.0])
+def test_proxy_anchor_eight_devices_equal_one(alpha):
   mesh = Mesh(np.array(jax.devices()), ('data',))
   rng = np.random.default_rng(3)
   z = rng.normal(size=(48, 8)).astype(np.float32)
   w = rng.normal(size=(12, 8)).astype(np.float32)
   labels = np.arange(48) % 10  # proxies 10, 11 have no sample
   fn = jax.jit(jax.shard_map(
-      lambda z, y, w: losses.sharded_proxy_anchor_loss(z, y, w,
-                                                       axis_name='data'),
+      lambda z, y, w: losses.sharded_proxy_anchor_loss(
+          z, y, w, axis_name='data', alpha=alpha),
       mesh=mesh, in_specs=(P('data'), P('data'), P()), out_specs=P()))
   loss, grads = jax.value_and_grad(fn, argnums=(0, 2))(z, labels, w)
   expected, expected_grads = jax.value_and_grad(
-      losses.proxy_anchor_loss, argnums=(0, 2))(z, labels, w)
+      functools.partial(losses.proxy_anchor_loss, alpha=alpha),
+      argnums=(0, 2))(z, labels, w)
+  assert np.isfinite(float(expected))
   np.testing.assert_allclose(loss, expected, rtol=1e-5)
   for got, want in zip(grads, expected_grads):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)

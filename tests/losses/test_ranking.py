@@ -79,6 +79,17 @@ def test_max_positives_bounds_the_work_exactly(name):
 
 
 @pytest.mark.parametrize('name', LOSSES)
+@pytest.mark.parametrize('max_positives', [1, 2])
+def test_truncated_positives_match_reference(name, max_positives):
+  loss_fn, reference_fn = LOSSES[name]
+  s = _similarity(7, 12)
+  hp = dict(temperature=0.1, max_positives=max_positives)
+  np.testing.assert_allclose(loss_fn(s.astype(np.float32), UNEQUAL, **hp),
+                             reference_fn(s, UNEQUAL, **hp), rtol=1e-5,
+                             atol=1e-6)
+
+
+@pytest.mark.parametrize('name', LOSSES)
 def test_check_grads(name):
   loss_fn, _ = LOSSES[name]
   with enable_x64(True):
@@ -133,12 +144,20 @@ def test_one_class_and_all_distinct_batches(name, labels):
                                      ks=(0, 2)), r'ks must be positive'),
     (lambda: losses.smooth_ap_loss(np.zeros((3, 3)), np.zeros(3, int),
                                    max_positives=0), r'max_positives must be'),
+    (lambda: losses.smooth_ap_loss(np.zeros((3, 3)), np.zeros(3, int),
+                                   max_positives=True), r'max_positives must'),
     (lambda: losses.smooth_ap_loss(np.zeros((3, 4)), np.zeros(3, int)),
      r'square'),
 ])
 def test_bad_input(call, match):
   with pytest.raises(ValueError, match=match):
     call()
+
+
+def test_ks_must_be_a_sequence():
+  with pytest.raises(TypeError, match=r'ks must be a tuple of positive '
+                     r'integers, got 1'):
+    losses.recall_at_k_loss(np.zeros((3, 3)), np.zeros(3, int), ks=1)
 
 
 @pytest.mark.parametrize('name, sharded', [
