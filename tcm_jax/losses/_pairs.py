@@ -301,7 +301,7 @@ def sharded_statistics(statistics_fn, embeddings: jax.Array, labels: jax.Array,
   stats = statistics_fn(
       similarity, labels, refs.labels, where=where, ref_where=refs.where,
       exclude_self=True, query_offset=refs.query_offset)
-  # One psum per statistic: JAX before 0.8.1 cannot transpose a psum that
+  # One psum per statistic: JAX 0.7.0 to 0.8.0 cannot transpose a psum that
   # mixes differentiable sums with constant counts.
   return jax.tree.map(lambda x: jax.lax.psum(x, axis_name), stats)
 
