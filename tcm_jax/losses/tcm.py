@@ -411,24 +411,12 @@ def sharded_tcm_loss(
 
   Returns:
     Scalar loss, replicated over `axis_name`.
-
-  Examples:
-    >>> import jax
-    >>> import jax.numpy as jnp
-    >>> from jax.sharding import Mesh, PartitionSpec as P
-    >>> import tcm_jax
-    >>> mesh = Mesh(jax.devices(), ('data',))  # any count that divides 8
-    >>> z = jax.random.normal(jax.random.key(0), (8, 16))
-    >>> labels = jnp.array([0, 0, 1, 1, 2, 2, 3, 3])
-    >>> loss_fn = jax.jit(jax.shard_map(
-    ...     lambda z, y: tcm_jax.losses.sharded_tcm_loss(z, y, axis_name='data'),
-    ...     mesh=mesh, in_specs=(P('data'), P('data')), out_specs=P()))
-    >>> bool(jnp.allclose(loss_fn(z, labels),
-    ...                   tcm_jax.tcm_loss_from_embeddings(z, labels)))
-    True
   """
   stats = sharded_tcm_statistics(
       embeddings, labels, axis_name=axis_name, where=where,
       margin_pos=margin_pos, margin_neg=margin_neg, precision=precision)
   return tcm_loss_from_statistics(
       stats, lambda_pos=lambda_pos, lambda_neg=lambda_neg)
+
+
+sharded_tcm_loss.__doc__ += _pairs.sharded_example('tcm_loss')

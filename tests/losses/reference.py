@@ -17,25 +17,17 @@ def cosine(x, y=None):
 def hard_pairs(similarity, labels, ref_labels=None, margin_pos=0.9,
                margin_neg=0.5, where=None, ref_where=None):
   """Lists of (i, j) hard positive and hard negative pairs, and pair counts."""
-  s = np.asarray(similarity, np.float64)
-  q, r = s.shape
-  self_pairs = ref_labels is None
-  if self_pairs:
-    ref_labels, ref_where = labels, where
-  where = np.ones(q, bool) if where is None else np.asarray(where)
-  ref_where = np.ones(r, bool) if ref_where is None else np.asarray(ref_where)
   hard_pos, hard_neg, num_pos, num_neg = [], [], 0, 0
-  for i in range(q):
-    for j in range(r):
-      if not (where[i] and ref_where[j]) or (self_pairs and i == j):
-        continue
-      if labels[i] == ref_labels[j]:
+  for i, row, positives, refs in _all_queries(similarity, labels, ref_labels,
+                                              where, ref_where):
+    for j in refs:
+      if j in positives:
         num_pos += 1
-        if s[i, j] <= margin_pos:
+        if row[j] <= margin_pos:
           hard_pos.append((i, j))
       else:
         num_neg += 1
-        if s[i, j] >= margin_neg:
+        if row[j] >= margin_neg:
           hard_neg.append((i, j))
   return hard_pos, hard_neg, num_pos, num_neg
 
@@ -79,8 +71,8 @@ def _sigmoid(x):
 
 def _ranking_queries(similarity, labels, ref_labels, where, ref_where):
   """Per query with a positive: (row, positive indices, reference indices)."""
-  for row, positives, refs in _all_queries(similarity, labels, ref_labels,
-                                           where, ref_where):
+  for _, row, positives, refs in _all_queries(similarity, labels, ref_labels,
+                                              where, ref_where):
     if positives:
       yield row, positives, refs
 
@@ -143,12 +135,13 @@ def numeric_gradient(fn, x, eps=1e-6):
 
 def _pair_lists(similarity, labels, ref_labels, where=None, ref_where=None):
   """Per query: (row, positive indices, negative indices), spec rules."""
-  for row, positives, refs in _all_queries(similarity, labels, ref_labels,
-                                           where, ref_where):
+  for _, row, positives, refs in _all_queries(similarity, labels, ref_labels,
+                                              where, ref_where):
     yield row, positives, [j for j in refs if j not in positives]
 
 
 def _all_queries(similarity, labels, ref_labels, where, ref_where):
+  """Per unpadded query: (index, row, positive indices, reference indices)."""
   s = np.asarray(similarity, np.float64)
   q, r = s.shape
   self_pairs = ref_labels is None
@@ -160,7 +153,7 @@ def _all_queries(similarity, labels, ref_labels, where, ref_where):
     if not where[a]:
       continue
     refs = [j for j in range(r) if ref_where[j] and not (self_pairs and j == a)]
-    yield s[a], [j for j in refs if ref_labels[j] == labels[a]], refs
+    yield a, s[a], [j for j in refs if ref_labels[j] == labels[a]], refs
 
 
 def contrastive(similarity, labels, ref_labels=None, margin_pos=1.0,
