@@ -1,0 +1,114 @@
+"""Encoders by name, from a config section."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from flax import nnx
+import ml_collections
+
+from tcm_jax.models._layers import as_dtype
+from tcm_jax.models.encoder import EmbeddingHead
+from tcm_jax.models.encoder import Encoder
+from tcm_jax.models.resnet import RESNETS
+from tcm_jax.models.resnet import ResNet
+from tcm_jax.models.vit import VITS
+from tcm_jax.models.vit import ViT
+
+# Every encoder's options, with their defaults (the paper's, at 224 pixels).
+_COMMON = {'embedding_size': 512, 'dtype': 'float32', 'in_channels': 3}
+_RESNET = {'width': 1.0, 'small_images': False, 'frozen_batch_norm': False,
+           'batch_norm_axis_name': None, 'gem_p': 3.0}
+_VIT = {'patch_size': 16, 'image_size': 224}
+
+MODELS = tuple(sorted(RESNETS)) + tuple(sorted(VITS))
+
+
+def _options(name: str) -> dict[str, Any]:
+  if name in RESNETS:
+    return {**_COMMON, **_RESNET}
+  if name in VITS:
+    return {**_COMMON, **_VIT}
+  raise ValueError(f'Unknown model {name!r}; expected one of {list(MODELS)}.')
+
+
+def encoder_config(name: str = 'resnet50', **overrides: Any
+                   ) -> ml_collections.ConfigDict:
+  """The config section of an encoder, with every option at its default.
+
+  Args:
+    name: one of `MODELS`: 'resnet18', 'resnet34', 'resnet50', 'vit_b',
+      'vit_s', 'vit_ti'.
+    **overrides: options to change (the keys of the returned section).
+
+  Returns:
+    A `ConfigDict` with `name`, `embedding_size`, `dtype` ('float32' or
+    'bfloat16' compute; parameters are float32 either way), `in_channels`, and
+    for ResNets `width`, `small_images`, `frozen_batch_norm`,
+    `batch_norm_axis_name` and `gem_p`; for ViTs `patch_size` and `image_size`.
+
+  Examples:
+    >>> from tcm_jax.models import encoder_config
+    >>> config = encoder_config('vit_s', patch_size=4, image_size=32)
+    >>> config.patch_size, config.embedding_size
+    (4, 512)
+  """
+  options = _options(name)
+  unknown = sorted(set(overrides) - set(options))
+  if unknown:
+    raise ValueError(
+        f'Unknown option(s) {unknown} for {name!r}; its options are '
+        f'{sorted(options)}.')
+  config = ml_collections.ConfigDict({'name': name, **options, **overrides})
+  return config
+
+
+def create_encoder(config: Mapping[str, Any], *, rngs: nnx.Rngs) -> Encoder:
+  """Builds the encoder a config section describes (see `encoder_config`).
+
+  Options left out take their defaults; options the named model does not have
+  are an error, so a misspelt key cannot be silently ignored.
+
+  Args:
+    config: a `ConfigDict` or mapping with at least `name`.
+    rngs: `nnx.Rngs` for the initial weights.
+
+  Returns:
+    An `Encoder`: `encoder(images, train=...)` gives L2-normalised float32
+    embeddings `[batch, embedding_size]`.
+
+  Examples:
+    >>> from flax import nnx
+    >>> import jax.numpy as jnp
+    >>> from tcm_jax.models import create_encoder
+    >>> encoder = create_encoder(
+    ...     {'name': 'resnet18', 'width': 0.25, 'small_images': True,
+    ...      'embedding_size': 16}, rngs=nnx.Rngs(0))
+    >>> encoder(jnp.zeros((2, 32, 32, 3))).shape
+    (2, 16)
+  """
+  config = dict(config.to_dict() if hasattr(config, 'to_dict') else config)
+  if 'name' not in config:
+    raise ValueError(
+        f"The encoder config needs a 'name', one of {list(MODELS)}; got keys "
+        f'{sorted(config)}.')
+  name = config.pop('name')
+  options = encoder_config(name, **config)
+  dtype = as_dtype(options.dtype, name='dtype')
+  if name in RESNETS:
+    backbone = ResNet(
+        name, width=options.width, small_images=options.small_images,
+        frozen_batch_norm=options.frozen_batch_norm,
+        batch_norm_axis_name=options.batch_norm_axis_name,
+        in_channels=options.in_channels, dtype=dtype, rngs=rngs)
+    head = EmbeddingHead(backbone.num_features, options.embedding_size,
+                         pool='gem', gem_p=options.gem_p, dtype=dtype,
+                         rngs=rngs)
+  else:
+    backbone = ViT(name, patch_size=options.patch_size,
+                   image_size=options.image_size,
+                   in_channels=options.in_channels, dtype=dtype, rngs=rngs)
+    head = EmbeddingHead(backbone.num_features, options.embedding_size,
+                         pool='cls', dtype=dtype, rngs=rngs)
+  return Encoder(backbone, head)

@@ -1,0 +1,113 @@
+"""The functional core: an encoder as a graph definition and two state pytrees.
+
+The trainer's step is a pure function of pytrees. `split` takes an NNX module
+apart into its static graph definition, its trainable parameters (every
+`nnx.Param`: the optimizer's business) and the rest of its state (BatchNorm
+statistics, frozen weights); `apply` runs it from those and returns the state
+as the call left it (training BatchNorm updates its running statistics).
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from flax import nnx
+import jax
+import numpy as np
+
+from tcm_jax.models._layers import Frozen
+
+# Flax 0.12 refuses to update a Variable from a trace level other than the one
+# it was made at: BatchNorm's running averages, passed in from outside a
+# `jax.grad`, must be fresh copies made inside it. Older Flax always copied.
+_MERGE_KWARGS = (
+    {'copy': True} if 'copy' in inspect.signature(nnx.merge).parameters
+    else {})
+
+
+def split(module: nnx.Module) -> tuple[nnx.GraphDef, nnx.State, nnx.State]:
+  """`(graphdef, params, state)`: the structure, the `nnx.Param`s, the rest.
+
+  Examples:
+    >>> from flax import nnx
+    >>> import jax.numpy as jnp
+    >>> from tcm_jax.models import create_encoder, split, apply
+    >>> encoder = create_encoder(
+    ...     {'name': 'resnet18', 'width': 0.25, 'small_images': True,
+    ...      'embedding_size': 8}, rngs=nnx.Rngs(0))
+    >>> graphdef, params, state = split(encoder)
+    >>> z, state = apply(graphdef, params, state, jnp.ones((4, 16, 16, 3)),
+    ...                  train=True)
+    >>> z.shape
+    (4, 8)
+  """
+  return nnx.split(module, nnx.Param, ...)
+
+
+def merge(graphdef: nnx.GraphDef, params: nnx.State, state: nnx.State
+          ) -> nnx.Module:
+  """The module back from `split`'s parts."""
+  return nnx.merge(graphdef, params, state)
+
+
+def apply(graphdef: nnx.GraphDef, params: nnx.State, state: nnx.State,
+          images: jax.typing.ArrayLike, *, train: bool = False,
+          features: bool = False) -> tuple[jax.Array, nnx.State]:
+  """Runs the encoder from its parts: `(output, new_state)`.
+
+  Pure: no argument is changed, so it can be jitted, differentiated with
+  respect to `params`, and run per device under `jax.shard_map`.
+
+  Args:
+    graphdef, params, state: from `split`.
+    images: `[batch, height, width, channels]`.
+    train: BatchNorm normalises with batch statistics and updates its running
+      averages in `new_state` (frozen BatchNorm never does).
+    features: return the backbone's features (before the embedding head)
+      instead of the embeddings.
+
+  Returns:
+    The embeddings `[batch, embedding_size]` (or the features) and the state
+    after the call.
+  """
+  module = nnx.merge(graphdef, params, state, **_MERGE_KWARGS)
+  if features:
+    output = module.backbone(images, train=train)
+  else:
+    output = module(images, train=train)
+  return output, nnx.state(module, nnx.Not(nnx.Param))
+
+
+def num_weights(module: nnx.Module) -> int:
+  """Number of weights: trainable and frozen, not BatchNorm statistics.
+
+  What `sum(p.numel() for p in torch_model.parameters())` counts.
+
+  Examples:
+    >>> from flax import nnx
+    >>> from tcm_jax.models import num_weights
+    >>> num_weights(nnx.Linear(3, 2, rngs=nnx.Rngs(0)))
+    8
+  """
+  weights = nnx.state(module, nnx.Any(nnx.Param, Frozen))
+  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(weights))
+
+
+def abstract(factory: Any, *args: Any, rngs: nnx.Rngs, **kwargs: Any
+             ) -> nnx.Module:
+  """The module `factory(*args, rngs=rngs, **kwargs)` would build, unallocated.
+
+  Its arrays are `jax.ShapeDtypeStruct`s: enough to count weights or plan
+  memory for a model too large to initialise here.
+
+  Examples:
+    >>> from flax import nnx
+    >>> from tcm_jax.models import abstract, create_encoder, num_weights
+    >>> encoder = abstract(create_encoder, {'name': 'resnet50'},
+    ...                    rngs=nnx.Rngs(0))
+    >>> num_weights(encoder.backbone)
+    23508032
+  """
+  return nnx.eval_shape(
+      lambda rngs: factory(*args, rngs=rngs, **kwargs), rngs)
