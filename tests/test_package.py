@@ -12,6 +12,8 @@ import pytest
 import tcm_jax
 import tcm_jax.losses
 import tcm_jax.metrics
+import tcm_jax.models
+import tcm_jax.models.pretrained
 
 HEAVY = ('flax', 'optax', 'orbax', 'tensorflow', 'tensorflow_datasets', 'grain',
          'ml_collections', 'sklearn', 'matplotlib', 'absl')
@@ -40,9 +42,13 @@ def test_losses_and_metrics_do_not_import_models_data_or_train():
         assert forbidden not in source, (name, forbidden)
 
 
-@pytest.mark.parametrize('package', [tcm_jax.losses, tcm_jax.metrics])
+@pytest.mark.parametrize('package', [tcm_jax.losses, tcm_jax.metrics,
+                                     tcm_jax.models, tcm_jax.models.pretrained])
 def test_every_public_function_has_an_example(package):
-  for name in package.__all__:
+  names = getattr(package, '__all__', None) or [
+      n for n in vars(package) if not n.startswith('_')
+      and getattr(getattr(package, n), '__module__', None) == package.__name__]
+  for name in names:
     obj = getattr(package, name)
     if inspect.isfunction(obj):
       assert '>>>' in (obj.__doc__ or ''), f'{name} has no doctest example'

@@ -23,6 +23,14 @@ def test_readme_examples_run_and_tcm_falls(capsys):
   assert float(namespace['tcm_after']) < 0.5 * float(namespace['tcm_before'])
 
 
+def test_readme_examples_that_need_downloads_compile():
+  # ```py blocks load files that cannot be downloaded here: checked for syntax.
+  blocks = re.findall(r'```py\n(.*?)```', README.read_text(), flags=re.S)
+  assert blocks
+  for block in blocks:
+    compile(block, str(README), 'exec')
+
+
 def test_ci_runs_the_readme_test_command():
   commands = re.findall(r'^python -m pip install .*pytest.*$',
                         README.read_text(), flags=re.M)

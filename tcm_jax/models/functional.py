@@ -47,7 +47,15 @@ def split(module: nnx.Module) -> tuple[nnx.GraphDef, nnx.State, nnx.State]:
 
 def merge(graphdef: nnx.GraphDef, params: nnx.State, state: nnx.State
           ) -> nnx.Module:
-  """The module back from `split`'s parts."""
+  """The module back from `split`'s parts.
+
+  Examples:
+    >>> from flax import nnx
+    >>> from tcm_jax.models import merge, split
+    >>> layer = nnx.Linear(2, 3, rngs=nnx.Rngs(0))
+    >>> merge(*split(layer)).kernel.shape
+    (2, 3)
+  """
   return nnx.merge(graphdef, params, state)
 
 
@@ -70,6 +78,19 @@ def apply(graphdef: nnx.GraphDef, params: nnx.State, state: nnx.State,
   Returns:
     The embeddings `[batch, embedding_size]` (or the features) and the state
     after the call.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp
+    >>> from flax import nnx
+    >>> from tcm_jax.models import apply, create_encoder, split
+    >>> graphdef, params, state = split(create_encoder(
+    ...     {'name': 'vit_ti', 'patch_size': 4, 'image_size': 8},
+    ...     rngs=nnx.Rngs(0)))
+    >>> forward = jax.jit(lambda p, s, x: apply(graphdef, p, s, x,
+    ...                                         features=True))
+    >>> tokens, _ = forward(params, state, jnp.zeros((2, 8, 8, 3)))
+    >>> tokens.shape  # CLS + 4 patches, width 192
+    (2, 5, 192)
   """
   module = nnx.merge(graphdef, params, state, **_MERGE_KWARGS)
   if features:

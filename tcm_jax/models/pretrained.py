@@ -364,7 +364,20 @@ def load_big_vision_npz(model: nnx.Module, path: str | os.PathLike
 
 
 def save_big_vision_npz(model: nnx.Module, path: str | os.PathLike) -> None:
-  """Writes `model`'s ViT backbone in the AugReg `.npz` layout `load_big_vision_npz` reads."""
+  """Writes `model`'s ViT backbone in the AugReg `.npz` layout `load_big_vision_npz` reads.
+
+  Examples:
+    >>> import os, tempfile
+    >>> import numpy as np
+    >>> from flax import nnx
+    >>> from tcm_jax.models import ViT
+    >>> from tcm_jax.models.pretrained import save_big_vision_npz
+    >>> path = os.path.join(tempfile.mkdtemp(), 'vit.npz')
+    >>> save_big_vision_npz(
+    ...     ViT('vit_ti', patch_size=4, image_size=8, rngs=nnx.Rngs(0)), path)
+    >>> np.load(path)['Transformer/encoderblock_0/MlpBlock_3/Dense_0/kernel'].shape
+    (192, 768)
+  """
   vit = _backbone(model)
   if not isinstance(vit, ViT):
     raise TypeError(f'Only ViTs have an AugReg layout; got a '

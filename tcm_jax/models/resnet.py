@@ -120,9 +120,11 @@ class Bottleneck(nnx.Module):
 
 
 def _max_pool_3x3_stride_2(x):
+  # A Python-scalar -inf: JAX then recognises the max monoid, which has a
+  # gradient (an array init value makes a generic, non-differentiable reduction).
   return jax.lax.reduce_window(
-      x, jnp.array(-jnp.inf, x.dtype), jax.lax.max, (1, 3, 3, 1),
-      (1, 2, 2, 1), ((0, 0), (1, 1), (1, 1), (0, 0)))
+      x, -float('inf'), jax.lax.max, (1, 3, 3, 1), (1, 2, 2, 1),
+      ((0, 0), (1, 1), (1, 1), (0, 0)))
 
 
 class ResNet(nnx.Module):

@@ -92,6 +92,22 @@ def test_forward_and_backward_under_jit(name, dtype):
   assert float(jnp.abs(first[...]).max()) > 0
 
 
+@pytest.mark.parametrize('dtype', ['float32', 'bfloat16'])
+def test_imagenet_stem_forward_and_backward(dtype):
+  # The 7x7 stride-2 convolution and 3x3 max-pool of 224-pixel inputs.
+  config = {'name': 'resnet18', 'width': 0.25, 'embedding_size': 8,
+            'dtype': dtype, 'image_size': 64}
+  encoder = models.create_encoder(
+      {k: v for k, v in config.items() if k != 'image_size'}, rngs=nnx.Rngs(0))
+  assert encoder.backbone(_images(config)).shape == (4, 2, 2, 128)
+  step, params, state = _step(encoder)
+  (_, (z, _)), grads = step(params, state, _images(config))
+  assert z.shape == (4, 8)
+  stem = grads['backbone']['conv1']['kernel'][...]
+  assert stem.shape == (7, 7, 3, 16)
+  assert np.all(np.isfinite(stem)) and float(jnp.abs(stem).max()) > 0
+
+
 @pytest.mark.parametrize('name', ['resnet18', 'vit_ti'])
 def test_bfloat16_computes_in_bfloat16_and_stays_close(name):
   config = {'name': name, 'embedding_size': 16, **SMALL[name]}
