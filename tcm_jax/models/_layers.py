@@ -8,10 +8,6 @@ from flax import nnx
 import jax
 import jax.numpy as jnp
 
-# Lists of submodules: `nnx.List` since Flax 0.12 (which rejects plain lists of
-# modules); a plain list is what older Flax expects.
-ModuleList = getattr(nnx, 'List', list)
-
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
 
 
@@ -34,6 +30,9 @@ def check_images(images: jax.Array, *, in_channels: int,
   images = jnp.asarray(images)
   expected = (f'[batch, height, width, {in_channels}]' if image_size is None
               else f'[batch, {image_size}, {image_size}, {in_channels}]')
+  if images.ndim == 4 and images.shape[0] == 0:
+    raise ValueError(
+        f'images must hold at least one image, got shape {images.shape}.')
   if images.ndim != 4:
     raise ValueError(
         f'images must be a rank-4 {expected} (NHWC) array, got rank '
@@ -91,15 +90,16 @@ def batch_norm(num_features: int, *, frozen: bool, axis_name: str | None,
   """A BatchNorm layer: frozen, or training with statistics pmean'd over `axis_name`.
 
   The momentum (0.9, PyTorch's 0.1) and epsilon (1e-5) are those of torchvision
-  and timm ResNets. `zero_init` starts the scale at 0, for the last norm of a
-  residual branch (each block then starts as the identity).
+  and timm ResNets; unlike PyTorch, Flax updates the running variance with the
+  biased batch variance (a relative difference of 1/n for n values per channel).
+  `zero_init` starts a training layer's scale at 0, for the last norm of a
+  residual branch (each block then starts as the identity); a frozen layer
+  ignores it, as a frozen zero scale would cut its branch off for good.
   """
   if frozen:
-    layer = FrozenBatchNorm(num_features, dtype=dtype)
-  else:
-    layer = nnx.BatchNorm(
-        num_features, momentum=0.9, epsilon=1e-5, dtype=dtype,
-        axis_name=axis_name, rngs=rngs)
-  if zero_init:
-    layer.scale[...] = jnp.zeros_like(layer.scale[...])
-  return layer
+    return FrozenBatchNorm(num_features, dtype=dtype)
+  scale_init = (nnx.initializers.zeros if zero_init
+                else nnx.initializers.ones)
+  return nnx.BatchNorm(
+      num_features, momentum=0.9, epsilon=1e-5, dtype=dtype,
+      axis_name=axis_name, scale_init=scale_init, rngs=rngs)

@@ -14,9 +14,12 @@ from tcm_jax.losses import l2_normalize
 class GeM(nnx.Module):
   """Generalised-mean pooling over the spatial axes, with a learnable exponent p.
 
-  `(mean(max(x, eps)**p))**(1/p)` per channel, computed in float32: p = 1 is
-  average pooling, large p approaches max pooling. The exponent used is clamped
-  at 1 from below, so that training cannot drive it to 0, where 1/p diverges.
+  `(mean(max(x, eps)**p))**(1/p)` per channel, computed in float32 and in the
+  log domain, so that a dead channel (all zero after ReLU) stays finite for any
+  p instead of underflowing to 0 and a NaN gradient: p = 1 is average pooling,
+  large p approaches max pooling. The exponent used is clamped at 1 from below,
+  so that training cannot drive it to 0, where 1/p diverges (exclude `p` from
+  weight decay, as the norms and biases, or decay will hold it there).
 
   References:
     Radenovic, Tolias and Chum, "Fine-tuning CNN image retrieval with no human
@@ -32,8 +35,10 @@ class GeM(nnx.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     """`[batch, h, w, channels]` to `[batch, channels]`."""
     p = jnp.maximum(self.p[...], 1.0)
-    x = jnp.maximum(x.astype(jnp.float32), self.eps)
-    return jnp.mean(x**p, axis=(1, 2))**(1.0 / p)
+    log_x = jnp.log(jnp.maximum(x.astype(jnp.float32), self.eps))
+    count = x.shape[1] * x.shape[2]
+    log_mean = jax.nn.logsumexp(p * log_x, axis=(1, 2)) - jnp.log(count)
+    return jnp.exp(log_mean / p)
 
 
 class EmbeddingHead(nnx.Module):

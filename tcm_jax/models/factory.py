@@ -24,6 +24,35 @@ _VIT = {'patch_size': 16, 'image_size': 224}
 
 MODELS = tuple(sorted(RESNETS)) + tuple(sorted(VITS))
 
+_POSITIVE_INTS = ('embedding_size', 'in_channels', 'patch_size', 'image_size')
+_BOOLS = ('small_images', 'frozen_batch_norm')
+
+
+def _check(name: str, options: Mapping[str, Any]) -> None:
+  """Types and ranges of the options, before they reach a layer's constructor."""
+  def bad(key, expected):
+    value = options[key]
+    raise ValueError(f'{name} option {key} must be {expected}, got {value!r} '
+                     f'({type(value).__name__}).')
+
+  for key in _POSITIVE_INTS:
+    value = options.get(key)
+    if key in options and (isinstance(value, bool) or not isinstance(value, int)
+                           or value < 1):
+      bad(key, 'a positive int')
+  for key in _BOOLS:
+    if key in options and not isinstance(options[key], bool):
+      bad(key, 'True or False')
+  for key, low in (('width', 0.0), ('gem_p', 1.0)):
+    if key in options:
+      value = options[key]
+      ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+      if not ok or not (value > low if key == 'width' else value >= low):
+        bad(key, 'a number > 0' if key == 'width' else 'a number >= 1')
+  axis = options.get('batch_norm_axis_name')
+  if axis is not None and not isinstance(axis, str):
+    bad('batch_norm_axis_name', 'a mesh axis name (str) or None')
+
 
 def _options(name: str) -> dict[str, Any]:
   if name in RESNETS:
@@ -60,8 +89,9 @@ def encoder_config(name: str = 'resnet50', **overrides: Any
     raise ValueError(
         f'Unknown option(s) {unknown} for {name!r}; its options are '
         f'{sorted(options)}.')
-  config = ml_collections.ConfigDict({'name': name, **options, **overrides})
-  return config
+  options.update(overrides)
+  _check(name, options)
+  return ml_collections.ConfigDict({'name': name, **options})
 
 
 def create_encoder(config: Mapping[str, Any], *, rngs: nnx.Rngs) -> Encoder:

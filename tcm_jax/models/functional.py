@@ -9,7 +9,6 @@ as the call left it (training BatchNorm updates its running statistics).
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
 from flax import nnx
@@ -17,13 +16,6 @@ import jax
 import numpy as np
 
 from tcm_jax.models._layers import Frozen
-
-# Flax 0.12 refuses to update a Variable from a trace level other than the one
-# it was made at: BatchNorm's running averages, passed in from outside a
-# `jax.grad`, must be fresh copies made inside it. Older Flax always copied.
-_MERGE_KWARGS = (
-    {'copy': True} if 'copy' in inspect.signature(nnx.merge).parameters
-    else {})
 
 
 def split(module: nnx.Module) -> tuple[nnx.GraphDef, nnx.State, nnx.State]:
@@ -92,7 +84,9 @@ def apply(graphdef: nnx.GraphDef, params: nnx.State, state: nnx.State,
     >>> tokens.shape  # CLS + 4 patches, width 192
     (2, 5, 192)
   """
-  module = nnx.merge(graphdef, params, state, **_MERGE_KWARGS)
+  # Fresh Variables, made at this trace level: Flax refuses to update one made
+  # at another, and BatchNorm updates its running averages inside `jax.grad`.
+  module = nnx.merge(graphdef, params, state, copy=True)
   if features:
     output = module.backbone(images, train=train)
   else:

@@ -12,7 +12,7 @@ PyTorch.
 
 Only the backbone is loaded: the classifier (`fc`, `head`) and PyTorch's
 `num_batches_tracked` are skipped, and the embedding head keeps its fresh
-initialisation. Everything else must match exactly; otherwise a
+initialisation, as does the small-image ResNet stem (`conv1`, `bn1`). Everything else must match exactly; otherwise a
 `CheckpointMismatchError` names the missing, unexpected and mis-shaped keys.
 """
 
@@ -25,6 +25,7 @@ from collections.abc import Callable, Mapping
 
 from flax import nnx
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from tcm_jax.models.encoder import Encoder
@@ -44,7 +45,8 @@ class _Source:
   keys: tuple[str, ...]
   shapes: tuple[tuple[int, ...], ...]
   convert: Callable[..., np.ndarray]
-  index: int | None = None  # Layer of a stacked (scanned) array.
+  index: int | None = None  # Layer of a stacked (scanned) array ...
+  layers: int | None = None  # ... of this many layers.
 
 
 def _backbone(model: nnx.Module) -> nnx.Module:
@@ -83,10 +85,9 @@ def _load(model: nnx.Module, sources: Mapping[tuple, _Source],
       if key not in tensors:
         missing.append(key)
         continue
-      found = tensors[key].shape
-      if source.index is not None:
-        found = found[1:] if len(found) and found[0] > source.index else None
-      if found != shape:
+      if source.layers is not None:
+        shape = (source.layers,) + shape
+      if tensors[key].shape != shape:
         mismatched.append(f'{key}: file {tensors[key].shape}, model expects '
                           f'{shape}')
   unexpected = sorted(k for k in tensors if k not in used and not ignored(k))
@@ -106,7 +107,7 @@ def _load(model: nnx.Module, sources: Mapping[tuple, _Source],
     arrays = [np.asarray(tensors[k], np.float32) for k in source.keys]
     if source.index is not None:
       arrays = [a[source.index] for a in arrays]
-    return source.convert(*arrays)
+    return jnp.asarray(source.convert(*arrays))
 
   new = {names: value(source) for names, source in sources.items()}
   state = nnx.state(model)
@@ -144,6 +145,9 @@ def _timm_source(names: tuple, shape: tuple[int, ...]) -> _Source:
   return _Source((key,), (shape,), lambda w: w)
 
 
+_SMALL_STEM = ('conv1', 'bn1')
+
+
 def _timm_ignored(key: str) -> bool:
   return (key.endswith('num_batches_tracked')
           or key.split('.')[0] in ('fc', 'head', 'head_drop', 'fc_norm'))
@@ -168,8 +172,9 @@ def _timm_sources(backbone: nnx.Module) -> dict[tuple, _Source]:
   sources = {names: _timm_source(names, shape)
              for names, shape in _model_arrays(backbone).items()}
   if isinstance(backbone, ResNet) and backbone.small_images:
-    # The 3x3 small-image stem has no pretrained counterpart; it keeps its init.
-    sources.pop(('conv1', 'kernel'))
+    # The 3x3 small-image stem has no pretrained counterpart, nor has the norm
+    # after it (its statistics are those of the 7x7 stem): both keep their init.
+    sources = {k: v for k, v in sources.items() if k[0] not in _SMALL_STEM}
   return sources
 
 
@@ -208,7 +213,7 @@ def load_timm(model: nnx.Module, path: str | os.PathLike) -> nnx.Module:
   skip_stem = isinstance(backbone, ResNet) and backbone.small_images
   _load(backbone, _timm_sources(backbone), load_file(path), path=path,
         ignored=lambda key: _timm_ignored(key) or (
-            skip_stem and key == 'conv1.weight'))
+            skip_stem and key.split('.')[0] in _SMALL_STEM))
   return model
 
 
@@ -272,7 +277,8 @@ def _npz_sources(vit: ViT, tensors: Mapping[str, np.ndarray], prefix: str
     mlp = block + layout['mlp'] + '/'
 
     def source(keys, key_shapes, convert):
-      return _Source(tuple(keys), tuple(key_shapes), convert, index)
+      return _Source(tuple(keys), tuple(key_shapes), convert, index,
+                     len(vit.blocks) if scanned else None)
 
     entries = {
         ('norm1', 'scale'): source([block + 'LayerNorm_0/scale'], [(width,)],

@@ -15,7 +15,6 @@ from flax import nnx
 import jax
 import jax.numpy as jnp
 
-from tcm_jax.models._layers import ModuleList
 from tcm_jax.models._layers import batch_norm
 from tcm_jax.models._layers import check_images
 
@@ -136,7 +135,8 @@ class ResNet(nnx.Module):
       published network.
     small_images: a 3x3 stride-1 stem without max-pooling, for 8x8 to 32x32
       inputs (the 7x7 stride-2 stem and pooling would leave almost nothing of
-      them); pretrained weights then load into every layer but `conv1`.
+      them); pretrained weights then load into every layer but `conv1` and
+      `bn1`.
     frozen_batch_norm: normalise with fixed statistics and affine weights
       (`FrozenBatchNorm`), as the paper fine-tunes ResNet-50.
     batch_norm_axis_name: when training BatchNorm under `jax.shard_map`, the
@@ -177,7 +177,7 @@ class ResNet(nnx.Module):
         blocks.append(block(features, planes, stride, norm=norm, dtype=dtype,
                             rngs=rngs))
         features = planes * block.expansion
-      setattr(self, f'layer{stage + 1}', ModuleList(blocks))
+      setattr(self, f'layer{stage + 1}', nnx.List(blocks))
     self.num_features = features
 
   def __call__(self, images: jax.typing.ArrayLike, *, train: bool = False

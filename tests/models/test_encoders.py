@@ -127,11 +127,29 @@ def test_bfloat16_computes_in_bfloat16_and_stays_close(name):
   assert float(cosine.min()) > 0.98
 
 
-def test_embeddings_are_unit_norm_float32_and_deterministic_in_eval():
-  config = {'name': 'resnet18', 'embedding_size': 8, **SMALL['resnet18']}
+@pytest.mark.parametrize('name', ['resnet18', 'vit_ti'])
+def test_embeddings_are_unit_norm_float32_and_deterministic_in_eval(name):
+  config = {'name': name, 'embedding_size': 8, **SMALL[name]}
   encoder = models.create_encoder(config, rngs=nnx.Rngs(0))
   images = _images(config)
-  np.testing.assert_array_equal(encoder(images), encoder(images))
+  z = encoder(images)
+  assert z.shape == (4, 8) and z.dtype == jnp.float32
+  np.testing.assert_allclose(np.linalg.norm(np.asarray(z, np.float64), axis=1),
+                             1.0, rtol=1e-6)
+  np.testing.assert_array_equal(encoder(images), z)
+
+
+def test_frozen_batch_norm_from_scratch_trains_every_branch():
+  # Frozen norms keep their initial scale: a zero-initialised last norm would
+  # cut every residual branch off for good.
+  config = {'name': 'resnet18', 'embedding_size': 8, 'frozen_batch_norm': True,
+            **SMALL['resnet18']}
+  encoder = models.create_encoder(config, rngs=nnx.Rngs(0))
+  step, params, state = _step(encoder)
+  (_, _), grads = step(params, state, _images(config))
+  for stage in ('layer1', 'layer4'):
+    g = grads['backbone'][stage][0]['conv1']['kernel'][...]
+    assert float(jnp.abs(g).max()) > 0, stage
 
 
 def test_gem_pooling_against_numpy():
@@ -143,6 +161,27 @@ def test_gem_pooling_against_numpy():
   np.testing.assert_allclose(models.GeM(1.0)(-x), 1e-6, rtol=1e-4)
   gem.p[...] = jnp.asarray(0.2)  # Training moved it below 1: clamped, finite.
   np.testing.assert_allclose(gem(x), x.mean(axis=(1, 2)), rtol=1e-5)
+
+
+@pytest.mark.parametrize('p', [3.0, 8.0, 20.0])
+def test_gem_is_finite_with_dead_channels_and_large_p(p):
+  rng = np.random.default_rng(2)
+  x = rng.uniform(0.1, 2.0, (2, 3, 3, 4)).astype(np.float32)
+  x[..., 1] = 0.0  # a channel ReLU switched off everywhere
+  x[0, 0, 0, 2] = 50.0  # a large activation: x**p overflows float32 at p = 20
+
+  def pooled(x, p):
+    graphdef, params = nnx.split(models.GeM(3.0))
+    gem = nnx.merge(graphdef, jax.tree.map(lambda _: p, params))
+    return gem(x)
+
+  out = jax.jit(pooled)(x, jnp.float32(p))
+  x64 = np.maximum(x.astype(np.float64), 1e-6)
+  expected = np.mean(x64**p, axis=(1, 2))**(1 / p)
+  np.testing.assert_allclose(out, expected, rtol=1e-4)
+  grads = jax.grad(lambda x, p: jnp.sum(pooled(x, p)), argnums=(0, 1))(
+      x, jnp.float32(p))
+  assert all(np.all(np.isfinite(g)) for g in grads)
 
 
 def test_gem_gradient_with_respect_to_p():
@@ -199,6 +238,23 @@ class TestBadInput:
     with pytest.raises(ValueError, match=r"\['patch_size'\] for 'resnet50'"):
       models.create_encoder({'name': 'resnet50', 'patch_size': 4},
                             rngs=nnx.Rngs(0))
+
+  @pytest.mark.parametrize('option, value, expected', [
+      ('embedding_size', 3.0, 'positive int'),
+      ('small_images', 'False', 'True or False'),
+      ('width', 0, r'number > 0'),
+      ('gem_p', 0.5, r'number >= 1'),
+      ('batch_norm_axis_name', 3, 'mesh axis name'),
+  ])
+  def test_option_types(self, option, value, expected):
+    with pytest.raises(ValueError,
+                       match=f'resnet18 option {option} must be (a )?{expected}'):
+      models.create_encoder({'name': 'resnet18', option: value},
+                            rngs=nnx.Rngs(0))
+
+  def test_empty_batch(self):
+    with pytest.raises(ValueError, match=r'at least one image.*\(0, 16, 16, 3\)'):
+      self.resnet(jnp.zeros((0, 16, 16, 3)), train=True)
 
   def test_bad_dtype(self):
     with pytest.raises(ValueError, match=r"dtype must be one of .*'float64'"):

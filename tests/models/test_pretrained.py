@@ -75,6 +75,54 @@ def test_timm_features_match_after_import(tmp_path, timm_name, config, size):
   np.testing.assert_allclose(features, expected, rtol=1e-4, atol=1e-4 * scale)
 
 
+def test_timm_resnet18_features_match_after_import(tmp_path):
+  # The basic block (ResNet-18/34), fast: small images, same weights.
+  torch = pytest.importorskip('torch')
+  timm = pytest.importorskip('timm')
+  from safetensors.torch import save_file as save_torch  # pylint: disable=g-import-not-at-top
+
+  torch.manual_seed(1)
+  reference = timm.create_model('resnet18', pretrained=False).eval()
+  _randomise(reference, torch)
+  save_torch({k: v.contiguous() for k, v in reference.state_dict().items()},
+             str(tmp_path / 'r18.safetensors'))
+  images = np.random.default_rng(1).normal(size=(2, 3, 40, 40)).astype(
+      np.float32)
+  with torch.no_grad():
+    expected = reference.forward_features(torch.from_numpy(images)).numpy()
+  resnet = models.ResNet('resnet18', rngs=nnx.Rngs(0))
+  pretrained.load_timm(resnet, tmp_path / 'r18.safetensors')
+  features = np.asarray(resnet(images.transpose(0, 2, 3, 1))).transpose(
+      0, 3, 1, 2)
+  np.testing.assert_allclose(features, expected, rtol=1e-4,
+                             atol=1e-4 * np.abs(expected).max())
+
+
+def test_npz_layout_matches_timms_own_reader(tmp_path):
+  # An independent reader of the AugReg layout: timm's loader of Google's npz
+  # files. A convention shared by our saver and loader would not survive it.
+  torch = pytest.importorskip('torch')
+  pytest.importorskip('timm')
+  from timm.models import vision_transformer  # pylint: disable=g-import-not-at-top
+
+  vit = _vit(3)
+  rng = np.random.default_rng(3)
+  for _, variable in nnx.iter_graph(vit):
+    if isinstance(variable, nnx.Param):  # biases and norms non-trivial too
+      variable[...] = jnp.asarray(
+          rng.normal(0.0, 0.2, variable.shape), jnp.float32)
+  pretrained.save_big_vision_npz(vit, tmp_path / 'vit.npz')
+  reference = vision_transformer.VisionTransformer(
+      img_size=8, patch_size=4, embed_dim=192, depth=12, num_heads=3,
+      num_classes=0).eval()
+  vision_transformer._load_weights(reference, str(tmp_path / 'vit.npz'))  # pylint: disable=protected-access
+  images = rng.normal(size=(2, 8, 8, 3)).astype(np.float32)
+  with torch.no_grad():
+    expected = reference.forward_features(
+        torch.from_numpy(images.transpose(0, 3, 1, 2))).numpy()
+  np.testing.assert_allclose(vit(images), expected, rtol=1e-4, atol=1e-4)
+
+
 # --- timm layout without PyTorch -----------------------------------------------
 
 def _random_checkpoint(keys, seed=0):
@@ -125,14 +173,17 @@ def test_timm_conv_and_linear_orientation(tmp_path):
 def test_small_image_stem_keeps_its_init(tmp_path):
   resnet = models.ResNet('resnet18', width=0.25, small_images=True,
                          rngs=nnx.Rngs(0))
-  assert 'conv1.weight' not in pretrained.timm_keys(resnet)
+  keys = pretrained.timm_keys(resnet)
+  assert not [k for k in keys if k.startswith(('conv1.', 'bn1.'))]
   full = models.ResNet('resnet18', width=0.25, rngs=nnx.Rngs(1))
   tensors = _random_checkpoint(pretrained.timm_keys(full))
   save_file(tensors, str(tmp_path / 'm.safetensors'))
   stem = np.asarray(resnet.conv1.kernel[...])
   pretrained.load_timm(resnet, tmp_path / 'm.safetensors')  # 7x7 stem skipped
   np.testing.assert_array_equal(resnet.conv1.kernel[...], stem)
-  np.testing.assert_array_equal(resnet.bn1.var[...], tensors['bn1.running_var'])
+  np.testing.assert_array_equal(resnet.bn1.var[...], np.ones(16))
+  np.testing.assert_array_equal(resnet.layer1[0].bn1.var[...],
+                                tensors['layer1.0.bn1.running_var'])
 
 
 def test_checkpoint_of_another_architecture_is_refused(tmp_path):
@@ -272,6 +323,27 @@ def test_npz_big_vision_layout(tmp_path, scanned):
       np.testing.assert_array_equal(after[key][:, :1], 0 * cls_pos)
     else:
       np.testing.assert_array_equal(after[key], before[key], err_msg=key)
+
+
+def test_npz_stacked_layers_of_another_depth_are_refused(tmp_path):
+  a = _vit(0)
+  pretrained.save_big_vision_npz(a, tmp_path / 'augreg.npz')
+  with np.load(tmp_path / 'augreg.npz') as data:
+    tensors, _ = _to_big_vision(dict(data), scanned=True)
+  deeper = {k: np.concatenate([v, v]) if '/encoderblock/' in k else v
+            for k, v in tensors.items()}
+  np.savez(tmp_path / 'deep.npz', **deeper)
+  with pytest.raises(pretrained.CheckpointMismatchError,
+                     match=r'(?s)shape mismatches: .*encoderblock/LayerNorm_0/'
+                           r'\w+: file \(24, 192\), model expects \(12, 192\)'):
+    pretrained.load_big_vision_npz(_vit(1), tmp_path / 'deep.npz')
+
+
+def test_loaded_weights_are_jax_arrays(tmp_path):
+  pretrained.save_big_vision_npz(_vit(0), tmp_path / 'a.npz')
+  vit = pretrained.load_big_vision_npz(_vit(1), tmp_path / 'a.npz')
+  for leaf in jax.tree.leaves(nnx.state(vit)):
+    assert isinstance(leaf, jax.Array)
 
 
 def test_npz_of_another_size_is_refused(tmp_path):
