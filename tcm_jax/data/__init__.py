@@ -1,0 +1,1 @@
+"""Datasets, open-world class splits, class-balanced batches and transforms."""
