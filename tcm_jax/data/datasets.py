@@ -120,7 +120,15 @@ def _as_hwc(image: Any) -> np.ndarray:
   return image[..., None] if image.ndim == 2 else image
 
 
-def _record_image(record: Any) -> np.ndarray:
+def record_image(record: Any) -> np.ndarray:
+  """The uint8 HWC image of a `{'image': ...}` record (decoded if encoded).
+
+  Examples:
+    >>> import numpy as np
+    >>> from tcm_jax.data.datasets import record_image
+    >>> record_image({'image': np.zeros((4, 5), np.uint8)}).shape
+    (4, 5, 1)
+  """
   return _as_hwc(record['image'])
 
 
@@ -128,7 +136,7 @@ def _split_by_class(spec_name: str, side: str, records: Sequence[Any],
                     labels: np.ndarray, keep: np.ndarray) -> Split:
   positions = np.flatnonzero(keep)
   return Split(f'{spec_name}/{side}', labels[positions].astype(np.int64),
-               records, positions, _record_image)
+               records, positions, record_image)
 
 
 # --- In-memory datasets --------------------------------------------------------------
@@ -226,7 +234,13 @@ def _synthetic_split(side: str, options: dict[str, Any]) -> Split:
 # --- TFDS datasets ---------------------------------------------------------------------
 
 def prepare_command(spec: DatasetSpec, data_dir: str) -> str:
-  """The shell command that prepares `spec`'s TFDS dataset in `data_dir`."""
+  """The shell command that prepares `spec`'s TFDS dataset in `data_dir`.
+
+  Examples:
+    >>> from tcm_jax.data.datasets import DATASETS, prepare_command
+    >>> print(prepare_command(DATASETS['sop'], '/data/tfds'))
+    pip install tensorflow tensorflow-datasets && tfds build stanford_online_products --data_dir=/data/tfds --file_format=array_record
+  """
   return (f'pip install tensorflow tensorflow-datasets && tfds build '
           f'{spec.tfds_name} --data_dir={data_dir} --file_format=array_record')
 
@@ -260,7 +274,7 @@ def _tfds_source(spec: DatasetSpec, split: str, data_dir: str, *,
         '\n'.join(line for line in lines if line)) from error
 
 
-def label_index(spec: DatasetSpec, split: str, data_dir: str) -> np.ndarray:
+def _label_index(spec: DatasetSpec, split: str, data_dir: str) -> np.ndarray:
   """The class id of every record of one TFDS split, cached next to the data.
 
   Built once by reading the records with image decoding skipped; saved as
@@ -347,7 +361,7 @@ def read_class_list(path: str | os.PathLike) -> np.ndarray:
 def _tfds_split(spec: DatasetSpec, side: str, data_dir: str,
                 class_lists: tuple[Any, Any] | None) -> Split:
   tfds_splits = spec.tfds_splits[0 if side == 'train' else 1]
-  labels = np.concatenate([label_index(spec, s, data_dir) for s in tfds_splits])
+  labels = np.concatenate([_label_index(spec, s, data_dir) for s in tfds_splits])
   records = _Concat([_tfds_source(spec, s, data_dir) for s in tfds_splits])
   if spec.name == 'inat2018':
     if class_lists is None:
