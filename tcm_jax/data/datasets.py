@@ -24,9 +24,11 @@ import io
 import logging
 import os
 import pathlib
+import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from etils import epath
 import numpy as np
 
 _log = logging.getLogger(__name__)
@@ -250,26 +252,42 @@ def _default_data_dir() -> str:
                         os.path.join(os.path.expanduser('~'), 'tensorflow_datasets'))
 
 
+def _image_features(tfds_name: str, data_dir: str) -> list[str]:
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  features = tfds.builder(tfds_name, data_dir=data_dir).info.features
+  return [name for name, feature in features.items()
+          if isinstance(feature, tfds.features.Image)]
+
+
 def _tfds_source(spec: DatasetSpec, split: str, data_dir: str, *,
                  skip_images: bool = False):
+  """The TFDS split as random-access records; only the images needed decoded.
+
+  Image features other than `image` (CUB's segmentation masks) are never
+  decoded; with `skip_images`, `image` is not either (labels only).
+  """
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  decoders = {'image': tfds.decode.SkipDecoding()} if skip_images else None
+  decoders = {name: tfds.decode.SkipDecoding()
+              for name in _image_features(spec.tfds_name, data_dir)
+              if skip_images or name != 'image'}
   try:
     return tfds.data_source(spec.tfds_name, split=split, data_dir=data_dir,
-                            download=False, decoders=decoders)
+                            download=False, decoders=decoders or None)
   except (FileNotFoundError, NotImplementedError, AssertionError,
           tfds.core.registered.DatasetNotFoundError) as error:
     manual_dir = os.path.join(data_dir, 'downloads', 'manual')
-    said = str(error).splitlines()[0] if str(error) else type(error).__name__
+    command = prepare_command(spec, data_dir)
+    if 'TFRECORD' in str(error):  # Prepared, in a format without random access.
+      command += ' --overwrite'
     lines = [
         f'Dataset {spec.name!r} (TFDS {spec.tfds_name!r}, split {split!r}) is '
         f'not prepared as array_record in the data directory {data_dir!r}. '
         f'Prepare it once (this step needs TensorFlow; training does not) with:',
-        f'  {prepare_command(spec, data_dir)}',
+        f'  {command}',
         f'Files that TFDS cannot download go in {manual_dir} (then add '
         f'--manual_dir={manual_dir}).',
         spec.manual.format(manual_dir=manual_dir),
-        f'(TFDS: {said})']
+        f'TFDS said: {error}']
     raise DatasetNotPreparedError(
         '\n'.join(line for line in lines if line)) from error
 
@@ -277,21 +295,33 @@ def _tfds_source(spec: DatasetSpec, split: str, data_dir: str, *,
 def _label_index(spec: DatasetSpec, split: str, data_dir: str) -> np.ndarray:
   """The class id of every record of one TFDS split, cached next to the data.
 
-  Built once by reading the records with image decoding skipped; saved as
-  `<data_dir>/<tfds name>/tcm_jax_label_index/<split>.npy` and read from there
-  afterwards (if the directory cannot be written, it is rebuilt every time,
-  with a warning).
+  Built once by reading the records with image decoding skipped; saved in the
+  dataset's version directory,
+  `<data_dir>/<tfds name>/<version>/tcm_jax_label_index/<split>-<label>.npy`,
+  and read from there afterwards, as long as its length is the split's (if the
+  directory cannot be written, it is rebuilt every time, with a warning).
+  Several processes may build it at once: each writes a file of its own and
+  renames it into place.
   """
-  path = pathlib.Path(data_dir) / spec.tfds_name / INDEX_DIR / f'{split}.npy'
-  if path.exists():
-    return np.load(path)
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   source = _tfds_source(spec, split, data_dir, skip_images=True)
+  version = tfds.builder(spec.tfds_name, data_dir=data_dir).version
+  path = (epath.Path(data_dir) / spec.tfds_name / str(version) / INDEX_DIR
+          / f'{split}-{spec.label_key}.npy')
+  if path.exists():
+    with path.open('rb') as f:
+      labels = np.load(f)
+    if len(labels) == len(source):
+      return labels
+    _log.warning('Rebuilding the label index %s: %d labels for %d records.',
+                 path, len(labels), len(source))
   labels = np.fromiter((int(source[i][spec.label_key])
                         for i in range(len(source))), np.int64, len(source))
   try:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix('.tmp.npy')
-    np.save(tmp, labels)
+    tmp = path.parent / f'.{path.name}.{uuid.uuid4().hex}.tmp'
+    with tmp.open('wb') as f:
+      np.save(f, labels)
     tmp.replace(path)
   except OSError as error:
     _log.warning('Could not cache the label index at %s: %s', path, error)
@@ -368,7 +398,17 @@ def _tfds_split(spec: DatasetSpec, side: str, data_dir: str,
       raise ValueError(
           "inat2018 needs class_lists=(train_file, test_file): the Smooth-AP "
           "class lists; see read_class_list for the format.")
-    classes = read_class_list(class_lists[0 if side == 'train' else 1])
+    train_classes, test_classes = (read_class_list(f) for f in class_lists)
+    shared = np.intersect1d(train_classes, test_classes)
+    if shared.size:
+      raise ValueError(
+          f'The inat2018 class lists share {shared.size} classes (e.g. '
+          f'{shared[:5].tolist()}); train and test classes must be disjoint.')
+    classes = train_classes if side == 'train' else test_classes
+    absent = np.setdiff1d(classes, labels)
+    if absent.size:
+      _log.warning('%d classes of the inat2018 %s list have no records (e.g. '
+                   '%s).', absent.size, side, absent[:5].tolist())
     keep = np.isin(labels, classes)
   elif spec.train_classes is not None:
     lo, hi = spec.train_classes

@@ -84,10 +84,15 @@ class _TrainElement:
                seed: int):
     self.split, self.sampler = split, sampler
     self.transform, self.seed = transform, seed
+    self._batches = {}  # step -> rows: the batch is drawn once, not per row
 
-  @functools.lru_cache(maxsize=8)
   def _rows(self, step: int) -> np.ndarray:
-    return self.sampler.process_batch(step)
+    rows = self._batches.get(step)
+    if rows is None:
+      if len(self._batches) >= 16:
+        self._batches.clear()
+      rows = self._batches[step] = self.sampler.process_batch(step)
+    return rows
 
   def __call__(self, i: int) -> dict[str, Any]:
     b = self.sampler.process_batch_size
@@ -114,7 +119,8 @@ class TrainBatches:
     sampler: a `ClassBalancedSampler` over `split.labels`.
     transform: `transform(image, rng) -> float32 image` (e.g.
       `transforms.TrainTransform`).
-    seed: seeds each image's augmentation (with the step and row).
+    seed: seeds each image's augmentation (with the step and row); default:
+      the sampler's seed.
     start_step: the first step produced.
     options: threads and worker processes.
 
@@ -132,7 +138,7 @@ class TrainBatches:
 
   def __init__(self, split: Split, sampler: ClassBalancedSampler,
                transform: Callable[[np.ndarray, np.random.Generator], np.ndarray],
-               *, seed: int = 0, start_step: int = 0,
+               *, seed: int | None = None, start_step: int = 0,
                options: LoaderOptions = LoaderOptions()):
     if len(sampler_labels := sampler.labels) != len(split) or not np.array_equal(
         sampler_labels, split.labels):
@@ -140,7 +146,8 @@ class TrainBatches:
           f'sampler was built over {len(sampler_labels)} labels that are not '
           f'those of split {split.name!r} ({len(split)} records); build it '
           f'from split.labels.')
-    self._element = _TrainElement(split, sampler, transform, seed)
+    self._element = _TrainElement(
+        split, sampler, transform, sampler.seed if seed is None else seed)
     self._batch_size = sampler.process_batch_size
     self._options = options
     self.set_state({'step': start_step})
@@ -197,7 +204,7 @@ class _EvalElement:
 
 def eval_batches(split: Split, transform: Callable[[np.ndarray], np.ndarray],
                  *, batch_size: int, num_processes: int = 1,
-                 process_index: int = 0, num_devices: int = 1,
+                 process_index: int = 0, num_devices: int | None = None,
                  options: LoaderOptions = LoaderOptions()
                  ) -> Iterator[dict[str, np.ndarray]]:
   """Every record of `split` once, in global batches of `batch_size`, padded.
@@ -207,6 +214,9 @@ def eval_batches(split: Split, transform: Callable[[np.ndarray], np.ndarray],
   is padded with zero images, label -1, index -1 and `mask` False, so every
   batch has the same shape (one compilation) and every record is embedded
   exactly once.
+
+  `num_devices` (all processes' devices; default one per process) must
+  divide the batch, which is sharded over them.
 
   Yields:
     `{'image', 'label', 'index', 'mask'}` arrays with leading dimension
@@ -224,8 +234,16 @@ def eval_batches(split: Split, transform: Callable[[np.ndarray], np.ndarray],
     >>> len(batches), int(sum(b['mask'].sum() for b in batches)), len(test)
     (9, 896, 896)
   """
-  if not isinstance(batch_size, int) or batch_size < 1:
-    raise ValueError(f'batch_size must be a positive int, got {batch_size!r}.')
+  if num_devices is None:
+    num_devices = num_processes
+  for name, value in (('batch_size', batch_size),
+                      ('num_processes', num_processes),
+                      ('num_devices', num_devices)):
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+      raise ValueError(f'{name} must be a positive int, got {value!r}.')
+  if num_devices % num_processes:
+    raise ValueError(f'num_devices ({num_devices}) must be a multiple of '
+                     f'num_processes ({num_processes}).')
   for name, count in (('num_processes', num_processes),
                       ('num_devices', num_devices)):
     if batch_size % count:

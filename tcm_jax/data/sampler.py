@@ -157,6 +157,11 @@ class ClassBalancedSampler:
     return self._labels
 
   @property
+  def seed(self) -> int:
+    """The seed of the class order and of the records drawn."""
+    return self._seed
+
+  @property
   def process_index(self) -> int:
     """This process's index in `[0, num_processes)`."""
     return self._process_index
@@ -220,14 +225,18 @@ class ClassBalancedSampler:
 
   def _epoch_slots(self, epoch: int) -> np.ndarray:
     """`[steps_per_epoch * P]` class positions of the epoch's batches."""
-    if self._epoch_cache is None or self._epoch_cache[0] != epoch:
-      rng = np.random.default_rng([self._seed, _EPOCH_STREAM, epoch])
-      permutation = rng.permutation(self.num_classes)
-      missing = self._steps_per_epoch * self._p - self.num_classes
-      drawn = permutation[:self.num_classes - (self._p - missing)]
-      fill = rng.choice(drawn, missing, replace=False)
-      self._epoch_cache = (epoch, np.concatenate([permutation, fill]))
-    return self._epoch_cache[1]
+    # One read of the cache: loader threads may replace it meanwhile.
+    cached = self._epoch_cache
+    if cached is not None and cached[0] == epoch:
+      return cached[1]
+    rng = np.random.default_rng([self._seed, _EPOCH_STREAM, epoch])
+    permutation = rng.permutation(self.num_classes)
+    missing = self._steps_per_epoch * self._p - self.num_classes
+    drawn = permutation[:self.num_classes - (self._p - missing)]
+    fill = rng.choice(drawn, missing, replace=False)
+    slots = np.concatenate([permutation, fill])
+    self._epoch_cache = (epoch, slots)
+    return slots
 
   def _slots(self, step: int) -> np.ndarray:
     """`[P]` class positions of the batch at a validated `step`."""

@@ -104,13 +104,41 @@ def test_label_index_is_built_once_and_reused(mock_tfds):
   first = _Records.reads
   assert first == sum(len(_mock_labels('caltech_birds2011', s))
                       for s in ('train', 'test'))
-  cached = os.path.join(mock_tfds, 'caltech_birds2011',
-                        datasets.INDEX_DIR, 'train.npy')
+  version = str(tfds.builder('caltech_birds2011').version)
+  cached = os.path.join(mock_tfds, 'caltech_birds2011', version,
+                        datasets.INDEX_DIR, 'train-label.npy')
   np.testing.assert_array_equal(np.load(cached),
                                 _mock_labels('caltech_birds2011', 'train'))
   test = datasets.load_split('cub200', 'test', data_dir=mock_tfds)
   assert _Records.reads == first  # no record read to split again
   assert len(test) > 0
+
+
+def test_label_index_of_another_length_is_rebuilt(mock_tfds):
+  version = str(tfds.builder('caltech_birds2011').version)
+  cached = os.path.join(mock_tfds, 'caltech_birds2011', version,
+                        datasets.INDEX_DIR, 'train-label.npy')
+  os.makedirs(os.path.dirname(cached))
+  np.save(cached, np.zeros(7, np.int64))  # a stale index: 7 labels
+  train = datasets.load_split('cub200', 'train', data_dir=mock_tfds)
+  np.testing.assert_array_equal(np.load(cached),
+                                _mock_labels('caltech_birds2011', 'train'))
+  assert set(train.labels) == set(range(100))
+
+
+def test_index_build_skips_decoding_every_image_feature(mock_tfds):
+  requested = []
+
+  def as_data_source(builder, split, decoders=None, **kwargs):
+    requested.append(sorted(decoders or {}))
+    return _as_data_source(builder, split, **kwargs)
+
+  with tfds.testing.mock_data(as_data_source_fn=as_data_source):
+    datasets.load_split('cub200', 'train', data_dir=mock_tfds)
+  # Label index: neither the image nor CUB's segmentation mask is decoded;
+  # training reads: the image only.
+  assert ['image', 'segmentation_mask'] in requested
+  assert ['segmentation_mask'] in requested
 
 
 def test_digits_open_world_split():
@@ -184,6 +212,13 @@ class TestBadInput:
                        match=r"nope\.txt' does not exist.*Smooth-AP"):
       datasets.load_split('inat2018', 'train', data_dir=mock_tfds,
                           class_lists=(tmp_path / 'nope.txt', tmp_path / 'x'))
+
+  def test_overlapping_class_lists(self, mock_tfds, tmp_path):
+    (tmp_path / 'a.txt').write_text('1\n2\n3\n')
+    (tmp_path / 'b.txt').write_text('3\n4\n')
+    with pytest.raises(ValueError, match=r'share 1 classes \(e\.g\. \[3\]\)'):
+      datasets.load_split('inat2018', 'test', data_dir=mock_tfds,
+                          class_lists=(tmp_path / 'a.txt', tmp_path / 'b.txt'))
 
   def test_malformed_class_list(self, tmp_path):
     path = tmp_path / 'bad.txt'

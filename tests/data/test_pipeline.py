@@ -72,9 +72,13 @@ def test_worker_processes_give_the_same_batches(digits_train):
   threads = _train(digits_train)
   workers = _train(digits_train,
                    options=pipeline.LoaderOptions(num_threads=1, worker_count=2))
+  workers.set_state({'step': 3})  # resumed, in worker processes
+  for _ in range(3):
+    next(threads)
   for _ in range(2):
     a, b = next(threads), next(workers)
-    np.testing.assert_array_equal(a['image'], b['image'])
+    for key in ('image', 'label', 'index'):
+      np.testing.assert_array_equal(a[key], b[key])
 
 
 @pytest.mark.parametrize('batch_size, num_processes', [(64, 1), (100, 2),
@@ -112,6 +116,17 @@ class TestBadInput:
                              r'num_processes \(4\)'):
       pipeline.eval_batches(split, transforms.SmallEvalTransform(size=8),
                             batch_size=10, num_processes=4)
+
+  @pytest.mark.parametrize('kwargs, message', [
+      (dict(num_processes=0), 'num_processes must be a positive int'),
+      (dict(num_devices=3, num_processes=2),
+       r'num_devices \(3\) must be a multiple of num_processes \(2\)'),
+  ])
+  def test_bad_process_and_device_counts(self, kwargs, message):
+    split = datasets.load_split('digits', 'test')
+    with pytest.raises(ValueError, match=message):
+      pipeline.eval_batches(split, transforms.SmallEvalTransform(size=8),
+                            batch_size=12, **kwargs)
 
   def test_sampler_of_another_split(self, digits_train):
     test = datasets.load_split('digits', 'test')
