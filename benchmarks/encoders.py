@@ -26,6 +26,7 @@ from flax import nnx
 import jax
 import jax.numpy as jnp
 
+from _machine import cpu_name  # pylint: disable=g-bad-import-order
 from tcm_jax import losses
 from tcm_jax import models
 
@@ -40,17 +41,6 @@ PEAK_TFLOPS = {
 DEFAULT_VARIANTS = ['resnet18@224', 'resnet34@224', 'resnet50@224',
                     'vit_ti@224', 'vit_s@224', 'vit_b@224',
                     'resnet18@32', 'resnet50@32', 'vit_ti@32', 'vit_s@32']
-
-
-def cpu_name():
-  try:
-    with open('/proc/cpuinfo') as f:
-      for line in f:
-        if line.startswith('model name'):
-          return line.split(':', 1)[1].strip()
-  except OSError:
-    pass
-  return 'CPU'
 
 
 def encoder_config(variant, dtype):

@@ -17,21 +17,11 @@ import time
 
 import numpy as np
 
+from _machine import cpu_name  # pylint: disable=g-bad-import-order
 from tcm_jax.data import datasets
 from tcm_jax.data import pipeline
 from tcm_jax.data import transforms
 from tcm_jax.data.sampler import ClassBalancedSampler
-
-
-def cpu_name():
-  try:
-    with open('/proc/cpuinfo') as f:
-      for line in f:
-        if line.startswith('model name'):
-          return line.split(':', 1)[1].strip()
-  except OSError:
-    pass
-  return 'CPU'
 
 
 def loop_images_per_second(split, sampler, transform, steps):

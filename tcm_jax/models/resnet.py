@@ -69,6 +69,19 @@ class Downsample(nnx.Module):
     return self.bn(self.conv(x), use_running_average=not train)
 
 
+def _shortcut(in_features, out_features, stride, *, norm, dtype, rngs):
+  """A projection where the block changes shape; None for the identity."""
+  if stride == 1 and in_features == out_features:
+    return None
+  return Downsample(in_features, out_features, stride, norm=norm, dtype=dtype,
+                    rngs=rngs)
+
+
+def _add_shortcut(downsample, x, y, *, train):
+  shortcut = x if downsample is None else downsample(x, train=train)
+  return jax.nn.relu(y + shortcut)
+
+
 class BasicBlock(nnx.Module):
   """Two 3x3 convolutions (ResNet-18/34)."""
   expansion = 1
@@ -79,17 +92,14 @@ class BasicBlock(nnx.Module):
     self.bn1 = norm(planes, rngs=rngs)
     self.conv2 = _conv(planes, out_features, 3, 1, dtype=dtype, rngs=rngs)
     self.bn2 = norm(out_features, rngs=rngs, zero_init=True)
-    self.downsample = (
-        Downsample(in_features, out_features, stride, norm=norm, dtype=dtype,
-                   rngs=rngs)
-        if stride != 1 or in_features != out_features else None)
+    self.downsample = _shortcut(in_features, out_features, stride, norm=norm,
+                                dtype=dtype, rngs=rngs)
 
   def __call__(self, x, *, train):
     ura = not train
     y = jax.nn.relu(self.bn1(self.conv1(x), use_running_average=ura))
     y = self.bn2(self.conv2(y), use_running_average=ura)
-    shortcut = x if self.downsample is None else self.downsample(x, train=train)
-    return jax.nn.relu(y + shortcut)
+    return _add_shortcut(self.downsample, x, y, train=train)
 
 
 class Bottleneck(nnx.Module):
@@ -104,18 +114,15 @@ class Bottleneck(nnx.Module):
     self.bn2 = norm(planes, rngs=rngs)
     self.conv3 = _conv(planes, out_features, 1, 1, dtype=dtype, rngs=rngs)
     self.bn3 = norm(out_features, rngs=rngs, zero_init=True)
-    self.downsample = (
-        Downsample(in_features, out_features, stride, norm=norm, dtype=dtype,
-                   rngs=rngs)
-        if stride != 1 or in_features != out_features else None)
+    self.downsample = _shortcut(in_features, out_features, stride, norm=norm,
+                                dtype=dtype, rngs=rngs)
 
   def __call__(self, x, *, train):
     ura = not train
     y = jax.nn.relu(self.bn1(self.conv1(x), use_running_average=ura))
     y = jax.nn.relu(self.bn2(self.conv2(y), use_running_average=ura))
     y = self.bn3(self.conv3(y), use_running_average=ura)
-    shortcut = x if self.downsample is None else self.downsample(x, train=train)
-    return jax.nn.relu(y + shortcut)
+    return _add_shortcut(self.downsample, x, y, train=train)
 
 
 def _max_pool_3x3_stride_2(x):
