@@ -18,9 +18,11 @@ slice of rows, so the processes need not communicate to agree on a batch.
 from __future__ import annotations
 
 import math
-import operator
 
 import numpy as np
+
+from tcm_jax.data._checks import as_int
+from tcm_jax.data._checks import check_int
 
 # Leading words of the seed entropy, one per kind of draw. numpy's
 # SeedSequence pads short entropy with zeros, so `[seed, e]` and
@@ -28,26 +30,6 @@ import numpy as np
 # class permutations and the record draws independent.
 _EPOCH_STREAM = 0
 _RECORD_STREAM = 1
-
-
-def _as_int(name: str, value, expected: str) -> int:
-  """`value` as a Python int; `expected` describes it in the error."""
-  # operator.index accepts bools, which are never a meaningful count here.
-  if not isinstance(value, (bool, np.bool_)):
-    try:
-      return operator.index(value)
-    except TypeError:
-      pass
-  raise ValueError(f'{name} must be {expected}, got {value!r}.')
-
-
-def _check_int(name: str, value, minimum: int) -> int:
-  """`value` as a Python int, at least `minimum`."""
-  expected = f'an integer >= {minimum}'
-  value = _as_int(name, value, expected)
-  if value < minimum:
-    raise ValueError(f'{name} must be {expected}, got {value}.')
-  return value
 
 
 class ClassBalancedSampler:
@@ -104,11 +86,11 @@ class ClassBalancedSampler:
           f'{labels.shape} and dtype {labels.dtype}.')
     if labels.size == 0:
       raise ValueError('labels must hold at least one record, got 0.')
-    p = _check_int('classes_per_batch', classes_per_batch, 1)
-    k = _check_int('samples_per_class', samples_per_class, 1)
-    self._seed = _check_int('seed', seed, 0)
-    num_processes = _check_int('num_processes', num_processes, 1)
-    num_devices = _check_int('num_devices', num_devices, 1)
+    p = check_int('classes_per_batch', classes_per_batch, 1)
+    k = check_int('samples_per_class', samples_per_class, 1)
+    self._seed = check_int('seed', seed, 0)
+    num_processes = check_int('num_processes', num_processes, 1)
+    num_devices = check_int('num_devices', num_devices, 1)
 
     self._order = np.argsort(labels, kind='stable')
     self._classes, self._counts = np.unique(labels, return_counts=True)
@@ -131,7 +113,7 @@ class ClassBalancedSampler:
           f'{batch_size} must be divisible by num_processes, got '
           f'{num_processes}.')
     expected = f'an integer in [0, num_processes) = [0, {num_processes})'
-    process_index = _as_int('process_index', process_index, expected)
+    process_index = as_int('process_index', process_index, expected)
     if not 0 <= process_index < num_processes:
       raise ValueError(
           f'process_index must be {expected}, got {process_index}.')
@@ -221,7 +203,7 @@ class ClassBalancedSampler:
       >>> [sampler.epoch(s) for s in range(5)]
       [0, 0, 1, 1, 2]
     """
-    return _check_int('step', step, 0) // self._steps_per_epoch
+    return check_int('step', step, 0) // self._steps_per_epoch
 
   def _epoch_slots(self, epoch: int) -> np.ndarray:
     """`[steps_per_epoch * P]` class positions of the epoch's batches."""
@@ -266,7 +248,7 @@ class ClassBalancedSampler:
       >>> np.unique(np.concatenate(epoch)).tolist()
       [4, 6, 8]
     """
-    return self._classes[self._slots(_check_int('step', step, 0))]
+    return self._classes[self._slots(check_int('step', step, 0))]
 
   def global_batch(self, step: int) -> np.ndarray:
     """Record indices of the global batch at `step`.
@@ -292,7 +274,7 @@ class ClassBalancedSampler:
       ...                np.repeat(sampler.batch_classes(10), 2))
       True
     """
-    step = _check_int('step', step, 0)
+    step = check_int('step', step, 0)
     batch = np.empty((self._p, self._k), np.int64)
     for slot, c in enumerate(self._slots(step)):
       rng = np.random.default_rng([self._seed, _RECORD_STREAM, step, slot])

@@ -23,10 +23,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import operator
 
 import numpy as np
 from PIL import Image
+
+from tcm_jax.data._checks import check_int
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -35,20 +36,6 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 _LUMA_601 = (0.299, 0.587, 0.114)
 # torchvision's RandomResizedCrop gives up on random boxes after 10 draws.
 _CROP_ATTEMPTS = 10
-
-
-def _check_int(name: str, value, minimum: int | None = None) -> int:
-  """`value` as a Python int, at least `minimum` when one is given."""
-  wanted = 'an integer' if minimum is None else f'an integer >= {minimum}'
-  if isinstance(value, (bool, np.bool_)):
-    raise ValueError(f'{name} must be {wanted}, got {value!r}.')
-  try:
-    value = operator.index(value)
-  except TypeError as e:
-    raise ValueError(f'{name} must be {wanted}, got {value!r}.') from e
-  if minimum is not None and value < minimum:
-    raise ValueError(f'{name} must be {wanted}, got {value}.')
-  return value
 
 
 def _check_range(name: str, value, upper: float = math.inf
@@ -68,7 +55,7 @@ def _check_range(name: str, value, upper: float = math.inf
 def _check_stats(mean, std, channels
                  ) -> tuple[tuple[float, ...], tuple[float, ...], int]:
   """`mean` and `std` as float tuples, one value per channel; `channels`."""
-  if _check_int('channels', channels, 1) not in (1, 3):
+  if check_int('channels', channels, 1) not in (1, 3):
     raise ValueError(f'channels must be 1 or 3, got {channels!r}.')
   stats = []
   for name, value in (('mean', mean), ('std', std)):
@@ -167,8 +154,8 @@ def random_resized_crop_box(height: int, width: int, rng: np.random.Generator,
     >>> transforms.random_resized_crop_box(1, 1000, rng)
     (0, 499, 1, 1)
   """
-  height = _check_int('height', height, 1)
-  width = _check_int('width', width, 1)
+  height = check_int('height', height, 1)
+  width = check_int('width', width, 1)
   rng = _check_rng(rng)
   scale = _check_range('scale', scale, upper=1.0)
   ratio = _check_range('ratio', ratio)
@@ -223,7 +210,7 @@ def random_resized_crop(image: np.ndarray, size: int, rng: np.random.Generator,
     (224, 224, 3)
   """
   image = _check_image(image)
-  size = _check_int('size', size, 1)
+  size = check_int('size', size, 1)
   top, left, h, w = random_resized_crop_box(
       image.shape[0], image.shape[1], rng, scale=scale, ratio=ratio)
   return _resize(image[top:top + h, left:left + w], size, size)
@@ -286,9 +273,9 @@ def resize(image: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
   """
   image = _check_image(image)
   if isinstance(size, (tuple, list)) and len(size) == 2:
-    height, width = (_check_int('size', s, 1) for s in size)
+    height, width = (check_int('size', s, 1) for s in size)
   else:
-    height = width = _check_int('size', size, 1)
+    height = width = check_int('size', size, 1)
   return _resize(image, height, width)
 
 
@@ -317,7 +304,7 @@ def resize_shorter(image: np.ndarray, size: int) -> np.ndarray:
     (512, 256)
   """
   image = _check_image(image)
-  size = _check_int('size', size, 1)
+  size = check_int('size', size, 1)
   h, w = image.shape[:2]
   short, long = min(h, w), max(h, w)
   new_long = int(size * long / short)
@@ -352,7 +339,7 @@ def center_crop(image: np.ndarray, size: int) -> np.ndarray:
            [16, 17, 18]], dtype=uint8)
   """
   image = _check_image(image)
-  size = _check_int('size', size, 1)
+  size = check_int('size', size, 1)
   h, w = image.shape[:2]
   if h < size or w < size:
     raise ValueError(
@@ -392,8 +379,8 @@ def translate(image: np.ndarray, dy: int, dx: int) -> np.ndarray:
   image = _check_image(image)
   h, w = image.shape[:2]
   # A shift past the frame empties it; clamping keeps the slices consistent.
-  dy = min(max(_check_int('dy', dy), -h), h)
-  dx = min(max(_check_int('dx', dx), -w), w)
+  dy = min(max(check_int('dy', dy), -h), h)
+  dx = min(max(check_int('dx', dx), -w), w)
   out = np.zeros_like(image)
   out[max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = (
       image[max(-dy, 0):h + min(-dy, 0), max(-dx, 0):w + min(-dx, 0)])
@@ -430,7 +417,7 @@ def random_translate(image: np.ndarray, rng: np.random.Generator,
     array([9, 9, 9, 9], dtype=uint8)
   """
   rng = _check_rng(rng)
-  max_shift = _check_int('max_shift', max_shift, 0)
+  max_shift = check_int('max_shift', max_shift, 0)
   dy, dx = rng.integers(-max_shift, max_shift, size=2, endpoint=True)
   return translate(image, int(dy), int(dx))
 
@@ -523,7 +510,7 @@ class TrainTransform:
 
   def __post_init__(self):
     mean, std, channels = _check_stats(self.mean, self.std, self.channels)
-    _freeze(self, size=_check_int('size', self.size, 1),
+    _freeze(self, size=check_int('size', self.size, 1),
             scale=_check_range('scale', self.scale, upper=1.0),
             ratio=_check_range('ratio', self.ratio), flip=bool(self.flip),
             mean=mean, std=std, channels=channels)
@@ -573,9 +560,9 @@ class EvalTransform:
   channels: int = 3
 
   def __post_init__(self):
-    size = _check_int('size', self.size, 1)
+    size = check_int('size', self.size, 1)
     mean, std, channels = _check_stats(self.mean, self.std, self.channels)
-    _freeze(self, size=size, resize=_check_int('resize', self.resize, size),
+    _freeze(self, size=size, resize=check_int('resize', self.resize, size),
             mean=mean, std=std, channels=channels)
 
   def __call__(self, image: np.ndarray) -> np.ndarray:
@@ -628,10 +615,10 @@ class SmallTrainTransform:
   channels: int = 3
 
   def __post_init__(self):
-    size = _check_int('size', self.size, 1)
+    size = check_int('size', self.size, 1)
     max_shift = size // 8 if self.max_shift is None else self.max_shift
     mean, std, channels = _check_stats(self.mean, self.std, self.channels)
-    _freeze(self, size=size, max_shift=_check_int('max_shift', max_shift, 0),
+    _freeze(self, size=size, max_shift=check_int('max_shift', max_shift, 0),
             flip=bool(self.flip), mean=mean, std=std, channels=channels)
 
   def __call__(self, image: np.ndarray,
@@ -672,7 +659,7 @@ class SmallEvalTransform:
 
   def __post_init__(self):
     mean, std, channels = _check_stats(self.mean, self.std, self.channels)
-    _freeze(self, size=_check_int('size', self.size, 1), mean=mean, std=std,
+    _freeze(self, size=check_int('size', self.size, 1), mean=mean, std=std,
             channels=channels)
 
   def __call__(self, image: np.ndarray) -> np.ndarray:
