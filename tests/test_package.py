@@ -14,6 +14,9 @@ import tcm_jax.losses
 import tcm_jax.metrics
 import tcm_jax.models
 import tcm_jax.models.pretrained
+from tcm_jax import checkpoint
+from tcm_jax import parallel
+from tcm_jax import train
 from tcm_jax.data import datasets as data_datasets
 from tcm_jax.data import pipeline as data_pipeline
 from tcm_jax.data import sampler as data_sampler
@@ -49,7 +52,8 @@ def test_losses_and_metrics_do_not_import_models_data_or_train():
 @pytest.mark.parametrize('package', [tcm_jax.losses, tcm_jax.metrics,
                                      tcm_jax.models, tcm_jax.models.pretrained,
                                      data_datasets, data_pipeline, data_sampler,
-                                     data_transforms])
+                                     data_transforms, checkpoint, parallel,
+                                     train])
 def test_every_public_function_has_an_example(package):
   names = getattr(package, '__all__', None) or [
       n for n in vars(package) if not n.startswith('_')

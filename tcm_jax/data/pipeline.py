@@ -57,12 +57,12 @@ class LoaderOptions:
 def _batches(elements: grain.MapDataset, batch_size: int,
              options: LoaderOptions) -> Iterator[dict[str, np.ndarray]]:
   """Batches of consecutive elements, made by threads and optionally processes."""
-  read = grain.ReadOptions(num_threads=options.num_threads,
-                           prefetch_buffer_size=max(1, options.prefetch))
   if not options.worker_count:
     # Threads make the elements of a batch in parallel.
-    dataset = elements.to_iter_dataset(dataclasses.replace(
-        read, prefetch_buffer_size=max(1, options.prefetch) * batch_size))
+    dataset = elements.to_iter_dataset(grain.ReadOptions(
+        num_threads=options.num_threads,
+        prefetch_buffer_size=max(options.prefetch * batch_size,
+                                 options.num_threads)))
     return iter(dataset.batch(batch_size, drop_remainder=True))
   # Processes each make whole batches (grain hands worker w every
   # worker_count-th element of what it prefetches: batches, so that each
@@ -71,6 +71,11 @@ def _batches(elements: grain.MapDataset, batch_size: int,
   # nothing parsed them, and their defaults are what is wanted.
   if not flags.FLAGS.is_parsed():
     flags.FLAGS.mark_as_parsed()
+  # A worker's threads each make a whole batch; more threads than batches
+  # prefetched would idle (and batches can be large).
+  prefetch = max(1, options.prefetch)
+  read = grain.ReadOptions(num_threads=min(options.num_threads, prefetch),
+                           prefetch_buffer_size=prefetch)
   dataset = elements.batch(batch_size, drop_remainder=True).to_iter_dataset(read)
   return iter(dataset.mp_prefetch(grain.MultiprocessingOptions(
       num_workers=options.worker_count)))

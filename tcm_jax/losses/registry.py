@@ -22,6 +22,7 @@ import inspect
 from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
 
 from tcm_jax.losses import _pair_based
 from tcm_jax.losses import _pairs
@@ -212,23 +213,50 @@ class ProxyObjective:
   frozen_base_hyper: tuple[tuple[str, Any], ...]
   frozen_tcm_hyper: tuple[tuple[str, Any], ...] | None
 
-  def __call__(self, embeddings, labels, proxies, *, where=None):
-    """`(loss, parts)` of a batch of embeddings with the class proxies."""
-    base = PROXY_LOSSES[self.name](embeddings, labels, proxies, where=where,
-                                   **dict(self.frozen_base_hyper))
+  def _with_tcm(self, base, tcm_statistics_fn):
+    """`(loss, parts)`: `base` plus TCM from `tcm_statistics_fn(**hyper)`."""
     parts = {'base': base}
     total = base
     if self.frozen_tcm_hyper is not None:
       stats_hyper, reduce_hyper = LOSSES['tcm'].split(
           dict(self.frozen_tcm_hyper))
-      embeddings = _pairs.zero_padded_rows('where', embeddings, where)
-      stats = tcm_lib.tcm_statistics(
-          _similarity.cosine_similarity(embeddings), labels, where=where,
-          **stats_hyper)
+      stats = tcm_statistics_fn(**stats_hyper)
       parts['tcm'] = tcm_lib.tcm_loss_from_statistics(stats, **reduce_hyper)
       parts.update(tcm_lib.tcm_diagnostics(stats))
       total = total + parts['tcm']
     return total, parts
+
+  def __call__(self, embeddings, labels, proxies, *, where=None):
+    """`(loss, parts)` of a batch of embeddings with the class proxies."""
+    base = PROXY_LOSSES[self.name](embeddings, labels, proxies, where=where,
+                                   **dict(self.frozen_base_hyper))
+    zeroed = _pairs.zero_padded_rows('where', embeddings, where)
+    return self._with_tcm(base, lambda **hyper: tcm_lib.tcm_statistics(
+        _similarity.cosine_similarity(zeroed), labels, where=where, **hyper))
+
+  def sharded(self, embeddings, labels, proxies, *, axis_name, where=None):
+    """`(loss, parts)` of the global batch, from inside `jax.shard_map`.
+
+    Proxy-anchor adds its per-proxy sums over devices before the logarithms;
+    the other proxy losses are means over samples, combined as a mean
+    weighted by each device's unpadded rows; TCM couples the whole batch
+    (`sharded_tcm_statistics`). Values and gradients (under `check_vma`)
+    equal one device holding the global batch.
+    """
+    hyper = dict(self.frozen_base_hyper)
+    if self.name == 'proxy_anchor':
+      base = _proxy.sharded_proxy_anchor_loss(
+          embeddings, labels, proxies, axis_name=axis_name, where=where,
+          **hyper)
+    else:
+      local = PROXY_LOSSES[self.name](embeddings, labels, proxies,
+                                      where=where, **hyper)
+      count = (jnp.float32(embeddings.shape[0]) if where is None
+               else jnp.sum(where, dtype=jnp.float32))
+      base = (jax.lax.psum(local * count, axis_name)
+              / jnp.maximum(jax.lax.psum(count, axis_name), 1.0))
+    return self._with_tcm(base, lambda **hyper: tcm_lib.sharded_tcm_statistics(
+        embeddings, labels, axis_name=axis_name, where=where, **hyper))
 
 
 def proxy_objective(base: str, *, tcm: dict[str, Any] | None = None,
@@ -241,10 +269,9 @@ def proxy_objective(base: str, *, tcm: dict[str, Any] | None = None,
     **base_hyper: the proxy loss's hyperparameters.
 
   Returns:
-    `fn(embeddings, labels, proxies, where=None) -> (loss, parts)`. These
-    losses are means over samples: across devices, average the per-device
-    values (TCM's batch coupling needs `objective(...).sharded` or
-    `sharded_tcm_loss`).
+    `fn(embeddings, labels, proxies, where=None) -> (loss, parts)`, and
+    its cross-device form `fn.sharded(embeddings, labels, proxies,
+    axis_name=..., where=None)` for use inside `jax.shard_map`.
 
   Examples:
     >>> import jax

@@ -101,3 +101,31 @@ def test_proxy_objective_is_base_plus_tcm():
     registry.proxy_objective('softmax')
   with pytest.raises(ValueError, match=r"unknown hyperparameters \['s'\]"):
     registry.proxy_objective('arcface', s=30.0)
+
+
+@pytest.mark.parametrize('name', sorted(registry.PROXY_LOSSES))
+def test_sharded_proxy_objective_equals_one_device(name):
+  """Values and gradients (embeddings and proxies), padded rows included."""
+  mesh = Mesh(np.array(jax.devices()), ('data',))
+  z, labels = _batch(5, 48)
+  w = np.random.default_rng(6).normal(size=(6, 8)).astype(np.float32)
+  where = np.ones(48, bool)
+  where[[5, 6, 7, 30]] = False  # unequal valid rows per device
+  fn = registry.proxy_objective(name, tcm={})
+  sharded = jax.jit(jax.shard_map(
+      lambda z, y, w, m: fn.sharded(z, y, w, axis_name='data', where=m),
+      mesh=mesh, in_specs=(P('data'), P('data'), P(), P('data')),
+      out_specs=P()))
+  (total, parts), grads = jax.value_and_grad(
+      lambda z, w: sharded(z, labels, w, where), argnums=(0, 1),
+      has_aux=True)(z, w)
+  (expected, expected_parts), expected_grads = jax.value_and_grad(
+      lambda z, w: fn(z, labels, w, where=where), argnums=(0, 1),
+      has_aux=True)(z, w)
+  np.testing.assert_allclose(total, expected, rtol=1e-5)
+  assert parts.keys() == expected_parts.keys()
+  for key in expected_parts:
+    np.testing.assert_allclose(parts[key], expected_parts[key], rtol=1e-5)
+  for got, want in zip(grads, expected_grads):
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+  assert np.abs(expected_grads[1]).sum() > 0

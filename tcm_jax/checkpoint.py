@@ -1,0 +1,283 @@
+"""The trainer's checkpoints: train state, data-iterator state and config.
+
+`Checkpointer` wraps Orbax's `CheckpointManager`. Every step directory holds
+three items: `state` (the train-state pytree), `data_state` and `config` (both
+JSON). Saves are asynchronous; retention keeps the last `keep` checkpoints and
+the best one by a metric; `restore_latest` falls back past checkpoints that
+cannot be read. Every process of a multi-process run calls every method (on a
+file system they share): Orbax coordinates which process writes what.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any, Mapping, NamedTuple
+
+from absl import logging
+from etils import epath
+import numpy as np
+import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers
+
+ITEMS = ('state', 'data_state', 'config')
+
+
+def json_safe(obj: Any) -> Any:
+  """`obj` as plain JSON values: tuples become lists, arrays Python values.
+
+  Args:
+    obj: nested mappings, lists and tuples of `None`, bools, numbers,
+      strings, and NumPy or JAX scalars and arrays.
+
+  Returns:
+    The same nesting of dicts (string keys), lists and Python scalars.
+
+  Raises:
+    TypeError: for any other type, which JSON cannot store.
+
+  Examples:
+    >>> import numpy as np
+    >>> json_safe({'sizes': (64, 32), 'lr': np.float32(0.5), 'seed': None})
+    {'sizes': [64, 32], 'lr': 0.5, 'seed': None}
+  """
+  if isinstance(obj, Mapping):
+    return {str(key): json_safe(value) for key, value in obj.items()}
+  if isinstance(obj, (list, tuple)):
+    return [json_safe(value) for value in obj]
+  if hasattr(obj, '__array__'):  # NumPy and JAX scalars and arrays.
+    return np.asarray(obj).tolist()
+  if obj is None or isinstance(obj, (bool, int, float, str)):
+    return obj
+  raise TypeError(
+      f'json_safe expects mappings, lists, tuples, None, bools, numbers, '
+      f'strings or arrays; received {type(obj).__name__}: {obj!r}.')
+
+
+class Restored(NamedTuple):
+  """One checkpoint, read back by `Checkpointer.restore_latest`.
+
+  Attributes:
+    step: the checkpoint's step.
+    state: the train-state pytree, its arrays on the target's shardings.
+    data_state: the data iterator's JSON state, e.g. `{'step': 120}`.
+    config: the run's config as a JSON dict.
+
+  Examples:
+    >>> Restored(step=3, state={}, data_state={'step': 3}, config={}).step
+    3
+  """
+  step: int
+  state: Any
+  data_state: dict
+  config: dict
+
+
+class _Manager(ocp.CheckpointManager):
+  """Orbax's manager, taking a step's unreadable metrics file as no metrics.
+
+  Orbax reads every step's metrics when it starts; one truncated metrics file
+  would stop it from starting at all, and so from saving. Without metrics the
+  step is kept only while it is among the last `keep`.
+  """
+
+  def metrics(self, step: int) -> Any:
+    try:
+      return super().metrics(step)
+    except (OSError, ValueError) as error:
+      logging.warning('Metrics of the checkpoint at step %d in %s cannot be '
+                      'read (%r); taking them as missing.', step,
+                      self.directory, error)
+      return None
+
+
+class Checkpointer:
+  """Saves and restores a training run's checkpoints in one directory.
+
+  Steps only go up: `save` returns False, writing nothing, for a step at or
+  below the latest checkpoint (Orbax would raise for an existing step, and its
+  retention would take a lower one for the newest). Unreadable checkpoints
+  are never deleted here (they may be repairable); retention ages them out.
+
+  Args:
+    directory: where the step directories go; created if missing.
+    keep: how many of the most recent checkpoints to keep, at least 1.
+    best_metric: a key of the `metrics` given to `save`; the checkpoint with
+      its best value is kept as well, however old.
+    best_mode: `'max'` or `'min'`: which value of `best_metric` is best.
+    async_save: write in the background; `save` returns once arrays are
+      copied off the devices.
+
+  Examples:
+    >>> import tempfile
+    >>> import jax.numpy as jnp
+    >>> workdir = tempfile.TemporaryDirectory()
+    >>> state = {'w': jnp.arange(3.0), 'step': jnp.int32(0)}
+    >>> with Checkpointer(workdir.name, keep=1, best_metric='recall') as ckpt:
+    ...   print(ckpt.restore_latest(state))
+    ...   for step, recall in [(10, 0.9), (20, 0.5), (30, 0.7)]:
+    ...     _ = ckpt.save(step, state, data_state={'step': step},
+    ...                   config={'lr': 0.1}, metrics={'recall': recall})
+    ...   ckpt.wait_until_finished()
+    ...   print(ckpt.all_steps(), ckpt.latest_step(), ckpt.best_step())
+    ...   print(ckpt.save(30, state, data_state={}, config={}))
+    ...   restored = ckpt.restore_latest(state)
+    None
+    [10, 30] 30 10
+    False
+    >>> restored.step, restored.data_state, restored.config
+    (30, {'step': 30}, {'lr': 0.1})
+    >>> workdir.cleanup()
+  """
+
+  def __init__(self, directory: str, *, keep: int = 3,
+               best_metric: str | None = None, best_mode: str = 'max',
+               async_save: bool = True):
+    # Orbax's TensorStore specs need absolute paths; URLs (gs://) are left be.
+    if '://' not in str(directory):
+      directory = os.path.abspath(directory)
+    path = epath.Path(directory)
+    if path.exists() and not path.is_dir():
+      raise ValueError(f'directory must be a directory (or not exist yet); '
+                       f'received {directory!r}, which is a file.')
+    if keep < 1:
+      raise ValueError(f'keep must be an integer >= 1; received {keep!r}.')
+    if best_mode not in ('max', 'min'):
+      raise ValueError(
+          f"best_mode must be 'max' or 'min'; received {best_mode!r}.")
+    self._best_metric = best_metric
+    policies = [checkpoint_managers.LatestN(n=keep)]
+    best_fn = None
+    if best_metric is not None:
+      # Older checkpoints may lack the metric (an earlier run tracked another
+      # one): they rank worst instead of failing every save.
+      worst = -math.inf if best_mode == 'max' else math.inf
+      best_fn = lambda metrics: metrics.get(best_metric, worst)
+      # Checkpoints without metrics are LatestN's to keep or drop.
+      policies.append(checkpoint_managers.BestN(
+          get_metric_fn=best_fn, reverse=best_mode == 'min', n=1,
+          keep_checkpoints_without_metrics=False))
+    options = ocp.CheckpointManagerOptions(
+        preservation_policy=checkpoint_managers.AnyPreservationPolicy(policies),
+        # best_fn also makes Orbax write each step's metrics and answer
+        # best_step; retention itself is the policies' alone.
+        best_fn=best_fn, best_mode=best_mode,
+        enable_async_checkpointing=async_save)
+    self._manager = _Manager(path, item_names=ITEMS, options=options)
+
+  def save(self, step: int, state: Any, *, data_state: dict, config: dict,
+           metrics: dict[str, float] | None = None,
+           force: bool = False) -> bool:
+    """Starts writing a checkpoint of `state` at `step`.
+
+    Args:
+      step: the training step; saved only if above the latest checkpoint.
+      state: the train-state pytree (`jax.Array` leaves, any pytree nodes).
+      data_state: the data iterator's state, JSON-able (see `json_safe`).
+      config: the run's config as a dict, JSON-able (see `json_safe`).
+      metrics: evaluation results, for `best_metric` (which they must then
+        contain). Without them the checkpoint stays while among the last
+        `keep` only.
+      force: passed to Orbax, whose save-decision policy here already saves
+        every step above the latest: it changes nothing yet.
+
+    Returns:
+      Whether a save was started: False if `step` is not above the latest
+      checkpoint.
+
+    Raises:
+      ValueError: if `metrics` lacks `best_metric`.
+
+    Examples: see the class example.
+    """
+    if (self._best_metric is not None and metrics is not None
+        and self._best_metric not in metrics):
+      raise ValueError(
+          f'metrics must contain best_metric {self._best_metric!r}; '
+          f'received keys {sorted(metrics)}.')
+    step = int(step)
+    latest = self._manager.latest_step()
+    if latest is not None and step <= latest:
+      logging.info('Not saving step %d: %s already has a checkpoint at step '
+                   '%d.', step, self._manager.directory, latest)
+      return False
+    args = ocp.args.Composite(
+        state=ocp.args.StandardSave(state),
+        data_state=ocp.args.JsonSave(json_safe(data_state)),
+        config=ocp.args.JsonSave(json_safe(config)))
+    metrics = None if metrics is None else json_safe(metrics)
+    return self._manager.save(step, args=args, metrics=metrics, force=force)
+
+  def restore_latest(self, target: Any) -> Restored | None:
+    """Reads the newest checkpoint that can be read.
+
+    An unreadable checkpoint is logged (a warning with the step, the
+    directory and the error) and the one before it is tried.
+
+    Args:
+      target: a pytree like the saved state, with `jax.Array` or
+        `jax.ShapeDtypeStruct` leaves; the restored arrays get their
+        shardings.
+
+    Returns:
+      The checkpoint, or None if the directory has none.
+
+    Raises:
+      RuntimeError: if there are checkpoints but none can be read; the
+        message lists each step's error.
+
+    Examples: see the class example.
+    """
+    self._manager.wait_until_finished()
+    args = ocp.args.Composite(
+        state=ocp.args.StandardRestore(target),
+        data_state=ocp.args.JsonRestore(), config=ocp.args.JsonRestore())
+    failures = []
+    for step in reversed(self._manager.all_steps()):
+      try:
+        restored = self._manager.restore(step, args=args)
+      # Damage surfaces as TensorStore ValueErrors, JSON errors, missing
+      # files and more; all mean this step cannot be read.
+      except Exception as error:  # pylint: disable=broad-exception-caught
+        logging.warning('Cannot read the checkpoint at step %d in %s (%r); '
+                        'trying the one before.', step,
+                        self._manager.directory, error)
+        failures.append(f'step {step}: {error!r}')
+        continue
+      return Restored(step, restored.state, restored.data_state,
+                      restored.config)
+    if failures:
+      raise RuntimeError(f'No checkpoint in {self._manager.directory} can be '
+                         'read:\n' + '\n'.join(failures))
+    return None
+
+  def latest_step(self) -> int | None:
+    """The newest checkpoint's step (None if none); see the class example."""
+    return self._manager.latest_step()
+
+  def all_steps(self) -> list[int]:
+    """The steps with a checkpoint, ascending; see the class example."""
+    return list(self._manager.all_steps())
+
+  def best_step(self) -> int | None:
+    """The step with the best `best_metric`; see the class example.
+
+    None if there is no `best_metric` or no checkpoint has metrics.
+    """
+    if self._best_metric is None:
+      return None
+    return self._manager.best_step()
+
+  def wait_until_finished(self) -> None:
+    """Blocks until the saves in flight are written; see the class example."""
+    self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    """Finishes the saves in flight and releases Orbax's resources."""
+    self._manager.close()
+
+  def __enter__(self) -> Checkpointer:
+    return self
+
+  def __exit__(self, *exc_info) -> None:
+    self.close()

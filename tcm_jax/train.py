@@ -1,0 +1,935 @@
+"""Training: `train_and_evaluate(config, workdir)` and the pieces it is made of.
+
+The run reads top to bottom in `train_and_evaluate`: inputs, model, objective
+and optimizer, the data-parallel step, resume, the loop (log, evaluate,
+checkpoint), the final report. Each piece is a function a notebook can call on
+its own: `create_inputs`, `create_model`, `create_objective`,
+`create_optimizer`, `make_train_step`, `embed_split`.
+
+The config's sections and their defaults are `default_config()`; configs in
+`configs/` start from it and change what their experiment needs.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+from absl import logging
+from flax import nnx
+from flax import struct
+import jax
+import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
+import ml_collections
+import numpy as np
+import optax
+
+from tcm_jax import checkpoint as checkpoint_lib
+from tcm_jax import metrics as metrics_lib
+from tcm_jax import models
+from tcm_jax import parallel
+from tcm_jax.data import datasets
+from tcm_jax.data import pipeline
+from tcm_jax.data import sampler as sampler_lib
+from tcm_jax.data import transforms
+from tcm_jax.losses import registry
+
+# --- Config ----------------------------------------------------------------------
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """Every config key with its default: the paper's CUB-200 ResNet-50 recipe.
+
+  Sections: `dataset`, `input`, `model` (an `encoder_config` section),
+  `loss` (`name` from the loss registry, `hyper` its hyperparameters, `tcm`),
+  `optimizer`, `train`, `eval`; and `seed`, `pretrained` (a timm
+  `.safetensors` or big_vision `.npz` file for the backbone, '' for none).
+
+  Examples:
+    >>> from tcm_jax import train
+    >>> config = train.default_config()
+    >>> config.loss.name, config.loss.tcm.enabled, config.model.name
+    ('smooth_ap', True, 'resnet50')
+  """
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+  config.pretrained = ''
+
+  config.dataset = ml_collections.ConfigDict()
+  config.dataset.name = 'cub200'
+  config.dataset.data_dir = ''          # '' : $TFDS_DATA_DIR or ~/tensorflow_datasets
+  config.dataset.train_class_list = ''  # inat2018 only: the Smooth-AP class lists
+  config.dataset.test_class_list = ''
+  config.dataset.synthetic = ml_collections.ConfigDict(dict(
+      num_classes=20, images_per_class=10, image_size=32, channels=3,
+      jpeg=False))
+
+  config.input = ml_collections.ConfigDict()
+  config.input.recipe = 'imagenet'  # or 'small' (tiny images: resize + shift)
+  config.input.image_size = 224
+  config.input.resize_size = 256    # imagenet recipe: shorter side before the crop
+  config.input.classes_per_batch = 100
+  config.input.samples_per_class = 4
+  config.input.eval_batch_size = 256
+  config.input.num_threads = 8
+  config.input.worker_count = 0
+  config.input.prefetch = 2
+
+  config.model = models.encoder_config('resnet50', frozen_batch_norm=True)
+
+  config.loss = ml_collections.ConfigDict()
+  config.loss.name = 'smooth_ap'
+  config.loss.hyper = ml_collections.ConfigDict()  # the base loss's own
+  config.loss.tcm = ml_collections.ConfigDict(dict(
+      enabled=True, margin_pos=0.9, margin_neg=0.5, lambda_pos=1.0,
+      lambda_neg=1.0))
+
+  config.optimizer = ml_collections.ConfigDict()
+  config.optimizer.name = 'adam'          # adam (L2 in the gradient), adamw, sgd
+  config.optimizer.learning_rate = 1e-4
+  config.optimizer.weight_decay = 4e-4    # on kernels only
+  config.optimizer.momentum = 0.9         # sgd only
+  config.optimizer.head_lr_multiplier = 1.0
+  config.optimizer.proxy_lr_multiplier = 1.0
+  config.optimizer.milestones = (10, 20, 30)  # epochs
+  config.optimizer.decay_factor = 0.3
+  config.optimizer.warmup_steps = 0
+  config.optimizer.grad_clip_norm = 0.0   # 0: no clipping
+
+  config.train = ml_collections.ConfigDict()
+  config.train.num_epochs = 40.0
+  config.train.num_steps = 0              # > 0 overrides num_epochs
+  config.train.log_every_steps = 50
+  config.train.eval_every_steps = 0       # 0: at the end only
+  config.train.checkpoint_every_steps = 500
+  config.train.keep_checkpoints = 3
+  config.train.best_metric = 'recall_at_1'
+  config.train.progress_bar = True
+
+  config.eval = ml_collections.ConfigDict(dict(
+      far_range=(1e-3, 1e-1), target_far=1e-2, epsilon=0.1,
+      num_thresholds=101, ks=(1, 2, 4, 8), beta=1.0))
+  return config
+
+
+BACKBONES = {'resnet50': 'resnet50', 'vit_b16': 'vit_b'}
+
+
+def recipe_config(dataset: str, backbone: str, *, batch_size: int,
+                  epochs: int, milestones: Sequence[int],
+                  learning_rate: float) -> ml_collections.ConfigDict:
+  """The paper's recipe (protocol.md) for one dataset and backbone.
+
+  ResNet-50: frozen BatchNorm, GeM, Adam; ViT-B/16: CLS token, AdamW; both
+  LayerNorm + Linear to 512 + L2, 224 px crops, batches of `batch_size / 4`
+  classes x 4 images, weight decay 4e-4, learning rate x 0.3 at each
+  milestone (epochs), Smooth-AP + TCM (m+ 0.9, m- 0.5). The backbone starts
+  from `config.pretrained` (ImageNet weights in the paper).
+
+  Examples:
+    >>> from tcm_jax import train
+    >>> config = train.recipe_config('cars196', 'vit_b16', batch_size=392,
+    ...                              epochs=50, milestones=(20, 30, 40),
+    ...                              learning_rate=1e-5)
+    >>> config.optimizer.name, config.input.classes_per_batch
+    ('adamw', 98)
+  """
+  if backbone not in BACKBONES:
+    raise ValueError(f'backbone must be one of {sorted(BACKBONES)}, got '
+                     f'{backbone!r}.')
+  config = default_config()
+  config.dataset.name = dataset
+  config.input.classes_per_batch = batch_size // 4
+  config.input.samples_per_class = 4
+  if backbone == 'resnet50':
+    config.model = models.encoder_config('resnet50', frozen_batch_norm=True)
+    config.optimizer.name = 'adam'
+  else:
+    config.model = models.encoder_config('vit_b')
+    config.optimizer.name = 'adamw'
+  config.optimizer.learning_rate = learning_rate
+  config.optimizer.milestones = tuple(milestones)
+  config.train.num_epochs = float(epochs)
+  return config
+
+
+# Sections whose keys are not fixed by `default_config`: the base loss's
+# hyperparameters (checked by the loss registry) and the encoder's options
+# (checked by `models.encoder_config` for the named model).
+_FREE_SECTIONS = ('loss.hyper', 'model')
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """Fails on a key `default_config` does not have, listing the valid ones.
+
+  Runs before anything is built or compiled, so that a misspelt key in a
+  config file or an override costs nothing.
+
+  Examples:
+    >>> from tcm_jax import train
+    >>> config = train.default_config()
+    >>> config.optimizer.learnig_rate = 0.1
+    >>> train.check_config(config)
+    Traceback (most recent call last):
+    ...
+    ValueError: Unknown config key optimizer.learnig_rate; the keys of optimizer are: decay_factor, grad_clip_norm, head_lr_multiplier, learning_rate, milestones, momentum, name, proxy_lr_multiplier, warmup_steps, weight_decay.
+  """
+  def walk(section, default, prefix):
+    for key in section:
+      name = f'{prefix}{key}'
+      if key not in default:
+        where = prefix[:-1] or 'the config'
+        raise ValueError(
+            f'Unknown config key {name}; the keys of {where} are: '
+            f'{", ".join(sorted(default))}.')
+      value = section[key]
+      if (isinstance(value, ml_collections.ConfigDict)
+          and name not in _FREE_SECTIONS):
+        walk(value, default[key], f'{name}.')
+
+  walk(config, default_config(), '')
+  model = config.model.to_dict()
+  models.encoder_config(model.pop('name'), **model)
+  if config.train.best_metric not in _metric_names(config):
+    raise ValueError(
+        f'train.best_metric must be one of {_metric_names(config)}, got '
+        f'{config.train.best_metric!r}.')
+
+
+def _metric_names(config) -> list[str]:  # pylint: disable=invalid-name
+  return ([f'recall_at_{k}' for k in config.eval.ks]
+          + ['map_at_r', 'r_precision', 'opis', 'eps_opis'])
+
+
+# --- Inputs ----------------------------------------------------------------------
+
+
+class Inputs(NamedTuple):
+  """The data of a run.
+
+  Attributes:
+    train, test: the open-world splits (disjoint classes).
+    classes: the sorted training class ids; batch labels are indices into it.
+    sampler: the class-balanced sampler over `train`.
+    train_transform, eval_transform: the recipe's image transforms.
+    steps_per_epoch: training images / global batch (at least 1).
+  """
+  train: datasets.Split
+  test: datasets.Split
+  classes: np.ndarray
+  sampler: sampler_lib.ClassBalancedSampler
+  train_transform: Callable[..., np.ndarray]
+  eval_transform: Callable[[np.ndarray], np.ndarray]
+  steps_per_epoch: int
+
+
+def create_inputs(config: ml_collections.ConfigDict, *, num_devices: int = 1,
+                  num_processes: int = 1, process_index: int = 0) -> Inputs:
+  """Splits, sampler and transforms of a config (see `Inputs`).
+
+  Examples:
+    >>> from tcm_jax import train
+    >>> config = train.default_config()
+    >>> config.dataset.name, config.input.recipe = 'digits', 'small'
+    >>> config.input.classes_per_batch = 5
+    >>> inputs = train.create_inputs(config)
+    >>> len(inputs.train), inputs.classes.tolist(), inputs.sampler.batch_size
+    (901, [0, 1, 2, 3, 4], 20)
+  """
+  d = config.dataset
+  class_lists = ((d.train_class_list, d.test_class_list)
+                 if d.train_class_list or d.test_class_list else None)
+  split = {side: datasets.load_split(
+      d.name, side, data_dir=d.data_dir or None, class_lists=class_lists,
+      seed=config.seed, synthetic=d.synthetic.to_dict())
+           for side in ('train', 'test')}
+  i = config.input
+  if i.recipe == 'imagenet':
+    train_transform = transforms.TrainTransform(size=i.image_size)
+    eval_transform = transforms.EvalTransform(size=i.image_size,
+                                              resize=i.resize_size)
+  elif i.recipe == 'small':
+    train_transform = transforms.SmallTrainTransform(size=i.image_size)
+    eval_transform = transforms.SmallEvalTransform(size=i.image_size)
+  else:
+    raise ValueError(
+        f"input.recipe must be 'imagenet' or 'small', got {i.recipe!r}.")
+  sampler = sampler_lib.ClassBalancedSampler(
+      split['train'].labels, classes_per_batch=i.classes_per_batch,
+      samples_per_class=i.samples_per_class, seed=config.seed,
+      num_processes=num_processes, process_index=process_index,
+      num_devices=num_devices)
+  return Inputs(
+      split['train'], split['test'], np.unique(split['train'].labels), sampler,
+      train_transform, eval_transform,
+      max(1, round(len(split['train']) / sampler.batch_size)))
+
+
+def loader_options(config: ml_collections.ConfigDict) -> pipeline.LoaderOptions:
+  """The input section's threads, worker processes and prefetch.
+
+  Examples:
+    >>> from tcm_jax import train
+    >>> train.loader_options(train.default_config()).num_threads
+    8
+  """
+  return pipeline.LoaderOptions(num_threads=config.input.num_threads,
+                                worker_count=config.input.worker_count,
+                                prefetch=config.input.prefetch)
+
+
+# --- Model, objective, optimizer ---------------------------------------------------
+
+
+def create_objective(config: ml_collections.ConfigDict):
+  """The base loss plus TCM (unless `loss.tcm.enabled` is False).
+
+  Returns `(objective, uses_proxies)`: a pair loss (`registry.objective`)
+  or a proxy loss (`registry.proxy_objective`, which needs class proxies).
+
+  Examples:
+    >>> from tcm_jax import train
+    >>> config = train.default_config()
+    >>> config.loss.name = 'arcface'
+    >>> config.loss.hyper.scale = 16.0
+    >>> objective, uses_proxies = train.create_objective(config)
+    >>> objective.name, uses_proxies, dict(objective.frozen_base_hyper)
+    ('arcface', True, {'scale': 16.0})
+  """
+  tcm = dict(config.loss.tcm)
+  enabled = tcm.pop('enabled')
+  hyper = config.loss.hyper.to_dict()
+  name = config.loss.name
+  if name in registry.PROXY_LOSSES:
+    return registry.proxy_objective(name, tcm=tcm if enabled else None,
+                                    **hyper), True
+  if name not in registry.LOSSES or name == 'tcm':
+    raise ValueError(
+        f'loss.name must be one of '
+        f'{sorted(set(registry.LOSSES) - {"tcm"} | set(registry.PROXY_LOSSES))}'
+        f', got {name!r}.')
+  return registry.objective(name, tcm=tcm if enabled else None, **hyper), False
+
+
+def create_model(config: ml_collections.ConfigDict, num_classes: int,
+                 uses_proxies: bool):
+  """`(graphdef, params, model_state)`, params `{'encoder'[, 'proxies']}`.
+
+  ResNets with trained BatchNorm synchronise its statistics over the mesh
+  (every device normalises with the global batch's), so that one step on
+  many devices equals one step on one.
+
+  Examples:
+    >>> from tcm_jax import models, train
+    >>> config = train.default_config()
+    >>> config.model = models.encoder_config(
+    ...     'vit_ti', patch_size=4, image_size=8, embedding_size=16)
+    >>> graphdef, params, state = train.create_model(config, 3, True)
+    >>> sorted(params), params['proxies'].shape
+    (['encoder', 'proxies'], (3, 16))
+  """
+  options = config.model.to_dict()
+  if options['name'] in models.resnet.RESNETS and not options.get(
+      'frozen_batch_norm'):
+    options['batch_norm_axis_name'] = parallel.AXIS
+  rngs = nnx.Rngs(config.seed)
+  encoder = models.create_encoder(options, rngs=rngs)
+  if config.pretrained:
+    from tcm_jax.models import pretrained  # pylint: disable=import-outside-toplevel
+    load = (pretrained.load_big_vision_npz if config.pretrained.endswith('.npz')
+            else pretrained.load_timm)
+    load(encoder, config.pretrained)
+  graphdef, params, model_state = models.split(encoder)
+  params = {'encoder': params}
+  if uses_proxies:
+    params['proxies'] = jax.random.normal(
+        rngs.params(), (num_classes, options['embedding_size']), jnp.float32)
+  return graphdef, params, model_state
+
+
+def _leaf_name(path) -> str:
+  """The parameter's own name ('kernel', 'bias', 'p', ...) from its tree path."""
+  names = [k.key for k in path if isinstance(k, jax.tree_util.DictKey)]
+  return str(names[-1])
+
+
+def parameter_groups(params) -> Any:
+  """Per-leaf group: 'proxies', 'head' (embedding head) or 'backbone'.
+
+  Examples:
+    >>> import numpy as np
+    >>> from tcm_jax import train
+    >>> params = {'encoder': {'backbone': {'conv': {'kernel': np.ones(2)}},
+    ...                       'head': {'proj': {'bias': np.ones(2)}}},
+    ...           'proxies': np.ones((3, 2))}
+    >>> train.parameter_groups(params)
+    {'encoder': {'backbone': {'conv': {'kernel': 'backbone'}}, 'head': {'proj': {'bias': 'head'}}}, 'proxies': 'proxies'}
+  """
+  def group(path, _):
+    top = path[0].key
+    if top == 'proxies':
+      return 'proxies'
+    return 'head' if path[1].key == 'head' else 'backbone'
+  return jax.tree_util.tree_map_with_path(group, params)
+
+
+def weight_decay_mask(params) -> Any:
+  """True for kernels (convolutions, linear layers): the leaves decayed.
+
+  Biases, norm scales, GeM's p (decay would pull it to its clamp), the
+  ViT's position embedding and class token, and the proxies are not.
+
+  Examples:
+    >>> import numpy as np
+    >>> from tcm_jax import train
+    >>> params = {'encoder': {'proj': {'kernel': np.ones((2, 2)),
+    ...                                'bias': np.ones(2)},
+    ...                       'gem': {'p': np.ones(())}},
+    ...           'proxies': np.ones((3, 2))}
+    >>> train.weight_decay_mask(params)
+    {'encoder': {'gem': {'p': False}, 'proj': {'bias': False, 'kernel': True}}, 'proxies': False}
+  """
+  return jax.tree_util.tree_map_with_path(
+      lambda path, _: path[0].key != 'proxies' and _leaf_name(path) == 'kernel',
+      params)
+
+
+def learning_rate_schedule(config: ml_collections.ConfigDict,
+                           steps_per_epoch: int) -> optax.Schedule:
+  """The paper's step schedule, with an optional linear warm-up.
+
+  `learning_rate * decay_factor ** (milestones passed)`, milestones in
+  epochs; during the first `warmup_steps` it ramps up linearly from
+  `learning_rate / warmup_steps`.
+
+  Examples:
+    >>> from tcm_jax import train
+    >>> config = train.default_config()
+    >>> config.optimizer.milestones = (1, 2)
+    >>> schedule = train.learning_rate_schedule(config, steps_per_epoch=10)
+    >>> [round(float(schedule(s)), 8) for s in (0, 9, 10, 25)]
+    [0.0001, 0.0001, 3e-05, 9e-06]
+  """
+  o = config.optimizer
+  boundaries = jnp.array([round(m * steps_per_epoch) for m in o.milestones],
+                         jnp.int32)
+
+  def schedule(step):
+    passed = jnp.sum(step >= boundaries)
+    rate = o.learning_rate * o.decay_factor ** passed
+    if o.warmup_steps:
+      rate *= jnp.minimum(1.0, (step + 1) / o.warmup_steps)
+    return rate
+
+  return schedule
+
+
+def create_optimizer(config: ml_collections.ConfigDict,
+                     schedule: optax.Schedule) -> optax.GradientTransformation:
+  """Adam (L2 in the gradient, as PyTorch's), AdamW or SGD, by config.
+
+  Weight decay reaches kernels only (`weight_decay_mask`); the embedding
+  head and the proxies learn `head_lr_multiplier` / `proxy_lr_multiplier`
+  times faster than the backbone.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp
+    >>> from tcm_jax import train
+    >>> config = train.default_config()
+    >>> config.optimizer.name, config.optimizer.head_lr_multiplier = 'sgd', 10.0
+    >>> config.optimizer.momentum, config.optimizer.learning_rate = 0.0, 0.1
+    >>> optimizer = train.create_optimizer(config, lambda step: 0.1)
+    >>> params = {'encoder': {'backbone': {'b': {'bias': jnp.zeros(1)}},
+    ...                       'head': {'b': {'bias': jnp.zeros(1)}}}}
+    >>> grads = {'encoder': {'backbone': {'b': {'bias': jnp.ones(1)}},
+    ...                      'head': {'b': {'bias': jnp.ones(1)}}}}
+    >>> updates, _ = optimizer.update(grads, optimizer.init(params), params)
+    >>> [round(float(u[0]), 4) for u in jax.tree.leaves(updates)]
+    [-0.1, -1.0]
+  """
+  o = config.optimizer
+  decay = optax.add_decayed_weights(o.weight_decay, mask=weight_decay_mask)
+  if o.name == 'adam':
+    chain = [decay, optax.scale_by_adam()]
+  elif o.name == 'adamw':
+    chain = [optax.scale_by_adam(), decay]
+  elif o.name == 'sgd':
+    chain = [decay, optax.trace(o.momentum)]
+  else:
+    raise ValueError(
+        f"optimizer.name must be 'adam', 'adamw' or 'sgd', got {o.name!r}.")
+  if o.grad_clip_norm:
+    chain.insert(0, optax.clip_by_global_norm(o.grad_clip_norm))
+  multipliers = {'backbone': 1.0, 'head': o.head_lr_multiplier,
+                 'proxies': o.proxy_lr_multiplier}
+  chain += [
+      optax.multi_transform({g: optax.scale(m) for g, m in multipliers.items()},
+                            parameter_groups),
+      optax.scale_by_learning_rate(schedule),
+  ]
+  return optax.chain(*chain)
+
+
+# --- The step --------------------------------------------------------------------
+
+
+def create_training(config: ml_collections.ConfigDict, *, num_classes: int,
+                    steps_per_epoch: int, mesh):
+  """`(state, train_step, embed)`: a run's initial state and compiled steps.
+
+  The state is replicated over `mesh`; `train_step(state, batch)` is
+  `make_train_step`'s and `embed(state, images)` is `make_embed_fn`'s.
+
+  Examples:
+    >>> import numpy as np
+    >>> from tcm_jax import models, parallel, train
+    >>> config = train.default_config()  # Smooth-AP + TCM
+    >>> config.model = models.encoder_config(
+    ...     'resnet18', width=0.25, small_images=True, embedding_size=8)
+    >>> mesh = parallel.data_mesh()
+    >>> state, train_step, _ = train.create_training(
+    ...     config, num_classes=4, steps_per_epoch=10, mesh=mesh)
+    >>> rng = np.random.default_rng(0)
+    >>> batch = parallel.shard_batch(
+    ...     {'image': rng.normal(size=(16, 8, 8, 3)).astype(np.float32),
+    ...      'label': np.repeat(np.arange(4, dtype=np.int32), 4)}, mesh)
+    >>> state, metrics = train_step(state, batch)
+    >>> int(state.step), bool(metrics['finite']), sorted(metrics)[:3]
+    (1, True, ['base', 'finite', 'grad_norm'])
+  """
+  objective, uses_proxies = create_objective(config)
+  graphdef, params, model_state = create_model(config, num_classes,
+                                               uses_proxies)
+  schedule = learning_rate_schedule(config, steps_per_epoch)
+  optimizer = create_optimizer(config, schedule)
+  state = parallel.replicate(
+      TrainState(jnp.int32(0), params, model_state, optimizer.init(params)),
+      mesh)
+  return (state,
+          make_train_step(graphdef, objective, uses_proxies, optimizer,
+                          schedule, mesh),
+          make_embed_fn(graphdef, mesh))
+
+
+@struct.dataclass
+class TrainState:
+  """Everything a step changes: what a checkpoint holds."""
+  step: jax.Array
+  params: Any
+  model_state: Any
+  opt_state: Any
+
+
+def make_train_step(graphdef, objective, uses_proxies: bool,
+                    optimizer: optax.GradientTransformation,
+                    schedule: optax.Schedule, mesh):
+  """The data-parallel step: `step(state, batch) -> (state, metrics)`.
+
+  Per device: embed its rows, take the objective's value and gradients over
+  the global batch (`objective.sharded`; JAX sums the replicated
+  parameters' gradients over devices), update. A step whose loss or
+  gradient norm is not finite leaves the state as it was and reports
+  `finite = False`; the host stops the run. Metrics: `loss`, the
+  objective's parts (`base`, `tcm`, hard-pair fractions), `grad_norm`,
+  `learning_rate`, `finite`. `create_training` builds it from a config.
+
+  Examples:
+    >>> import jax.numpy as jnp, numpy as np
+    >>> from tcm_jax import models, parallel, train
+    >>> config = train.default_config()
+    >>> config.loss.name = 'contrastive'
+    >>> config.model = models.encoder_config(
+    ...     'vit_ti', patch_size=4, image_size=8, embedding_size=8)
+    >>> objective, uses_proxies = train.create_objective(config)
+    >>> graphdef, params, model_state = train.create_model(config, 2, False)
+    >>> optimizer = train.create_optimizer(config, lambda step: 1e-3)
+    >>> mesh = parallel.data_mesh()
+    >>> step = train.make_train_step(graphdef, objective, False, optimizer,
+    ...                              lambda step: 1e-3, mesh)
+    >>> state = parallel.replicate(train.TrainState(
+    ...     jnp.int32(0), params, model_state, optimizer.init(params)), mesh)
+    >>> batch = parallel.shard_batch(
+    ...     {'image': np.zeros((8, 8, 8, 3), np.float32),
+    ...      'label': np.arange(8, dtype=np.int32) % 2}, mesh)
+    >>> state, metrics = step(state, batch)
+    >>> int(state.step), sorted(metrics)
+    (1, ['base', 'finite', 'grad_norm', 'hard_neg_fraction', 'hard_pos_fraction', 'learning_rate', 'loss', 'tcm', 'tcm_neg', 'tcm_pos'])
+  """
+  def step(state: TrainState, batch):
+    def loss_fn(params):
+      z, model_state = models.apply(graphdef, params['encoder'],
+                                    state.model_state, batch['image'],
+                                    train=True)
+      extra = (params['proxies'],) if uses_proxies else ()
+      loss, parts = objective.sharded(z, batch['label'], *extra,
+                                      axis_name=parallel.AXIS)
+      return loss, (parts, model_state)
+
+    (loss, (parts, model_state)), grads = jax.value_and_grad(
+        loss_fn, has_aux=True)(state.params)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    new = TrainState(state.step + 1, optax.apply_updates(state.params, updates),
+                     model_state, opt_state)
+    grad_norm = jnp.sqrt(sum(jnp.sum(jnp.square(g))
+                             for g in jax.tree.leaves(grads)))
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, state)
+    return new, {'loss': loss, **parts, 'grad_norm': grad_norm,
+                 'learning_rate': schedule(state.step), 'finite': finite}
+
+  return parallel.data_parallel(step, mesh, in_specs=(P(), P(parallel.AXIS)),
+                                out_specs=(P(), P()), donate_argnums=0)
+
+
+def make_embed_fn(graphdef, mesh):
+  """`embed(state, images) -> embeddings`, batch sharded over the mesh.
+
+  Examples:
+    >>> import numpy as np
+    >>> from tcm_jax import models, parallel, train
+    >>> config = train.default_config()
+    >>> config.model = models.encoder_config(
+    ...     'vit_ti', patch_size=4, image_size=8, embedding_size=8)
+    >>> mesh = parallel.data_mesh()
+    >>> state, _, embed = train.create_training(
+    ...     config, num_classes=5, steps_per_epoch=10, mesh=mesh)
+    >>> images = parallel.shard_batch(np.zeros((16, 8, 8, 3), np.float32), mesh)
+    >>> embed(state, images).shape
+    (16, 8)
+  """
+  def embed(state: TrainState, images):
+    z, _ = models.apply(graphdef, state.params['encoder'], state.model_state,
+                        images, train=False)
+    return z
+  return parallel.data_parallel(embed, mesh, in_specs=(P(), P(parallel.AXIS)),
+                                out_specs=P(parallel.AXIS))
+
+
+def embed_split(embed_fn, state: TrainState, split: datasets.Split,
+                transform, *, batch_size: int, mesh,
+                options: pipeline.LoaderOptions = pipeline.LoaderOptions()
+                ) -> tuple[np.ndarray, np.ndarray]:
+  """Embeddings `[n, dim]` and labels `[n]` of a whole split, on every host.
+
+  Examples:
+    >>> from tcm_jax import models, parallel, train
+    >>> from tcm_jax.data import datasets, transforms
+    >>> config = train.default_config()
+    >>> config.model = models.encoder_config(
+    ...     'resnet18', width=0.25, small_images=True, embedding_size=8)
+    >>> mesh = parallel.data_mesh()
+    >>> state, _, embed = train.create_training(
+    ...     config, num_classes=5, steps_per_epoch=10, mesh=mesh)
+    >>> test = datasets.load_split('digits', 'test')
+    >>> z, labels = train.embed_split(
+    ...     embed, state, test, transforms.SmallEvalTransform(size=8),
+    ...     batch_size=128, mesh=mesh)
+    >>> z.shape, sorted(set(labels.tolist()))
+    ((896, 8), [5, 6, 7, 8, 9])
+  """
+  embeddings, labels = [], []
+  for batch in pipeline.eval_batches(
+      split, transform, batch_size=batch_size,
+      num_processes=jax.process_count(), process_index=jax.process_index(),
+      num_devices=mesh.size, options=options):
+    z = embed_fn(state, parallel.shard_batch(batch['image'], mesh))
+    keep = parallel.to_host(parallel.shard_batch(batch['mask'], mesh))
+    embeddings.append(parallel.to_host(z)[keep])
+    labels.append(parallel.to_host(parallel.shard_batch(batch['label'],
+                                                        mesh))[keep])
+  return np.concatenate(embeddings), np.concatenate(labels)
+
+
+# --- Logging ---------------------------------------------------------------------
+
+
+class _Writer:
+  """Metrics as JSON lines (`metrics.jsonl`) and TensorBoard events.
+
+  Only process 0 writes. On resume, lines past the restored step are dropped
+  (those steps are trained again).
+  """
+
+  def __init__(self, workdir: str, resumed_step: int):
+    self._active = jax.process_index() == 0
+    if not self._active:
+      return
+    self._path = os.path.join(workdir, 'metrics.jsonl')
+    if os.path.exists(self._path):
+      with open(self._path) as f:
+        kept = [line for line in f if json.loads(line)['step'] <= resumed_step]
+      with open(self._path, 'w') as f:
+        f.writelines(kept)
+    from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
+    self._tensorboard = SummaryWriter(os.path.join(workdir, 'tensorboard'))
+
+  def write(self, step: int, kind: str, values: dict[str, float]) -> None:
+    if not self._active:
+      return
+    with open(self._path, 'a') as f:
+      f.write(json.dumps({'step': step, 'kind': kind, **values}) + '\n')
+    for key, value in values.items():
+      self._tensorboard.add_scalar(f'{kind}/{key}', value, step)
+    self._tensorboard.flush()
+
+  def close(self) -> None:
+    if self._active:
+      self._tensorboard.close()
+
+
+class NonFiniteLossError(FloatingPointError):
+  """Training stopped: a step's loss or gradient norm was NaN or infinite."""
+
+
+def _evaluation_metrics(evaluation: metrics_lib.Evaluation) -> dict[str, float]:
+  result = {f'recall_at_{k}': v
+            for k, v in evaluation.retrieval.recall_at_k.items()}
+  result.update(map_at_r=evaluation.retrieval.map_at_r,
+                r_precision=evaluation.retrieval.r_precision,
+                opis=evaluation.opis, eps_opis=evaluation.eps_opis)
+  return {k: float(v) for k, v in result.items()}
+
+
+def _eval_kwargs(config) -> dict[str, Any]:
+  e = config.eval
+  return dict(far_range=tuple(e.far_range), target_far=e.target_far,
+              epsilon=e.epsilon, num_thresholds=e.num_thresholds,
+              ks=tuple(e.ks), beta=e.beta)
+
+
+def results_table(values: dict[str, float]) -> str:
+  """A markdown table of evaluation metrics, as printed at the end of a run.
+
+  Examples:
+    >>> from tcm_jax import train
+    >>> print(train.results_table({'recall_at_1': 0.9, 'opis': 0.0123}))
+    | metric | value |
+    |---|---|
+    | recall_at_1 | 0.9000 |
+    | opis | 0.0123 |
+  """
+  lines = ['| metric | value |', '|---|---|']
+  lines += [f'| {key} | {value:.4f} |' for key, value in values.items()]
+  return '\n'.join(lines)
+
+
+# --- The run ---------------------------------------------------------------------
+
+
+def _num_steps(config, steps_per_epoch: int) -> int:
+  if config.train.num_steps > 0:
+    return config.train.num_steps
+  return max(1, math.ceil(config.train.num_epochs * steps_per_epoch))
+
+
+def train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir: str, *,
+    devices: Sequence[jax.Device] | None = None,
+    callbacks: Sequence[Callable[[int, TrainState], None]] = (),
+) -> dict[str, float]:
+  """Trains and evaluates as `config` says, resuming from `workdir` if it can.
+
+  Writes into `workdir`: `checkpoints/` (Orbax), `metrics.jsonl` and
+  `tensorboard/` (train and eval metrics), and at the end `report.md`,
+  `metrics.json` and `utility_curves.png` of the test split.
+
+  Args:
+    config: from `default_config()` or a file in `configs/`.
+    workdir: the run's folder; a run there with checkpoints is resumed.
+    devices: the devices to train on (default: all of every process).
+    callbacks: `fn(step, state)` called after each step (`step` completed
+      steps), e.g. to stop a run from outside.
+
+  Returns:
+    The final evaluation metrics (`recall_at_1`, ..., `opis`, `eps_opis`).
+
+  Raises:
+    ValueError: an unknown config key or a bad value, before any compilation.
+    NonFiniteLossError: a step's loss was not finite; the checkpoints
+      written before it are kept.
+
+  Examples:
+    >>> import os, tempfile
+    >>> from tcm_jax import models, train
+    >>> config = train.default_config()
+    >>> config.dataset.name = 'digits'
+    >>> config.input.recipe, config.input.image_size = 'small', 8
+    >>> config.input.classes_per_batch, config.input.eval_batch_size = 4, 128
+    >>> config.model = models.encoder_config(
+    ...     'vit_ti', patch_size=4, image_size=8, embedding_size=16)
+    >>> config.train.num_steps, config.train.progress_bar = 3, False
+    >>> workdir = tempfile.mkdtemp()
+    >>> final = train.train_and_evaluate(config, workdir)
+    >>> 0 <= final['opis'] <= 0.25, 0 < final['recall_at_1'] <= 1
+    (True, True)
+    >>> sorted(os.listdir(os.path.join(workdir, 'checkpoints')))
+    ['3']
+  """
+  check_config(config)
+  mesh = parallel.data_mesh(devices)
+  os.makedirs(workdir, exist_ok=True)
+  inputs = create_inputs(config, num_devices=mesh.size,
+                         num_processes=jax.process_count(),
+                         process_index=jax.process_index())
+  state, train_step, embed_fn = create_training(
+      config, num_classes=len(inputs.classes),
+      steps_per_epoch=inputs.steps_per_epoch, mesh=mesh)
+  num_steps = _num_steps(config, inputs.steps_per_epoch)
+  config_dict = checkpoint_lib.json_safe(config.to_dict())
+
+  checkpoints = checkpoint_lib.Checkpointer(
+      os.path.join(workdir, 'checkpoints'),
+      keep=config.train.keep_checkpoints,
+      best_metric=config.train.best_metric,
+      best_mode='min' if 'opis' in config.train.best_metric else 'max')
+  start = 0
+  restored = checkpoints.restore_latest(state)
+  if restored is not None:
+    state, start = restored.state, restored.step
+    if restored.data_state != {'step': start}:
+      raise ValueError(f'checkpoint {start} holds data state '
+                       f'{restored.data_state}, not {{"step": {start}}}.')
+    changed = _changed_keys(restored.config, config_dict)
+    if changed:
+      logging.warning('Resuming from step %d with a config that differs in: '
+                      '%s', start, ', '.join(changed))
+    logging.info('Resumed from step %d in %s.', start, workdir)
+  writer = _Writer(workdir, start)
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, 'config.json'), 'w') as f:
+      json.dump(config_dict, f, indent=2)
+  logging.info(
+      'Training %s from %s for %d steps (%d per epoch) on %d devices.',
+      config.model.name, config.pretrained or 'a random initialisation',
+      num_steps, inputs.steps_per_epoch, mesh.size)
+  batches = pipeline.TrainBatches(inputs.train, inputs.sampler,
+                                  inputs.train_transform, start_step=start,
+                                  options=loader_options(config))
+
+  def device_batch(batch):
+    labels = np.searchsorted(inputs.classes, batch['label']).astype(np.int32)
+    return parallel.shard_batch({'image': batch['image'], 'label': labels},
+                                mesh)
+
+  def embed_test():
+    return embed_split(embed_fn, state, inputs.test, inputs.eval_transform,
+                       batch_size=config.input.eval_batch_size, mesh=mesh,
+                       options=loader_options(config))
+
+  def check(step, step_metrics):
+    if bool(step_metrics['finite']):
+      return
+    parts = ', '.join(f'{k}={float(v):.4g}' for k, v in step_metrics.items()
+                      if k not in ('finite', 'learning_rate'))
+    last = checkpoints.latest_step()
+    raise NonFiniteLossError(
+        f'Non-finite loss at step {step}: {parts}. Training stopped; the '
+        f'state was not updated by this step, and the last good checkpoint '
+        f'(step {last}) is kept in {os.path.join(workdir, "checkpoints")}.')
+
+  import tqdm  # pylint: disable=import-outside-toplevel
+  bar = tqdm.tqdm(total=num_steps, initial=start, unit='step', disable=(
+      None if config.train.progress_bar and jax.process_index() == 0
+      else True))
+  pending = None  # the last step's metrics, checked after the next dispatch
+  log_start, log_images = time.perf_counter(), 0
+  try:
+    for step in range(start + 1, num_steps + 1):
+      state, step_metrics = train_step(state, device_batch(next(batches)))
+      if pending is not None:
+        check(*pending)
+      pending = (step, step_metrics)
+      log_images += inputs.sampler.batch_size
+      bar.update()
+      for callback in callbacks:
+        callback(step, state)
+      t = config.train
+      at_end = step == num_steps
+      due = lambda every: every > 0 and step % every == 0  # pylint: disable=cell-var-from-loop
+      if due(t.log_every_steps) or at_end:
+        check(*pending)
+        values = {k: float(v) for k, v in jax.device_get(step_metrics).items()
+                  if k != 'finite'}
+        now = time.perf_counter()
+        values['images_per_second'] = log_images / (now - log_start)
+        log_start, log_images = now, 0
+        writer.write(step, 'train', values)
+        bar.set_postfix(loss=f'{values["loss"]:.4f}')
+        logging.info('step %d: %s', step, ', '.join(
+            f'{k} {v:.4g}' for k, v in values.items()))
+      eval_values = None
+      if due(t.eval_every_steps) and not at_end:
+        check(*pending)
+        try:
+          eval_values = _evaluation_metrics(metrics_lib.evaluate_embeddings(
+              *embed_test(), **_eval_kwargs(config)))
+        except ValueError as e:  # e.g. embeddings collapsed early in training
+          logging.warning('Step %d: the evaluation failed: %s', step, e)
+        else:
+          writer.write(step, 'eval', eval_values)
+          logging.info('step %d eval: %s', step, eval_values)
+      if due(t.checkpoint_every_steps) and not at_end:
+        check(*pending)
+        checkpoints.save(step, state, data_state=batches.get_state(),
+                         config=config_dict, metrics=eval_values)
+    if pending is not None:
+      check(*pending)
+    bar.close()
+    # The trained state is safe before the evaluation, which can fail (an
+    # untrained model whose embeddings all coincide has no threshold range).
+    checkpoints.save(num_steps, state, data_state=batches.get_state(),
+                     config=config_dict)
+    final = _final_evaluation(config, workdir, *embed_test(), num_steps)
+    writer.write(num_steps, 'eval', final)
+  finally:
+    bar.close()
+    checkpoints.close()
+    writer.close()
+  return final
+
+
+def _final_evaluation(config, workdir: str, embeddings: np.ndarray,
+                      labels: np.ndarray, num_steps: int) -> dict[str, float]:
+  """Every metric of the test split; process 0 writes the report and figure."""
+  kwargs = _eval_kwargs(config)
+  if jax.process_index() != 0:
+    return _evaluation_metrics(
+        metrics_lib.evaluate_embeddings(embeddings, labels, **kwargs))
+  from tcm_jax import evaluate as evaluate_lib  # pylint: disable=import-outside-toplevel
+  evaluation = evaluate_lib.evaluate_arrays(
+      {'embeddings': embeddings, 'labels': labels}, workdir,
+      source_name=f'the {config.dataset.name} test split', show_progress=False,
+      **kwargs)
+  tcm = config.loss.tcm
+  objective = config.loss.name + (
+      f' + TCM (m+ {tcm.margin_pos:g}, m- {tcm.margin_neg:g}, lambda '
+      f'{tcm.lambda_pos:g}/{tcm.lambda_neg:g})' if tcm.enabled else
+      ' (no TCM)')
+  batch = config.input.classes_per_batch * config.input.samples_per_class
+  with open(os.path.join(workdir, 'report.md'), 'a') as f:
+    f.write(
+        f'\n## Training\n\n{config.model.name} on {config.dataset.name}, '
+        f'{objective}, {config.optimizer.name} at learning rate '
+        f'{config.optimizer.learning_rate:g}; {num_steps} steps of '
+        f'{batch} images ({config.input.classes_per_batch} classes x '
+        f'{config.input.samples_per_class}). The whole config is in '
+        '`config.json`; the training curves are in `metrics.jsonl` and '
+        '`tensorboard/`.\n')
+  return _evaluation_metrics(evaluation)
+
+
+def _changed_keys(saved: dict, current: dict, prefix: str = '') -> list[str]:
+  """Dotted keys whose values differ between two config dicts."""
+  changed = []
+  for key in sorted(set(saved) | set(current)):
+    a, b = saved.get(key), current.get(key)
+    if isinstance(a, dict) and isinstance(b, dict):
+      changed += _changed_keys(a, b, f'{prefix}{key}.')
+    elif a != b:
+      changed.append(f'{prefix}{key}')
+  return changed

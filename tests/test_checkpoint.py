@@ -1,0 +1,283 @@
+"""Tests for tcm_jax.checkpoint: round trips, retention, damaged checkpoints."""
+
+import os
+from unittest import mock
+
+from absl import logging
+import flax
+from flax import nnx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from tcm_jax.checkpoint import Checkpointer
+from tcm_jax.checkpoint import json_safe
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: nnx.State
+  rest: nnx.State
+  opt_state: optax.OptState
+
+
+def _train_state(seed):
+  """A train state whose values (all but Adam's count) depend on `seed`."""
+  model = nnx.Linear(3, 2, rngs=nnx.Rngs(seed))
+  _, params, rest = nnx.split(model, nnx.Param, ...)
+  tx = optax.adam(1e-2)
+  opt_state = tx.init(params)
+  # One update, so that Adam's count and moments are not all zeros.
+  grads = jax.tree.map(lambda p: jnp.full_like(p, seed), params)
+  updates, opt_state = tx.update(grads, opt_state, params)
+  return TrainState(step=jnp.int32(seed), rest=rest, opt_state=opt_state,
+                    params=optax.apply_updates(params, updates))
+
+
+def _assert_trees_equal(actual, expected):
+  assert jax.tree.structure(actual) == jax.tree.structure(expected)
+  for got, want in zip(jax.tree.leaves(actual), jax.tree.leaves(expected)):
+    assert got.dtype == want.dtype
+    np.testing.assert_array_equal(got, want)
+
+
+def _trees_differ(a, b):
+  return any(not np.array_equal(x, y)
+             for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+def _save_steps(directory, steps, **kwargs):
+  """Saves `_train_state(step)` at each step; returns the states."""
+  states = {step: _train_state(step) for step in steps}
+  with Checkpointer(directory, **kwargs) as checkpointer:
+    for step, state in states.items():
+      assert checkpointer.save(step, state, data_state={'step': step},
+                               config={'seed': step},
+                               metrics={'recall': step / 10})
+  return states
+
+
+@pytest.mark.parametrize('async_save', [True, False])
+def test_round_trip_is_exact(tmp_path, async_save):
+  state = _train_state(1)
+  target = _train_state(7)
+  assert _trees_differ(state, target)
+  config = {'model': {'sizes': (64, 32), 'dropout': None},
+            'lr': np.float32(0.5), 'steps': np.int64(100), 'name': 'digits'}
+  with Checkpointer(str(tmp_path), async_save=async_save) as checkpointer:
+    assert checkpointer.save(5, state, data_state={'step': 120, 'epoch': 2},
+                             config=config)
+    restored = checkpointer.restore_latest(target)
+  assert restored.step == 5
+  assert isinstance(restored.state, TrainState)
+  assert isinstance(restored.state.params, nnx.State)
+  _assert_trees_equal(restored.state, state)
+  assert restored.data_state == {'step': 120, 'epoch': 2}
+  assert restored.config == {
+      'model': {'sizes': [64, 32], 'dropout': None},
+      'lr': 0.5, 'steps': 100, 'name': 'digits'}
+
+
+@pytest.mark.parametrize('abstract', [True, False])
+def test_restore_puts_arrays_on_the_targets_shardings(tmp_path, abstract):
+  mesh = jax.sharding.Mesh(np.array(jax.devices()), ('data',))
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  state = _train_state(2)
+  assert all(not leaf.sharding.is_equivalent_to(replicated, leaf.ndim)
+             for leaf in jax.tree.leaves(state))
+  if abstract:
+    target = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
+        state)
+  else:
+    target = jax.device_put(_train_state(3), replicated)
+  with Checkpointer(str(tmp_path)) as checkpointer:
+    checkpointer.save(4, state, data_state={}, config={})
+    restored = checkpointer.restore_latest(target)
+  for leaf in jax.tree.leaves(restored.state):
+    assert leaf.sharding.is_equivalent_to(replicated, leaf.ndim)
+  _assert_trees_equal(restored.state, state)
+
+
+def test_relative_directory_is_taken_from_the_working_directory(
+    tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  state = _train_state(1)
+  with Checkpointer('run/checkpoints') as checkpointer:
+    assert checkpointer.save(1, state, data_state={}, config={})
+    restored = checkpointer.restore_latest(_train_state(2))
+  _assert_trees_equal(restored.state, state)
+  assert os.listdir(tmp_path / 'run' / 'checkpoints') == ['1']
+
+
+def test_empty_directory_has_nothing_to_restore(tmp_path):
+  with Checkpointer(str(tmp_path / 'new'), best_metric='recall') as ckpt:
+    assert ckpt.restore_latest(_train_state(1)) is None
+    assert ckpt.latest_step() is None
+    assert ckpt.all_steps() == []
+    assert ckpt.best_step() is None
+
+
+@pytest.mark.parametrize('best_metric, best_mode, kept, best', [
+    (None, 'max', [5, 6], None),
+    ('recall', 'max', [2, 5, 6], 2),
+    ('recall', 'min', [3, 5, 6], 3),
+])
+def test_retention_keeps_the_last_checkpoints_and_the_best(
+    tmp_path, best_metric, best_mode, kept, best):
+  recalls = {1: 0.5, 2: 0.9, 3: 0.1, 4: None, 5: 0.6, 6: 0.7}
+  state = {'w': jnp.ones(3)}
+  with Checkpointer(str(tmp_path), keep=2, best_metric=best_metric,
+                    best_mode=best_mode) as checkpointer:
+    for step, recall in recalls.items():
+      checkpointer.save(step, state, data_state={}, config={},
+                        metrics=None if recall is None else {'recall': recall})
+      if step == 5:
+        checkpointer.wait_until_finished()
+        # Step 4 has no metrics but is among the last two: it stays.
+        assert 4 in checkpointer.all_steps()
+    checkpointer.wait_until_finished()
+    assert checkpointer.all_steps() == kept
+    assert checkpointer.best_step() == best
+  assert sorted(int(name) for name in os.listdir(tmp_path)) == kept
+
+
+def test_best_checkpoint_survives_a_restart(tmp_path):
+  state = {'w': jnp.ones(3)}
+  kwargs = {'keep': 1, 'best_metric': 'loss', 'best_mode': 'min'}
+  with Checkpointer(str(tmp_path), **kwargs) as checkpointer:
+    for step, loss in [(1, 0.3), (2, 0.1), (3, 0.2)]:
+      checkpointer.save(step, state, data_state={}, config={},
+                        metrics={'loss': loss})
+  with Checkpointer(str(tmp_path), **kwargs) as checkpointer:
+    checkpointer.save(4, state, data_state={}, config={},
+                      metrics={'loss': 0.4})
+    checkpointer.wait_until_finished()
+    assert checkpointer.all_steps() == [2, 4]
+    assert checkpointer.best_step() == 2
+
+
+def _damage(step_dir, *, only_arrays, how):
+  """Truncates (or deletes) the files Orbax wrote for one step."""
+  paths = [os.path.join(root, name)
+           for root, _, names in os.walk(step_dir) for name in names
+           # TensorStore's OCDBT keeps array bytes in files under `d/`.
+           if not only_arrays or os.path.basename(root) == 'd']
+  assert paths
+  for path in paths:
+    if how == 'delete':
+      os.remove(path)
+    else:
+      os.truncate(path, os.path.getsize(path) // 2 if how == 'half' else 0)
+
+
+# After a failed read, Orbax leaves TensorStore reads pending on an event loop
+# it has closed; their late callbacks raise 'Event loop is closed' in a thread.
+_IGNORE_CLOSED_LOOP = pytest.mark.filterwarnings(
+    r'ignore:(?s).*Event loop is closed'
+    ':pytest.PytestUnraisableExceptionWarning')
+
+
+def _warnings(mock_warning):
+  return [call.args[0] % call.args[1:] for call in mock_warning.call_args_list]
+
+
+@_IGNORE_CLOSED_LOOP
+@pytest.mark.parametrize('only_arrays, how', [
+    (False, 'empty'), (False, 'half'),
+    (True, 'empty'), (True, 'half'), (True, 'delete')])
+def test_unreadable_latest_checkpoint_falls_back_to_the_one_before(
+    tmp_path, only_arrays, how):
+  directory = str(tmp_path)
+  states = _save_steps(directory, [1, 2, 3], keep=5, best_metric='recall')
+  _damage(tmp_path / '3', only_arrays=only_arrays, how=how)
+  # A fresh Checkpointer, as after a restart: Orbax must start despite
+  # step 3's truncated metadata and metrics files.
+  checkpointer = Checkpointer(directory, keep=5, best_metric='recall')
+  with mock.patch.object(logging, 'warning') as mock_warning:
+    restored = checkpointer.restore_latest(_train_state(9))
+  assert restored.step == 2
+  _assert_trees_equal(restored.state, states[2])
+  assert _trees_differ(restored.state, states[3])
+  assert restored.data_state == {'step': 2}
+  assert restored.config == {'seed': 2}
+  assert any('step 3' in message and directory in message
+             and 'Error' in message for message in _warnings(mock_warning))
+  # The damaged checkpoint stays on disk, and training can go on past it.
+  assert os.path.isdir(tmp_path / '3')
+  assert checkpointer.save(4, states[1], data_state={'step': 4}, config={},
+                           metrics={'recall': 0.0})
+  restored = checkpointer.restore_latest(_train_state(9))
+  checkpointer.close()
+  assert restored.step == 4
+  _assert_trees_equal(restored.state, states[1])
+
+
+@_IGNORE_CLOSED_LOOP
+def test_no_readable_checkpoint_raises_listing_every_step(tmp_path):
+  _save_steps(str(tmp_path), [1, 2])
+  for step in ('1', '2'):
+    _damage(tmp_path / step, only_arrays=True, how='empty')
+  with Checkpointer(str(tmp_path)) as checkpointer:
+    with pytest.raises(RuntimeError, match='can be read') as error:
+      checkpointer.restore_latest(_train_state(9))
+  assert 'step 1:' in str(error.value) and 'step 2:' in str(error.value)
+
+
+@pytest.mark.parametrize('step', [3, 2])
+@pytest.mark.parametrize('force', [False, True])
+def test_saving_at_or_below_the_latest_step_returns_false(
+    tmp_path, step, force):
+  first, second = _train_state(1), _train_state(2)
+  with Checkpointer(str(tmp_path)) as checkpointer:
+    assert checkpointer.save(3, first, data_state={'n': 1}, config={})
+    # Asked before the first save has finished writing.
+    assert not checkpointer.save(step, second, data_state={'n': 2}, config={},
+                                 force=force)
+    restored = checkpointer.restore_latest(second)
+    assert checkpointer.all_steps() == [3]
+    assert checkpointer.save(4, second, data_state={'n': 2}, config={},
+                             force=force)
+  assert sorted(os.listdir(tmp_path)) == ['3', '4']
+  assert restored.data_state == {'n': 1}
+  _assert_trees_equal(restored.state, first)
+
+
+def test_directory_that_is_a_file_is_rejected(tmp_path):
+  path = tmp_path / 'not_a_directory'
+  path.write_text('')
+  with pytest.raises(ValueError, match=r'directory must be a directory.*file'):
+    Checkpointer(str(path))
+
+
+@pytest.mark.parametrize('kwargs, message', [
+    ({'keep': 0}, r'keep must be an integer >= 1; received 0'),
+    ({'best_mode': 'median'},
+     r"best_mode must be 'max' or 'min'; received 'median'"),
+])
+def test_bad_arguments_are_rejected(tmp_path, kwargs, message):
+  with pytest.raises(ValueError, match=message):
+    Checkpointer(str(tmp_path), **kwargs)
+
+
+def test_metrics_without_the_best_metric_are_rejected(tmp_path):
+  with Checkpointer(str(tmp_path), best_metric='recall') as checkpointer:
+    with pytest.raises(ValueError,
+                       match=r"best_metric 'recall'; received keys \['loss'\]"):
+      checkpointer.save(1, {'w': jnp.ones(2)}, data_state={}, config={},
+                        metrics={'loss': 0.1})
+    assert checkpointer.all_steps() == []
+
+
+def test_json_safe_makes_plain_python_values():
+  safe = json_safe({'pair': (1, (2, 3)), 'f': np.float32(0.25),
+                    'i': np.int32(4), 'b': np.bool_(True), 'none': None,
+                    'array': jnp.arange(3), 1: 'int key'})
+  assert safe == {'pair': [1, [2, 3]], 'f': 0.25, 'i': 4, 'b': True,
+                  'none': None, 'array': [0, 1, 2], '1': 'int key'}
+  assert [type(safe[key]) for key in ('f', 'i', 'b')] == [float, int, bool]
+  with pytest.raises(TypeError, match='received set'):
+    json_safe({'classes': {1, 2}})
