@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from typing import Any, Mapping, NamedTuple
 
 from absl import logging
@@ -164,6 +165,7 @@ class Checkpointer:
         best_fn=best_fn, best_mode=best_mode,
         enable_async_checkpointing=async_save)
     self._manager = _Manager(path, item_names=ITEMS, options=options)
+    self._unreadable: set[int] = set()
 
   def save(self, step: int, state: Any, *, data_state: dict, config: dict,
            metrics: dict[str, float] | None = None,
@@ -197,6 +199,14 @@ class Checkpointer:
           f'received keys {sorted(metrics)}.')
     step = int(step)
     latest = self._manager.latest_step()
+    if latest is not None and step <= latest:
+      # A rerun retraining past checkpoints that restore_latest could not
+      # read replaces them (set aside, never deleted) instead of leaving the
+      # run without a readable checkpoint of these steps.
+      newer = [s for s in self._manager.all_steps() if s >= step]
+      if set(newer) <= self._unreadable:
+        self._set_aside(newer)
+        latest = self._manager.latest_step()
     if latest is not None and step <= latest:
       logging.info('Not saving step %d: %s already has a checkpoint at step '
                    '%d.', step, self._manager.directory, latest)
@@ -243,6 +253,7 @@ class Checkpointer:
                         'trying the one before.', step,
                         self._manager.directory, error)
         failures.append(f'step {step}: {error!r}')
+        self._unreadable.add(step)
         continue
       return Restored(step, restored.state, restored.data_state,
                       restored.config)
@@ -250,6 +261,20 @@ class Checkpointer:
       raise RuntimeError(f'No checkpoint in {self._manager.directory} can be '
                          'read:\n' + '\n'.join(failures))
     return None
+
+  def _set_aside(self, steps: list[int]) -> None:
+    """Moves unreadable step directories to `<directory>.unreadable/`."""
+    self._manager.wait_until_finished()
+    directory = epath.Path(self._manager.directory)
+    aside = directory.parent / f'{directory.name}.unreadable'
+    aside.mkdir(parents=True, exist_ok=True)
+    for step in steps:
+      target = aside / f'{step}-{int(time.time())}'
+      logging.warning('Moving the unreadable checkpoint at step %d to %s, so '
+                      'that this run saves the step again.', step, target)
+      (directory / str(step)).rename(target)
+      self._unreadable.discard(step)
+    self._manager.reload()
 
   def latest_step(self) -> int | None:
     """The newest checkpoint's step (None if none); see the class example."""

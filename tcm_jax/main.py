@@ -32,8 +32,14 @@ flags.mark_flags_as_required(['config', 'workdir'])
 
 
 def _quiet_orbax(record) -> bool:
-  """Orbax narrates every save at INFO; keep its warnings and errors only."""
-  return record.levelno >= std_logging.WARNING or '/orbax/' not in record.pathname
+  """Orbax narrates every save at INFO; keep its real warnings and errors.
+
+  (Saves between evaluations carry no metrics by design; Orbax warns each.)
+  """
+  if '/orbax/' not in record.pathname:
+    return True
+  return (record.levelno >= std_logging.WARNING
+          and 'did not provide metrics' not in record.getMessage())
 
 
 def _initialise_distributed() -> None:

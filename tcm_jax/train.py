@@ -743,7 +743,8 @@ def train_and_evaluate(
     workdir: the run's folder; a run there with checkpoints is resumed.
     devices: the devices to train on (default: all of every process).
     callbacks: `fn(step, state)` called after each step (`step` completed
-      steps), e.g. to stop a run from outside.
+      steps), e.g. to stop a run from outside. `state` is valid during the
+      call only: the next step reuses its buffers.
 
   Returns:
     The final evaluation metrics (`recall_at_1`, ..., `opis`, `eps_opis`).
