@@ -158,6 +158,9 @@ def recipe_config(dataset: str, backbone: str, *, batch_size: int,
   return config
 
 
+_RECIPES = ('imagenet', 'small')
+_OPTIMIZERS = ('adam', 'adamw', 'sgd')
+
 # Sections whose keys are not fixed by `default_config`: the base loss's
 # hyperparameters (checked by the loss registry) and the encoder's options
 # (checked by `models.encoder_config` for the named model).
@@ -199,6 +202,12 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     raise ValueError(
         f'train.best_metric must be one of {_metric_names(config)}, got '
         f'{config.train.best_metric!r}.')
+  for key, allowed in (('input.recipe', _RECIPES),
+                       ('optimizer.name', _OPTIMIZERS)):
+    value = config[key.split('.')[0]][key.split('.')[1]]
+    if value not in allowed:
+      raise ValueError(f'{key} must be one of {list(allowed)}, got {value!r}.')
+  create_objective(config)  # the loss's name and hyperparameters
 
 
 def _metric_names(config) -> list[str]:  # pylint: disable=invalid-name
@@ -416,14 +425,17 @@ def learning_rate_schedule(config: ml_collections.ConfigDict,
     [0.0001, 0.0001, 3e-05, 9e-06]
   """
   o = config.optimizer
+  # Read now: a config changed later (in a notebook) must not change it.
+  learning_rate, decay_factor = o.learning_rate, o.decay_factor
+  warmup_steps = o.warmup_steps
   boundaries = jnp.array([round(m * steps_per_epoch) for m in o.milestones],
                          jnp.int32)
 
   def schedule(step):
     passed = jnp.sum(step >= boundaries)
-    rate = o.learning_rate * o.decay_factor ** passed
-    if o.warmup_steps:
-      rate *= jnp.minimum(1.0, (step + 1) / o.warmup_steps)
+    rate = learning_rate * decay_factor ** passed
+    if warmup_steps:
+      rate *= jnp.minimum(1.0, (step + 1) / warmup_steps)
     return rate
 
   return schedule
@@ -828,10 +840,12 @@ def train_and_evaluate(
     parts = ', '.join(f'{k}={float(v):.4g}' for k, v in step_metrics.items()
                       if k not in ('finite', 'learning_rate'))
     last = checkpoints.latest_step()
+    kept = ('no checkpoint had been written yet' if last is None else
+            f'the last good checkpoint (step {last}) is kept in '
+            f'{os.path.join(workdir, "checkpoints")}')
     raise NonFiniteLossError(
         f'Non-finite loss at step {step}: {parts}. Training stopped; the '
-        f'state was not updated by this step, and the last good checkpoint '
-        f'(step {last}) is kept in {os.path.join(workdir, "checkpoints")}.')
+        f'state was not updated by this step, and {kept}.')
 
   import tqdm  # pylint: disable=import-outside-toplevel
   bar = tqdm.tqdm(total=num_steps, initial=start, unit='step', disable=(

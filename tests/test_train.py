@@ -1,0 +1,860 @@
+"""tcm_jax.train: steps on many devices, optimizer, configs, failures, runs."""
+
+import functools
+import json
+import math
+import os
+import pathlib
+import re
+import shutil
+import subprocess
+import sys
+import time
+import warnings
+
+from absl import flags
+from flax import nnx
+import jax
+import jax.numpy as jnp
+from ml_collections import config_flags
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from tcm_jax import checkpoint as checkpoint_lib
+from tcm_jax import models
+from tcm_jax import parallel
+from tcm_jax import train
+from tcm_jax.data import pipeline
+from tcm_jax.losses import registry
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+NUM_DEVICES = 8
+
+
+def _tiny_resnet(**options):
+  return models.encoder_config('resnet18', width=0.25, small_images=True,
+                               embedding_size=16, **options)
+
+
+def _float_leaves(tree):
+  return [np.asarray(x) for x in jax.tree.leaves(tree)
+          if np.asarray(x).dtype.kind == 'f']
+
+
+def _leaf_names(tree):
+  """The dotted name of each leaf: its tree path's dict keys."""
+  return ['.'.join(str(k.key) for k in path
+                   if isinstance(k, jax.tree_util.DictKey))
+          for path, _ in jax.tree_util.tree_leaves_with_path(tree)]
+
+
+# --- One step on 8 devices equals one step on 1 -------------------------------
+
+STEP_CASES = {
+    'resnet_frozen_batch_norm': dict(
+        model=_tiny_resnet(frozen_batch_norm=True), loss='smooth_ap',
+        hyper={}),
+    'resnet_trained_batch_norm': dict(
+        model=_tiny_resnet(), loss='smooth_ap', hyper={}),
+    'arcface_proxies': dict(
+        model=_tiny_resnet(frozen_batch_norm=True), loss='arcface',
+        hyper={'scale': 16.0}),
+}
+
+
+def _step_config(model, loss, hyper):
+  """SGD with momentum and weight decay, head and proxies on their own rates.
+
+  SGD, not Adam: Adam's first update is about `lr * sign(gradient)`, so a
+  gradient entry near zero turns float-level differences in the summation
+  order into differences of the size of the step; SGD's update is linear in
+  the gradient, so the comparison stays at float precision.
+  """
+  config = train.default_config()
+  config.model = model
+  config.loss.name = loss
+  config.loss.tcm.enabled = True
+  for key, value in hyper.items():
+    config.loss.hyper[key] = value
+  config.optimizer.name = 'sgd'
+  config.optimizer.learning_rate = 0.05
+  config.optimizer.momentum = 0.9
+  config.optimizer.weight_decay = 4e-4
+  config.optimizer.head_lr_multiplier = 3.0
+  config.optimizer.proxy_lr_multiplier = 5.0
+  return config
+
+
+def _step_batch(seed=0, classes=4, per_class=4, size=16):
+  """16 images; each class's rows are spread over several devices."""
+  rng = np.random.default_rng(seed)
+  n = classes * per_class
+  labels = np.repeat(np.arange(classes, dtype=np.int32), per_class)
+  return {'image': rng.normal(size=(n, size, size, 3)).astype(np.float32),
+          'label': labels[rng.permutation(n)]}
+
+
+def _one_step(config, batch, devices):
+  """The initial state and `(state, metrics)` after one step, on the host."""
+  objective, uses_proxies = train.create_objective(config)
+  graphdef, params, model_state = train.create_model(config, 4, uses_proxies)
+  schedule = train.learning_rate_schedule(config, steps_per_epoch=10)
+  optimizer = train.create_optimizer(config, schedule)
+  initial = train.TrainState(jnp.int32(0), params, model_state,
+                             optimizer.init(params))
+  mesh = parallel.data_mesh(devices)
+  step = train.make_train_step(graphdef, objective, uses_proxies, optimizer,
+                               schedule, mesh)
+  state, metrics = step(parallel.replicate(initial, mesh),
+                        parallel.shard_batch(batch, mesh))
+  return jax.device_get(initial), jax.device_get((state, metrics))
+
+
+def _assert_trees_close(actual, expected, rtol, scale_tree):
+  """Leaf by leaf to `rtol`, with an absolute floor of `rtol * scale`.
+
+  The scale is the largest entry of `scale_tree` (the step, the gradient,
+  the statistics): entries near zero carry the rounding of the sums that
+  made them, whose size is set by the large ones.
+  """
+  assert jax.tree.structure(actual) == jax.tree.structure(expected)
+  scale = max(float(np.max(np.abs(x))) for x in _float_leaves(scale_tree)
+              if x.size)
+  for name, got, want in zip(_leaf_names(expected), jax.tree.leaves(actual),
+                             jax.tree.leaves(expected)):
+    np.testing.assert_allclose(got, want, rtol=rtol, atol=rtol * scale,
+                               err_msg=name)
+
+
+@pytest.mark.parametrize('case', sorted(STEP_CASES))
+def test_step_on_eight_devices_equals_one_device(case):
+  config = _step_config(**STEP_CASES[case])
+  batch = _step_batch()
+  assert len(jax.devices()) == NUM_DEVICES
+  initial, (one, metrics_one) = _one_step(config, batch, jax.devices()[:1])
+  _, (eight, metrics_eight) = _one_step(config, batch, jax.devices())
+  rtol = 1e-5
+
+  assert int(one.step) == int(eight.step) == 1
+  assert bool(metrics_one['finite']) and bool(metrics_eight['finite'])
+  assert sorted(metrics_one) == sorted(metrics_eight)
+  assert {'loss', 'base', 'tcm', 'grad_norm', 'learning_rate'} <= set(
+      metrics_one)
+  for key in metrics_one:
+    np.testing.assert_allclose(metrics_eight[key], metrics_one[key],
+                               rtol=rtol, atol=1e-6, err_msg=key)
+  np.testing.assert_allclose(metrics_one['loss'],
+                             metrics_one['base'] + metrics_one['tcm'],
+                             rtol=1e-6)
+  assert metrics_one['tcm'] > 0  # TCM is on and has hard pairs to disagree on
+
+  assert metrics_one['learning_rate'] == pytest.approx(
+      config.optimizer.learning_rate)
+
+  # The parameters, to `rtol` of the largest step any of them took.
+  step_one = jax.tree.map(np.subtract, one.params, initial.params)
+  _assert_trees_close(eight.params, one.params, rtol, step_one)
+  # The optimizer state (SGD's momentum trace: the global batch's gradient
+  # plus weight decay) and the model state (BatchNorm statistics).
+  _assert_trees_close(eight.opt_state, one.opt_state, rtol, one.opt_state)
+  _assert_trees_close(eight.model_state, one.model_state, rtol,
+                      one.model_state)
+
+  # Equality is not trivial: the parameters moved by far more than the
+  # tolerance. (Not every leaf: each block's last BatchNorm scale starts at
+  # zero, which leaves the convolutions before it no gradient at first.)
+  largest_step = max(float(np.max(np.abs(x))) for x in _float_leaves(step_one))
+  moved = {name: np.max(np.abs(x)) > 100 * rtol * largest_step
+           for name, x in zip(_leaf_names(step_one), jax.tree.leaves(step_one))}
+  assert moved['encoder.backbone.conv1.kernel']
+  assert moved['encoder.head.proj.kernel']
+  assert moved.get('proxies', True)
+  assert sum(moved.values()) > len(moved) / 2
+  if config.model.get('frozen_batch_norm'):
+    # Frozen statistics stay as they were.
+    for got, want in zip(jax.tree.leaves(one.model_state),
+                         jax.tree.leaves(initial.model_state)):
+      np.testing.assert_array_equal(got, want)
+  else:
+    names = _leaf_names(one.model_state)
+    assert any(n.endswith('mean') for n in names)
+    for name, got, want in zip(names, jax.tree.leaves(one.model_state),
+                               jax.tree.leaves(initial.model_state)):
+      assert np.max(np.abs(got - want)) > 1e-3 * np.max(np.abs(want) + 1), name
+    _check_stem_batch_norm(initial, batch, (one, eight))
+
+
+def _check_stem_batch_norm(initial, batch, states):
+  """The stem BatchNorm's running statistics against NumPy's of the batch.
+
+  The stem is a 3x3 stride-1 convolution ('SAME', no bias) of the images;
+  its per-channel mean and (biased, Flax's) variance over the global batch
+  enter the running averages with PyTorch's momentum 0.1. Device 0's own
+  two rows would give other statistics, so this tells synchronised
+  BatchNorm from per-device BatchNorm.
+  """
+  kernel = np.asarray(initial.params['encoder']['backbone']['conv1']['kernel'],
+                      np.float64)
+  images = batch['image'].astype(np.float64)
+  padded = np.pad(images, ((0, 0), (1, 1), (1, 1), (0, 0)))
+  n, h, w, _ = images.shape
+  conv = np.zeros((n, h, w, kernel.shape[-1]))
+  for dy in range(3):
+    for dx in range(3):
+      conv += np.einsum('nhwc,co->nhwo', padded[:, dy:dy + h, dx:dx + w],
+                        kernel[dy, dx])
+  old = initial.model_state['backbone']['bn1']
+  expected = {
+      'mean': 0.9 * np.asarray(old['mean']) + 0.1 * conv.mean(axis=(0, 1, 2)),
+      'var': 0.9 * np.asarray(old['var']) + 0.1 * conv.var(axis=(0, 1, 2))}
+  alone = 0.9 * np.asarray(old['mean']) + 0.1 * conv[:2].mean(axis=(0, 1, 2))
+  assert not np.allclose(alone, expected['mean'], rtol=1e-3)
+  for state in states:
+    for key in ('mean', 'var'):
+      np.testing.assert_allclose(state.model_state['backbone']['bn1'][key],
+                                 expected[key], rtol=1e-4, atol=1e-6)
+
+
+# --- Optimizer ----------------------------------------------------------------
+
+
+@functools.cache
+def _built(name):
+  """`(config, module, params)` of a small model of each kind, with proxies."""
+  config = train.default_config()
+  config.model = {
+      'resnet': _tiny_resnet(),
+      'resnet_frozen': _tiny_resnet(frozen_batch_norm=True),
+      'vit': models.encoder_config('vit_ti', patch_size=4, image_size=8,
+                                   embedding_size=16),
+  }[name]
+  graphdef, params, model_state = train.create_model(config, 3, True)
+  module = models.merge(graphdef, params['encoder'], model_state)
+  return config, module, params
+
+
+def _module_leaf_paths(module, types):
+  """Dotted names of the parameters of every submodule of the given types."""
+  names = set()
+  for path, node in nnx.iter_graph(module):
+    if isinstance(node, types):
+      prefix = '.'.join(['encoder', *map(str, path)])
+      state = nnx.state(node, nnx.Param)
+      names.update(f'{prefix}.{leaf}' for leaf in _leaf_names(state))
+  return names
+
+
+@pytest.mark.parametrize('name', ['resnet', 'resnet_frozen', 'vit'])
+def test_weight_decay_mask_is_true_exactly_for_kernels(name):
+  _, module, params = _built(name)
+  mask = train.weight_decay_mask(params)
+  assert jax.tree.structure(mask) == jax.tree.structure(params)
+  decayed = {n for n, m in zip(_leaf_names(params), jax.tree.leaves(mask))
+             if m}
+  # The weights of the convolutions and linear layers, found by module type.
+  layers = _module_leaf_paths(module, (nnx.Conv, nnx.Linear))
+  assert decayed == {n for n in layers if n.endswith('.kernel')}
+  assert decayed
+  kept = set(_leaf_names(params)) - decayed
+  ends = {n.rsplit('.', 1)[-1] for n in kept}
+  assert {'bias', 'scale', 'proxies'} <= ends
+  assert ({'pos_embed', 'cls_token'} if name == 'vit' else {'p'}) <= ends
+
+
+@pytest.mark.parametrize('name', ['resnet', 'vit'])
+def test_parameter_groups_put_the_embedding_head_in_head(name):
+  _, module, params = _built(name)
+  groups = dict(zip(_leaf_names(params),
+                    jax.tree.leaves(train.parameter_groups(params))))
+  head = {f'encoder.head.{n}' for n in _leaf_names(
+      nnx.state(module.head, nnx.Param))}
+  assert head and {n for n, g in groups.items() if g == 'head'} == head
+  assert [n for n, g in groups.items() if g == 'proxies'] == ['proxies']
+  assert {n for n, g in groups.items() if g == 'backbone'} == (
+      set(groups) - head - {'proxies'})
+  assert any(n.startswith('encoder.backbone.') for n in groups)
+
+
+def _sgd_step(config, params, grads):
+  optimizer = train.create_optimizer(
+      config, train.learning_rate_schedule(config, steps_per_epoch=1))
+  updates, _ = optimizer.update(grads, optimizer.init(params), params)
+  return updates
+
+
+def _random_like(tree, seed):
+  leaves, treedef = jax.tree.flatten(tree)
+  rng = np.random.default_rng(seed)
+  return jax.tree.unflatten(treedef, [
+      rng.normal(size=np.shape(x)).astype(np.float32) for x in leaves])
+
+
+@pytest.mark.parametrize('multiplier', ['head_lr_multiplier',
+                                        'proxy_lr_multiplier'])
+def test_learning_rate_multiplier_scales_its_group_only(multiplier):
+  config, _, params = _built('resnet')
+  config = config.copy_and_resolve_references()
+  config.optimizer.name = 'sgd'
+  config.optimizer.momentum = 0.0
+  config.optimizer.weight_decay = 0.0
+  config.optimizer.learning_rate = 0.1
+  config.optimizer.milestones = ()
+  grads = _random_like(params, 0)
+  plain = _sgd_step(config, params, grads)
+  config.optimizer[multiplier] = 10.0
+  faster = _sgd_step(config, params, grads)
+  group = {'head_lr_multiplier': 'head', 'proxy_lr_multiplier': 'proxies'}[
+      multiplier]
+  groups = jax.tree.leaves(train.parameter_groups(params))
+  assert group in groups
+  leaves = zip(groups, jax.tree.leaves(grads), jax.tree.leaves(plain),
+               jax.tree.leaves(faster), _leaf_names(params))
+  for g, grad, p, f, name in leaves:
+    np.testing.assert_allclose(p, -0.1 * grad, rtol=1e-6, err_msg=name)
+    if g == group:
+      np.testing.assert_allclose(f, 10 * np.asarray(p), rtol=1e-6,
+                                 err_msg=name)
+    else:
+      np.testing.assert_array_equal(f, p, err_msg=name)
+
+
+def _toy_params():
+  rng = np.random.default_rng(4)
+  normal = lambda *shape: rng.normal(size=shape).astype(np.float32)
+  return {'encoder': {'backbone': {'conv': {'kernel': normal(3, 2),
+                                            'bias': normal(2)}},
+                      'head': {'gem': {'p': np.float32(3.0)},
+                               'proj': {'kernel': normal(2, 2),
+                                        'bias': normal(2)}}},
+          'proxies': normal(3, 2)}
+
+
+def _numpy_adam(params, grads_per_step, *, lr, weight_decay, decoupled,
+                head_multiplier, b1=0.9, b2=0.999, eps=1e-8):
+  """PyTorch's Adam (L2 added to the gradient) or AdamW (decoupled decay).
+
+  Decay on kernels only; the head's learning rate is `head_multiplier`
+  times the others', as a PyTorch parameter group with its own `lr`.
+  """
+  names = _leaf_names(params)
+  p = [np.asarray(x, np.float64) for x in jax.tree.leaves(params)]
+  decay = [weight_decay * n.endswith('.kernel') for n in names]
+  rate = [lr * (head_multiplier if n.startswith('encoder.head.') else 1.0)
+          for n in names]
+  m = [np.zeros_like(x) for x in p]
+  v = [np.zeros_like(x) for x in p]
+  for t, grads in enumerate(grads_per_step, start=1):
+    for i, g in enumerate(jax.tree.leaves(grads)):
+      g = np.asarray(g, np.float64)
+      if not decoupled:
+        g = g + decay[i] * p[i]
+      m[i] = b1 * m[i] + (1 - b1) * g
+      v[i] = b2 * v[i] + (1 - b2) * g ** 2
+      update = (m[i] / (1 - b1 ** t)) / (np.sqrt(v[i] / (1 - b2 ** t)) + eps)
+      if decoupled:
+        update = update + decay[i] * p[i]
+      p[i] = p[i] - rate[i] * update
+  return p
+
+
+@pytest.mark.parametrize('name', ['adam', 'adamw'])
+def test_adam_and_adamw_weight_decay_against_numpy(name):
+  params = _toy_params()
+  config = train.default_config()
+  config.optimizer.name = name
+  config.optimizer.learning_rate = 0.01
+  config.optimizer.weight_decay = 0.3
+  config.optimizer.head_lr_multiplier = 2.0
+  config.optimizer.milestones = ()
+  optimizer = train.create_optimizer(
+      config, train.learning_rate_schedule(config, steps_per_epoch=1))
+  grads_per_step = [_random_like(params, seed) for seed in (10, 11, 12)]
+  state, current = optimizer.init(params), params
+  for grads in grads_per_step:
+    updates, state = optimizer.update(grads, state, current)
+    current = jax.tree.map(lambda p, u: p + u, current, updates)
+  kwargs = dict(lr=0.01, weight_decay=0.3, head_multiplier=2.0)
+  expected = _numpy_adam(params, grads_per_step, decoupled=name == 'adamw',
+                         **kwargs)
+  for leaf_name, got, want in zip(_leaf_names(params), jax.tree.leaves(current),
+                                  expected):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6,
+                               err_msg=leaf_name)
+  # The two semantics give different kernels here, so the check tells them
+  # apart; leaves without decay are the same under both.
+  other = _numpy_adam(params, grads_per_step, decoupled=name != 'adamw',
+                      **kwargs)
+  for leaf_name, a, b in zip(_leaf_names(params), expected, other):
+    assert np.allclose(a, b, rtol=1e-7) != leaf_name.endswith('.kernel'), (
+        leaf_name)
+
+
+def _numpy_schedule(step, *, learning_rate, decay_factor, milestones,
+                    steps_per_epoch, warmup_steps):
+  passed = sum(step >= round(m * steps_per_epoch) for m in milestones)
+  warmup = min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0
+  return learning_rate * decay_factor ** passed * warmup
+
+
+@pytest.mark.parametrize('warmup_steps', [0, 5])
+def test_learning_rate_schedule_against_numpy(warmup_steps):
+  config = train.default_config()
+  options = dict(learning_rate=0.2, decay_factor=0.3, milestones=(2, 3.5),
+                 warmup_steps=warmup_steps)
+  for key, value in options.items():
+    config.optimizer[key] = value
+  steps_per_epoch = 6  # milestones at steps 12 and 21
+  schedule = train.learning_rate_schedule(config, steps_per_epoch)
+  steps = np.arange(30)
+  expected = [_numpy_schedule(s, steps_per_epoch=steps_per_epoch, **options)
+              for s in steps]
+  np.testing.assert_allclose([float(schedule(s)) for s in steps], expected,
+                             rtol=1e-6)
+  np.testing.assert_allclose(jax.jit(jax.vmap(schedule))(steps), expected,
+                             rtol=1e-6)
+  # Three distinct plateaus after the warm-up: the milestones are crossed.
+  assert len({round(x, 9) for x in expected[warmup_steps:]}) == 3
+
+  # The optimizer takes its step sizes from the same schedule, step by step.
+  config.optimizer.name, config.optimizer.momentum = 'sgd', 0.0
+  config.optimizer.weight_decay = 0.0
+  optimizer = train.create_optimizer(config, schedule)
+  params = {'encoder': {'backbone': {'w': {'bias': np.zeros(1, np.float32)}}}}
+  ones = jax.tree.map(np.ones_like, params)
+  state = optimizer.init(params)
+  taken = []
+  for _ in steps:
+    updates, state = optimizer.update(ones, state, params)
+    taken.append(-float(jax.tree.leaves(updates)[0][0]))
+  np.testing.assert_allclose(taken, expected, rtol=1e-6)
+
+
+def test_learning_rate_schedule_is_fixed_when_made():
+  config = train.default_config()
+  config.optimizer.milestones = (1,)
+  schedule = train.learning_rate_schedule(config, steps_per_epoch=10)
+  before = [float(schedule(s)) for s in (0, 10)]
+  config.optimizer.learning_rate *= 10  # e.g. the next run of a notebook
+  config.optimizer.decay_factor = 0.5
+  config.optimizer.milestones = (2,)
+  assert [float(schedule(s)) for s in (0, 10)] == before
+
+
+# --- Config errors, before any compilation ------------------------------------
+
+
+def _no_compilation(monkeypatch):
+  """Makes compiling the step (or any `jax.jit`) an error."""
+  def refuse(*args, **kwargs):
+    raise AssertionError('compiled before the config error was found')
+  monkeypatch.setattr(parallel, 'data_parallel', refuse)
+  monkeypatch.setattr(jax, 'jit', refuse)
+
+
+def _digits_config():
+  config = train.default_config()
+  config.dataset.name = 'digits'
+  config.input.recipe, config.input.image_size = 'small', 8
+  config.input.classes_per_batch = 4
+  config.model = models.encoder_config('vit_ti', patch_size=4, image_size=8,
+                                       embedding_size=16)
+  config.train.progress_bar = False
+  return config
+
+
+def _set(config, dotted, value):
+  *sections, key = dotted.split('.')
+  for section in sections:
+    config = config[section]
+  config[key] = value
+
+
+BAD_VALUES = {
+    # name: (key, value, words the message must hold)
+    'best_metric': ('train.best_metric', 'recall_at_3',
+                    ['train.best_metric', "'recall_at_3'", 'recall_at_1',
+                     'opis']),
+    'recipe': ('input.recipe', 'tiny', ['input.recipe', "'tiny'", 'imagenet',
+                                        'small']),
+    'optimizer': ('optimizer.name', 'adamm', ['optimizer.name', "'adamm'",
+                                              'adamw', 'sgd']),
+    'loss_name': ('loss.name', 'smoth_ap', ['loss.name', "'smoth_ap'",
+                                            'smooth_ap', 'arcface']),
+    'loss_hyper': ('loss.hyper.temprature', 0.01, ['temprature',
+                                                   'temperature']),
+    'model_option': ('model.patch_size', 16, ['patch_size', 'resnet18',
+                                              'gem_p']),
+}
+
+
+def _bad_config(case):
+  key, value, _ = BAD_VALUES[case]
+  config = _digits_config()
+  if case == 'model_option':
+    config.model = _tiny_resnet()  # a ViT option on a ResNet
+  _set(config, key, value)
+  return config
+
+
+@pytest.mark.parametrize('case', sorted(BAD_VALUES))
+def test_bad_value_fails_before_compiling(case, tmp_path, monkeypatch):
+  config = _bad_config(case)
+  _no_compilation(monkeypatch)
+  start = time.perf_counter()
+  with pytest.raises(ValueError) as error:
+    train.train_and_evaluate(config, str(tmp_path / 'run'),
+                             devices=jax.devices()[:1])
+  for word in BAD_VALUES[case][2]:
+    assert word in str(error.value)
+  assert time.perf_counter() - start < 30
+  assert not (tmp_path / 'run' / 'checkpoints').exists() or not os.listdir(
+      tmp_path / 'run' / 'checkpoints')
+
+
+@pytest.mark.parametrize('case', [
+    'best_metric', 'model_option', 'recipe', 'optimizer', 'loss_name',
+    'loss_hyper'])
+def test_check_config_finds_bad_values(case):
+  """Before the data is read or anything built: what `check_config` promises."""
+  with pytest.raises(ValueError) as error:
+    train.check_config(_bad_config(case))
+  for word in BAD_VALUES[case][2]:
+    assert word in str(error.value)
+
+
+def test_check_config_lists_the_valid_keys():
+  config = _digits_config()
+  config.train.num_step = 3
+  with pytest.raises(ValueError) as error:
+    train.check_config(config)
+  valid = sorted(train.default_config().train)
+  assert 'train.num_step' in str(error.value)
+  assert ', '.join(valid) in str(error.value)
+
+
+def _run_main(args, workdir, *, log_compiles=False, timeout=120):
+  """`python -m tcm_jax.main` on one CPU device: `(result, seconds)`."""
+  env = {**os.environ, 'JAX_PLATFORMS': 'cpu'}
+  if log_compiles:
+    env['JAX_LOG_COMPILES'] = '1'
+  start = time.perf_counter()
+  run = subprocess.run(
+      [sys.executable, '-m', 'tcm_jax.main', f'--workdir={workdir}', *args],
+      cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+  return run, time.perf_counter() - start
+
+
+UNKNOWN_KEY_CONFIG = '''
+from tcm_jax import train
+
+
+def get_config():
+  config = train.default_config()
+  config.dataset.name = 'digits'
+  config.optimizer.learnig_rate = 0.1
+  return config
+'''
+
+
+@pytest.mark.parametrize('where', ['config_file', 'override'])
+def test_unknown_key_fails_fast_from_the_command_line(where, tmp_path):
+  if where == 'config_file':
+    path = tmp_path / 'misspelt.py'
+    path.write_text(UNKNOWN_KEY_CONFIG)
+    args = [f'--config={path}']
+  else:
+    args = ['--config=configs/digits.py', '--config.optimizer.learnig_rate=1']
+  workdir = tmp_path / 'run'
+  run, seconds = _run_main(args, workdir, log_compiles=True)
+  assert run.returncode != 0
+  if where == 'config_file':
+    keys = ', '.join(sorted(train.default_config().optimizer))
+    assert (f'Unknown config key optimizer.learnig_rate; the keys of '
+            f'optimizer are: {keys}.') in run.stderr
+  else:
+    # ml_collections refuses it while parsing the flags, with a suggestion.
+    assert 'learnig_rate' in run.stderr
+    assert 'Did you mean "learning_rate"' in run.stderr
+  # JAX_LOG_COMPILES logs every compilation: there was none, and nothing
+  # was written.
+  assert 'Compiling' not in run.stderr
+  assert 'Finished XLA compilation' not in run.stderr
+  assert not (workdir / 'checkpoints').exists()
+  assert seconds < 60
+
+
+# --- Non-finite loss ----------------------------------------------------------
+
+
+def _synthetic_config(**train_options):
+  """Synthetic 40 px images, 8 classes (4 to train) x 4, batches of 4 x 2."""
+  config = train.default_config()
+  config.dataset.name = 'synthetic'
+  config.dataset.synthetic.num_classes = 8
+  config.dataset.synthetic.images_per_class = 4
+  config.dataset.synthetic.image_size = 40
+  config.input.image_size = 32
+  config.input.resize_size = 36
+  config.input.classes_per_batch = 4
+  config.input.samples_per_class = 2
+  config.input.eval_batch_size = 8
+  config.input.num_threads = 2
+  config.eval.ks = (1,)
+  config.train.progress_bar = False
+  for key, value in train_options.items():
+    config.train[key] = value
+  return config
+
+
+@pytest.mark.parametrize('bad_step', [4, 5])
+def test_non_finite_loss_stops_the_run(bad_step, tmp_path, monkeypatch):
+  """NaN images from step `bad_step` on; checkpoints every 2 steps.
+
+  Step 4 is a checkpoint step (the check comes before the save); step 5 is
+  not (its metrics are checked once step 6 is dispatched).
+  """
+  class NaNBatches(pipeline.TrainBatches):
+
+    def __next__(self):
+      step = self.get_state()['step'] + 1  # the trainer's 1-based step
+      batch = super().__next__()
+      if step >= bad_step:
+        batch = {**batch, 'image': np.full_like(batch['image'], np.nan)}
+      return batch
+
+  monkeypatch.setattr(pipeline, 'TrainBatches', NaNBatches)
+  config = _synthetic_config(num_steps=10, checkpoint_every_steps=2,
+                             log_every_steps=3, eval_every_steps=0)
+  config.model = _tiny_resnet(frozen_batch_norm=True)
+  workdir = tmp_path / 'run'
+  with pytest.raises(train.NonFiniteLossError) as error:
+    train.train_and_evaluate(config, str(workdir))
+  message = str(error.value)
+  assert f'Non-finite loss at step {bad_step}:' in message
+  for part in ('loss=nan', 'base=nan', 'tcm=nan', 'grad_norm=nan'):
+    assert part in message
+  good = [s for s in range(1, bad_step) if s % 2 == 0]
+  assert f'(step {good[-1]})' in message
+
+  checkpoints = workdir / 'checkpoints'
+  steps = sorted(int(p.name) for p in checkpoints.iterdir() if p.name.isdigit())
+  assert steps == good
+  for step in steps:
+    state = ocp.StandardCheckpointer().restore(checkpoints / str(step) /
+                                               'state')
+    assert int(state['step']) == step
+    for leaf in jax.tree.leaves(state):
+      assert np.all(np.isfinite(np.asarray(leaf)))
+  assert not (workdir / 'report.md').exists()
+  lines = [json.loads(line) for line in
+           (workdir / 'metrics.jsonl').read_text().splitlines()]
+  assert [line['step'] for line in lines] == [3]
+  assert all(np.isfinite(v) for line in lines for k, v in line.items()
+             if k != 'kind')
+
+
+# --- Every config builds and runs ---------------------------------------------
+
+CONFIG_FILES = sorted(p.stem for p in (REPO / 'configs').glob('*.py'))
+FULL_SIZE = {('cub200', 'resnet50'), ('synthetic', 'vit_b16')}
+
+
+def _config_cases():
+  """`(file, backbone)` of every config: each backbone a file can take."""
+  cases = []
+  for name in CONFIG_FILES:
+    text = (REPO / 'configs' / f'{name}.py').read_text()
+    takes_backbone = re.search(r'def get_config\(\s*\w', text) is not None
+    for backbone in (sorted(train.BACKBONES) if takes_backbone else [None]):
+      cases.append((name, backbone))
+  return cases
+
+
+CONFIG_CASES = _config_cases()
+
+
+def _case_id(case):
+  name, backbone = case
+  return f'{name}:{backbone}' if backbone else name
+
+
+def _load_config(name, backbone):
+  """As `main` does: `--config=configs/<name>.py[:<backbone>]`, locked."""
+  flag_values = flags.FlagValues()
+  config_flags.DEFINE_config_file('config', None, '', flag_values=flag_values,
+                                  lock_config=True)
+  path = REPO / 'configs' / f'{name}.py'
+  with warnings.catch_warnings():
+    # ml_collections loads the file with the deprecated `load_module()`.
+    warnings.filterwarnings('ignore', 'the load_module', DeprecationWarning)
+    flag_values(['test', f'--config={path}' + (f':{backbone}' if backbone
+                                                else '')])
+  return flag_values.config
+
+
+def test_every_config_file_is_covered():
+  assert {'digits', 'cub200', 'cars196', 'sop', 'inat2018',
+          'synthetic'} <= set(CONFIG_FILES)
+  assert len(CONFIG_CASES) == 1 + 2 * (len(CONFIG_FILES) - 1)
+
+
+@pytest.mark.parametrize('name,backbone', CONFIG_CASES,
+                         ids=[_case_id(c) for c in CONFIG_CASES])
+def test_config_passes_check_config(name, backbone):
+  config = _load_config(name, backbone)
+  train.check_config(config)
+  train.create_objective(config)
+  assert config.model.name in models.MODELS
+
+
+# The paper's recipe (../shared/spec/protocol.md): batch, epochs, milestones,
+# optimizer and learning rate per dataset and backbone.
+PROTOCOL = {
+    'inat2018': dict(batch=4000, resnet50=(90, (40, 70), 'adam', 1e-4),
+                     vit_b16=(90, (10, 40, 70), 'adamw', 5e-5)),
+    'sop': dict(batch=4000, resnet50=(55, (25, 50), 'adam', 2e-4),
+                vit_b16=(55, (25, 50), 'adamw', 5e-5)),
+    'cars196': dict(batch=392, resnet50=(170, (80, 140), 'adam', 1e-4),
+                    vit_b16=(50, (20, 30, 40), 'adamw', 1e-5)),
+    'cub200': dict(batch=400, resnet50=(40, (10, 20, 30), 'adam', 1e-4),
+                   vit_b16=(40, (10, 20, 30), 'adamw', 1e-5)),
+}
+
+
+@pytest.mark.parametrize('name,backbone', [
+    (name, backbone) for name in sorted(PROTOCOL)
+    for backbone in ('resnet50', 'vit_b16')])
+def test_config_carries_the_protocol(name, backbone):
+  config = _load_config(name, backbone)
+  epochs, milestones, optimizer, learning_rate = PROTOCOL[name][backbone]
+  assert config.dataset.name == name
+  assert config.input.samples_per_class == 4
+  assert (config.input.classes_per_batch * 4 == PROTOCOL[name]['batch'])
+  assert config.train.num_epochs == epochs
+  assert config.train.num_steps == 0  # epochs decide the length
+  assert tuple(config.optimizer.milestones) == milestones
+  assert config.optimizer.name == optimizer
+  assert config.optimizer.learning_rate == pytest.approx(learning_rate,
+                                                         rel=1e-12)
+  assert config.optimizer.weight_decay == pytest.approx(4e-4)
+  assert config.optimizer.decay_factor == pytest.approx(0.3)
+  assert (config.input.recipe, config.input.image_size,
+          config.input.resize_size) == ('imagenet', 224, 256)
+  # Smooth-AP (sigmoid temperature 0.01) + TCM (m+ 0.9, m- 0.5, lambda 1).
+  assert config.loss.name == 'smooth_ap'
+  hyper = {**registry.LOSSES['smooth_ap'].hyperparameters(),
+           **config.loss.hyper.to_dict()}
+  assert hyper['temperature'] == pytest.approx(0.01)
+  assert config.loss.tcm.to_dict() == dict(
+      enabled=True, margin_pos=0.9, margin_neg=0.5, lambda_pos=1.0,
+      lambda_neg=1.0)
+  assert config.model.embedding_size == 512
+  if backbone == 'resnet50':
+    assert config.model.name == 'resnet50'
+    assert config.model.frozen_batch_norm is True
+    assert config.model.gem_p == 3.0
+  else:
+    assert (config.model.name, config.model.patch_size,
+            config.model.image_size) == ('vit_b', 16, 224)
+
+
+def test_digits_config_is_the_open_world_digits():
+  config = _load_config('digits', None)
+  assert config.dataset.name == 'digits'
+  inputs = train.create_inputs(config)
+  assert inputs.classes.tolist() == [0, 1, 2, 3, 4]
+  assert sorted(np.unique(inputs.test.labels).tolist()) == [5, 6, 7, 8, 9]
+
+
+def _shrink(config, full_size):
+  """Tiny inputs and two steps; a small model of the same family unless full.
+
+  Only one ResNet-50 and one ViT-B/16 config run at full size (slow); in the
+  others a ResNet-18 at width 0.25 (frozen BatchNorm, as the recipe) or a
+  ViT-Ti stands in, which builds and compiles in seconds: what those runs
+  check is the config's own choices (optimizer, schedule, dtype, inputs).
+  The digits config's model is small already and stays.
+  """
+  config.dataset.name = 'synthetic'
+  synthetic = config.dataset.synthetic
+  synthetic.num_classes, synthetic.images_per_class = 8, 4
+  synthetic.image_size = 40
+  config.input.image_size, config.input.resize_size = 32, 36
+  config.input.classes_per_batch, config.input.samples_per_class = 4, 2
+  config.input.eval_batch_size = 8
+  config.train.num_steps = 2
+  config.train.eval_every_steps = 0
+  config.train.checkpoint_every_steps = 0
+  config.train.progress_bar = False
+  config.eval.ks = (1,)
+  dtype = config.model.dtype
+  if config.model.name == 'vit_b':
+    if not full_size:
+      config.model = models.encoder_config('vit_ti', embedding_size=16,
+                                           dtype=dtype)
+    config.model.image_size, config.model.patch_size = 32, 16
+  elif config.model.name == 'resnet50' and not full_size:
+    config.model = models.encoder_config(
+        'resnet18', width=0.25, embedding_size=16, frozen_batch_norm=True,
+        dtype=dtype)
+  return config
+
+
+@pytest.mark.parametrize('name,backbone', [
+    pytest.param(*case, id=_case_id(case),
+                 marks=[pytest.mark.slow] if case in FULL_SIZE else [])
+    for case in CONFIG_CASES])
+def test_config_trains_two_steps(name, backbone, tmp_path):
+  full_size = (name, backbone) in FULL_SIZE
+  original = _load_config(name, backbone)
+  config = _shrink(_load_config(name, backbone), full_size)
+  if full_size:
+    assert config.model.name == original.model.name
+  assert config.optimizer.to_dict() == original.optimizer.to_dict()
+  workdir = tmp_path / 'run'
+  try:
+    final = train.train_and_evaluate(config, str(workdir),
+                                     devices=jax.devices()[:1])
+    assert {'recall_at_1', 'map_at_r', 'opis', 'eps_opis'} <= set(final)
+    assert all(math.isfinite(v) for v in final.values())
+    assert (workdir / 'report.md').exists()
+    lines = [json.loads(line) for line in
+             (workdir / 'metrics.jsonl').read_text().splitlines()]
+    assert {(line['step'], line['kind']) for line in lines} == {
+        (2, 'train'), (2, 'eval')}
+    with checkpoint_lib.Checkpointer(str(workdir / 'checkpoints')) as saved:
+      assert saved.all_steps() == [2]
+  finally:
+    shutil.rmtree(workdir, ignore_errors=True)  # ViT-B's is a gigabyte
+
+
+# --- The default run, end to end ----------------------------------------------
+
+
+@pytest.mark.slow
+def test_digits_default_run_end_to_end(tmp_path):
+  workdir = tmp_path / 'digits'
+  run, _ = _run_main(['--config=configs/digits.py'], workdir, timeout=900)
+  assert run.returncode == 0, run.stderr[-3000:]
+  table = dict(re.findall(r'^\| (\w+) \| ([0-9.]+) \|$', run.stdout, re.M))
+  assert {'recall_at_1', 'opis', 'eps_opis', 'map_at_r'} <= set(table)
+  for name in ('report.md', 'utility_curves.png', 'metrics.jsonl',
+               'metrics.json'):
+    assert (workdir / name).stat().st_size > 0, name
+  assert list((workdir / 'tensorboard').glob('events.out.tfevents.*'))
+  recall_at_1 = float(table['recall_at_1'])
+  assert recall_at_1 > 0.7  # trained on digits 0-4, tested on 5-9
+
+  config = _load_config('digits', None)
+  num_steps = math.ceil(config.train.num_epochs
+                        * train.create_inputs(config).steps_per_epoch)
+  lines = [json.loads(line) for line in
+           (workdir / 'metrics.jsonl').read_text().splitlines()]
+  final = [line for line in lines if line['kind'] == 'eval'][-1]
+  assert final['step'] == num_steps
+  assert final['recall_at_1'] == pytest.approx(recall_at_1, abs=1e-4)
+  assert float(table['opis']) == pytest.approx(final['opis'], abs=1e-4)
+  steps = sorted(int(p.name) for p in (workdir / 'checkpoints').iterdir()
+                 if p.name.isdigit())
+  assert steps[-1] == num_steps
