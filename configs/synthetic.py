@@ -1,4 +1,4 @@
-r"""Throughput: the paper's models on generated 224 px images (no dataset needed).
+r"""Throughput: the paper's models on generated images, 256 px cropped to 224 (no dataset).
 
   python -m tcm_jax.main --config configs/synthetic.py:resnet50 --workdir /tmp/synthetic_r50
   python -m tcm_jax.main --config configs/synthetic.py:vit_b16 --workdir /tmp/synthetic_vit \

@@ -17,6 +17,8 @@ from typing import Any, Mapping, NamedTuple
 
 from absl import logging
 from etils import epath
+import jax
+from jax.experimental import multihost_utils
 import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
@@ -267,13 +269,17 @@ class Checkpointer:
     self._manager.wait_until_finished()
     directory = epath.Path(self._manager.directory)
     aside = directory.parent / f'{directory.name}.unreadable'
-    aside.mkdir(parents=True, exist_ok=True)
-    for step in steps:
-      target = aside / f'{step}-{int(time.time())}'
-      logging.warning('Moving the unreadable checkpoint at step %d to %s, so '
-                      'that this run saves the step again.', step, target)
-      (directory / str(step)).rename(target)
-      self._unreadable.discard(step)
+    # One process moves them (the file system is shared); all wait for it.
+    if jax.process_index() == 0:
+      aside.mkdir(parents=True, exist_ok=True)
+      for step in steps:
+        target = aside / f'{step}-{int(time.time())}'
+        logging.warning('Moving the unreadable checkpoint at step %d to %s, '
+                        'so that this run saves the step again.', step, target)
+        (directory / str(step)).rename(target)
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices('tcm_jax checkpoint set aside')
+    self._unreadable.difference_update(steps)
     self._manager.reload()
 
   def latest_step(self) -> int | None:

@@ -142,6 +142,9 @@ def recipe_config(dataset: str, backbone: str, *, batch_size: int,
   if backbone not in BACKBONES:
     raise ValueError(f'backbone must be one of {sorted(BACKBONES)}, got '
                      f'{backbone!r}.')
+  if batch_size % 4:
+    raise ValueError(f'batch_size must be a multiple of 4 (classes x 4 '
+                     f'images), got {batch_size}.')
   config = default_config()
   config.dataset.name = dataset
   config.input.classes_per_batch = batch_size // 4
@@ -160,6 +163,12 @@ def recipe_config(dataset: str, backbone: str, *, batch_size: int,
 
 _RECIPES = ('imagenet', 'small')
 _OPTIMIZERS = ('adam', 'adamw', 'sgd')
+
+# Keys that may change when a run resumes (the length of training, the
+# evaluation, the loader, where things are): any other change is another run.
+_RESUMABLE = ('train.', 'eval.', 'input.num_threads', 'input.worker_count',
+              'input.prefetch', 'input.eval_batch_size', 'dataset.data_dir',
+              'pretrained')
 
 # Sections whose keys are not fixed by `default_config`: the base loss's
 # hyperparameters (checked by the loss registry) and the encoder's options
@@ -208,6 +217,20 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     if value not in allowed:
       raise ValueError(f'{key} must be one of {list(allowed)}, got {value!r}.')
   create_objective(config)  # the loss's name and hyperparameters
+  o, t = config.optimizer, config.train
+  for key, value, ok, expected in (
+      ('optimizer.learning_rate', o.learning_rate, o.learning_rate > 0, '> 0'),
+      ('optimizer.decay_factor', o.decay_factor, 0 < o.decay_factor <= 1,
+       'in (0, 1]'),
+      ('optimizer.warmup_steps', o.warmup_steps, o.warmup_steps >= 0, '>= 0'),
+      ('optimizer.weight_decay', o.weight_decay, o.weight_decay >= 0, '>= 0'),
+      ('train.keep_checkpoints', t.keep_checkpoints, t.keep_checkpoints >= 1,
+       '>= 1'),
+      ('train.num_epochs', t.num_epochs, t.num_epochs > 0 or t.num_steps > 0,
+       '> 0 (or train.num_steps > 0)'),
+  ):
+    if not ok:
+      raise ValueError(f'{key} must be {expected}, got {value!r}.')
 
 
 def _metric_names(config) -> list[str]:  # pylint: disable=invalid-name
@@ -300,6 +323,8 @@ def create_objective(config: ml_collections.ConfigDict):
 
   Returns `(objective, uses_proxies)`: a pair loss (`registry.objective`)
   or a proxy loss (`registry.proxy_objective`, which needs class proxies).
+  The ranking losses' `max_positives` defaults to `samples_per_class - 1`,
+  the exact number of positives of every query in a P x K batch.
 
   Examples:
     >>> from tcm_jax import train
@@ -314,6 +339,12 @@ def create_objective(config: ml_collections.ConfigDict):
   enabled = tcm.pop('enabled')
   hyper = config.loss.hyper.to_dict()
   name = config.loss.name
+  if (name in registry.LOSSES and 'max_positives' not in hyper
+      and 'max_positives' in registry.get(name).hyperparameters()):
+    # Batches hold K samples of each of P distinct classes: every query has
+    # exactly K - 1 positives, and bounding the ranking losses' work by them
+    # is exact (and B / K times cheaper than considering every reference).
+    hyper['max_positives'] = max(1, config.input.samples_per_class - 1)
   if name in registry.PROXY_LOSSES:
     return registry.proxy_objective(name, tcm=tcm if enabled else None,
                                     **hyper), True
@@ -330,8 +361,9 @@ def create_model(config: ml_collections.ConfigDict, num_classes: int,
   """`(graphdef, params, model_state)`, params `{'encoder'[, 'proxies']}`.
 
   ResNets with trained BatchNorm synchronise its statistics over the mesh
-  (every device normalises with the global batch's), so that one step on
-  many devices equals one step on one.
+  axis `parallel.AXIS` unless the config names another axis (every device
+  normalises with the global batch's), so that one step on many devices
+  equals one step on one; such a model runs inside `parallel.data_parallel`.
 
   Examples:
     >>> from tcm_jax import models, train
@@ -343,8 +375,9 @@ def create_model(config: ml_collections.ConfigDict, num_classes: int,
     (['encoder', 'proxies'], (3, 16))
   """
   options = config.model.to_dict()
-  if options['name'] in models.resnet.RESNETS and not options.get(
-      'frozen_batch_norm'):
+  if (options['name'] in models.resnet.RESNETS
+      and not options.get('frozen_batch_norm')
+      and options.get('batch_norm_axis_name') is None):
     options['batch_norm_axis_name'] = parallel.AXIS
   rngs = nnx.Rngs(config.seed)
   encoder = models.create_encoder(options, rngs=rngs)
@@ -590,6 +623,8 @@ def make_train_step(graphdef, objective, uses_proxies: bool,
     grad_norm = jnp.sqrt(sum(jnp.sum(jnp.square(g))
                              for g in jax.tree.leaves(grads)))
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    for x in jax.tree.leaves(model_state):  # BatchNorm statistics
+      finite &= jnp.all(jnp.isfinite(x))
     new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, state)
     return new, {'loss': loss, **parts, 'grad_norm': grad_norm,
                  'learning_rate': schedule(state.step), 'finite': finite}
@@ -674,11 +709,12 @@ class _Writer:
     self._path = os.path.join(workdir, 'metrics.jsonl')
     if os.path.exists(self._path):
       with open(self._path) as f:
-        kept = [line for line in f if json.loads(line)['step'] <= resumed_step]
+        kept = [line for line in f if _logged_step(line) <= resumed_step]
       with open(self._path, 'w') as f:
         f.writelines(kept)
     from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
-    self._tensorboard = SummaryWriter(os.path.join(workdir, 'tensorboard'))
+    self._tensorboard = SummaryWriter(os.path.join(workdir, 'tensorboard'),
+                                      purge_step=resumed_step + 1)
 
   def write(self, step: int, kind: str, values: dict[str, float]) -> None:
     if not self._active:
@@ -692,6 +728,14 @@ class _Writer:
   def close(self) -> None:
     if self._active:
       self._tensorboard.close()
+
+
+def _logged_step(line: str) -> float:
+  """The step of a metrics.jsonl line; a line cut short by a kill is dropped."""
+  try:
+    return json.loads(line)['step']
+  except (ValueError, KeyError):
+    return math.inf
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -785,6 +829,10 @@ def train_and_evaluate(
   """
   check_config(config)
   mesh = parallel.data_mesh(devices)
+  if config.input.eval_batch_size % mesh.size:
+    raise ValueError(
+        f'input.eval_batch_size ({config.input.eval_batch_size}) must be a '
+        f'multiple of the number of devices ({mesh.size}).')
   os.makedirs(workdir, exist_ok=True)
   inputs = create_inputs(config, num_devices=mesh.size,
                          num_processes=jax.process_count(),
@@ -808,6 +856,11 @@ def train_and_evaluate(
       raise ValueError(f'checkpoint {start} holds data state '
                        f'{restored.data_state}, not {{"step": {start}}}.')
     changed = _changed_keys(restored.config, config_dict)
+    different_run = [k for k in changed if not k.startswith(_RESUMABLE)]
+    if different_run:
+      raise ValueError(
+          f'{workdir} holds a run of another config (it differs in '
+          f'{", ".join(different_run)}); use a new --workdir.')
     if changed:
       logging.warning('Resuming from step %d with a config that differs in: '
                       '%s', start, ', '.join(changed))
@@ -888,18 +941,25 @@ def train_and_evaluate(
         else:
           writer.write(step, 'eval', eval_values)
           logging.info('step %d eval: %s', step, eval_values)
-      if due(t.checkpoint_every_steps) and not at_end:
+      # Every evaluated step is saved too, for the best-checkpoint policy.
+      if ((due(t.checkpoint_every_steps) or eval_values is not None)
+          and not at_end):
         check(*pending)
         checkpoints.save(step, state, data_state=batches.get_state(),
                          config=config_dict, metrics=eval_values)
     if pending is not None:
       check(*pending)
     bar.close()
-    # The trained state is safe before the evaluation, which can fail (an
-    # untrained model whose embeddings all coincide has no threshold range).
+    try:
+      final = _final_evaluation(config, workdir, *embed_test(), num_steps)
+    except Exception:
+      # The evaluation can fail (an untrained model whose embeddings all
+      # coincide has no threshold range): the trained state is kept anyway.
+      checkpoints.save(num_steps, state, data_state=batches.get_state(),
+                       config=config_dict)
+      raise
     checkpoints.save(num_steps, state, data_state=batches.get_state(),
-                     config=config_dict)
-    final = _final_evaluation(config, workdir, *embed_test(), num_steps)
+                     config=config_dict, metrics=final)
     writer.write(num_steps, 'eval', final)
   finally:
     bar.close()
