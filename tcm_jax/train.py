@@ -164,6 +164,11 @@ def recipe_config(dataset: str, backbone: str, *, batch_size: int,
 _RECIPES = ('imagenet', 'small')
 _OPTIMIZERS = ('adam', 'adamw', 'sgd')
 
+def _check_choice(key: str, value: str, allowed: Sequence[str]) -> None:
+  if value not in allowed:
+    raise ValueError(f'{key} must be one of {list(allowed)}, got {value!r}.')
+
+
 # Keys that may change when a run resumes (the length of training, the
 # evaluation, the loader, where things are): any other change is another run.
 _RESUMABLE = ('train.', 'eval.', 'input.num_threads', 'input.worker_count',
@@ -211,11 +216,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     raise ValueError(
         f'train.best_metric must be one of {_metric_names(config)}, got '
         f'{config.train.best_metric!r}.')
-  for key, allowed in (('input.recipe', _RECIPES),
-                       ('optimizer.name', _OPTIMIZERS)):
-    value = config[key.split('.')[0]][key.split('.')[1]]
-    if value not in allowed:
-      raise ValueError(f'{key} must be one of {list(allowed)}, got {value!r}.')
+  _check_choice('input.recipe', config.input.recipe, _RECIPES)
+  _check_choice('optimizer.name', config.optimizer.name, _OPTIMIZERS)
   create_objective(config)  # the loss's name and hyperparameters
   o, t = config.optimizer, config.train
   for key, value, ok, expected in (
@@ -281,16 +283,14 @@ def create_inputs(config: ml_collections.ConfigDict, *, num_devices: int = 1,
       seed=config.seed, synthetic=d.synthetic.to_dict())
            for side in ('train', 'test')}
   i = config.input
+  _check_choice('input.recipe', i.recipe, _RECIPES)
   if i.recipe == 'imagenet':
     train_transform = transforms.TrainTransform(size=i.image_size)
     eval_transform = transforms.EvalTransform(size=i.image_size,
                                               resize=i.resize_size)
-  elif i.recipe == 'small':
+  else:
     train_transform = transforms.SmallTrainTransform(size=i.image_size)
     eval_transform = transforms.SmallEvalTransform(size=i.image_size)
-  else:
-    raise ValueError(
-        f"input.recipe must be 'imagenet' or 'small', got {i.recipe!r}.")
   sampler = sampler_lib.ClassBalancedSampler(
       split['train'].labels, classes_per_batch=i.classes_per_batch,
       samples_per_class=i.samples_per_class, seed=config.seed,
@@ -498,16 +498,11 @@ def create_optimizer(config: ml_collections.ConfigDict,
     [-0.1, -1.0]
   """
   o = config.optimizer
+  _check_choice('optimizer.name', o.name, _OPTIMIZERS)
   decay = optax.add_decayed_weights(o.weight_decay, mask=weight_decay_mask)
-  if o.name == 'adam':
-    chain = [decay, optax.scale_by_adam()]
-  elif o.name == 'adamw':
-    chain = [optax.scale_by_adam(), decay]
-  elif o.name == 'sgd':
-    chain = [decay, optax.trace(o.momentum)]
-  else:
-    raise ValueError(
-        f"optimizer.name must be 'adam', 'adamw' or 'sgd', got {o.name!r}.")
+  chain = {'adam': [decay, optax.scale_by_adam()],
+           'adamw': [optax.scale_by_adam(), decay],
+           'sgd': [decay, optax.trace(o.momentum)]}[o.name]
   if o.grad_clip_norm:
     chain.insert(0, optax.clip_by_global_norm(o.grad_clip_norm))
   multipliers = {'backbone': 1.0, 'head': o.head_lr_multiplier,
@@ -679,17 +674,19 @@ def embed_split(embed_fn, state: TrainState, split: datasets.Split,
     >>> z.shape, sorted(set(labels.tolist()))
     ((896, 8), [5, 6, 7, 8, 9])
   """
-  embeddings, labels = [], []
+  embeddings, positions = [], []
   for batch in pipeline.eval_batches(
       split, transform, batch_size=batch_size,
       num_processes=jax.process_count(), process_index=jax.process_index(),
       num_devices=mesh.size, options=options):
     z = embed_fn(state, parallel.shard_batch(batch['image'], mesh))
-    keep = parallel.to_host(parallel.shard_batch(batch['mask'], mesh))
+    # Every process's record positions, gathered like the embeddings (-1:
+    # padding); the labels are then the split's own.
+    index = parallel.to_host(parallel.shard_batch(batch['index'], mesh))
+    keep = index >= 0
     embeddings.append(parallel.to_host(z)[keep])
-    labels.append(parallel.to_host(parallel.shard_batch(batch['label'],
-                                                        mesh))[keep])
-  return np.concatenate(embeddings), np.concatenate(labels)
+    positions.append(index[keep])
+  return np.concatenate(embeddings), split.labels[np.concatenate(positions)]
 
 
 # --- Logging ---------------------------------------------------------------------
@@ -919,8 +916,12 @@ def train_and_evaluate(
       t = config.train
       at_end = step == num_steps
       due = lambda every: every > 0 and step % every == 0  # pylint: disable=cell-var-from-loop
-      if due(t.log_every_steps) or at_end:
-        check(*pending)
+      log_now = due(t.log_every_steps) or at_end
+      eval_now = due(t.eval_every_steps) and not at_end
+      save_now = due(t.checkpoint_every_steps) and not at_end
+      if log_now or eval_now or save_now:
+        check(*pending)  # nothing is logged, evaluated or saved past it
+      if log_now:
         values = {k: float(v) for k, v in jax.device_get(step_metrics).items()
                   if k != 'finite'}
         now = time.perf_counter()
@@ -931,8 +932,7 @@ def train_and_evaluate(
         logging.info('step %d: %s', step, ', '.join(
             f'{k} {v:.4g}' for k, v in values.items()))
       eval_values = None
-      if due(t.eval_every_steps) and not at_end:
-        check(*pending)
+      if eval_now:
         try:
           eval_values = _evaluation_metrics(metrics_lib.evaluate_embeddings(
               *embed_test(), **_eval_kwargs(config)))
@@ -942,24 +942,19 @@ def train_and_evaluate(
           writer.write(step, 'eval', eval_values)
           logging.info('step %d eval: %s', step, eval_values)
       # Every evaluated step is saved too, for the best-checkpoint policy.
-      if ((due(t.checkpoint_every_steps) or eval_values is not None)
-          and not at_end):
-        check(*pending)
+      if save_now or eval_values is not None:
         checkpoints.save(step, state, data_state=batches.get_state(),
                          config=config_dict, metrics=eval_values)
-    if pending is not None:
-      check(*pending)
     bar.close()
+    final = None
     try:
       final = _final_evaluation(config, workdir, *embed_test(), num_steps)
-    except Exception:
-      # The evaluation can fail (an untrained model whose embeddings all
-      # coincide has no threshold range): the trained state is kept anyway.
+    finally:
+      # Saved with the final metrics, or without them when the evaluation
+      # fails (an untrained model whose embeddings all coincide has no
+      # threshold range): the trained state is kept either way.
       checkpoints.save(num_steps, state, data_state=batches.get_state(),
-                       config=config_dict)
-      raise
-    checkpoints.save(num_steps, state, data_state=batches.get_state(),
-                     config=config_dict, metrics=final)
+                       config=config_dict, metrics=final)
     writer.write(num_steps, 'eval', final)
   finally:
     bar.close()
