@@ -189,7 +189,8 @@ def evaluate_embeddings(embeddings, labels, ref_embeddings=None,
     ref_embeddings: optional `[M, dim]` references; default: the queries,
       each ranked against all the others (leave-one-out).
     ref_labels: `[M]` class ids of `ref_embeddings`.
-    block_size: query rows per block (default: about 2**21 / M).
+    block_size: query rows per block (default: about 2**21 / M on CPU,
+      2**26 / M on accelerators).
     **kwargs: `far_range` ((1e-3, 1e-1)), `distance_range` (None: explicit
       distances, overriding `far_range`), `beta` (1.0), `num_thresholds`
       (101), `epsilon` (0.1), `ks` ((1, 2, 4, 8)), `target_far` (1e-2, the
@@ -231,7 +232,8 @@ def evaluate_similarity(similarity, labels, ref_labels=None, *,
     labels: `[Q]` integer class ids of the queries.
     ref_labels: `[R]` class ids of the references; default: the queries
       (self pairs excluded).
-    block_size: query rows per block (default: about 2**21 / R).
+    block_size: query rows per block (default: about 2**21 / R on CPU,
+      2**26 / R on accelerators).
     **kwargs: as for `evaluate_embeddings`.
 
   Returns:

@@ -31,9 +31,13 @@ from tcm_jax.losses import cosine_similarity
 FINE_BINS_PER_UNIT = 2**14
 FINE_BINS = 2 * FINE_BINS_PER_UNIT
 
-# Elements in one block's [b, R] similarity (8 MiB of float32): the block
-# size adapts to R. Larger blocks ran slower on the CPU (benchmarks/metrics.py).
+# Elements in one block's [b, R] similarity: the block size adapts to R.
+# On CPU 2**21 (8 MiB of float32; larger blocks ran slower); on accelerators
+# 2**26 (256 MiB), where small blocks leave the device waiting on dispatch
+# (benchmarks/metrics.py on an H100 at N = 20,000: 104 rows per block took
+# 1.61 s, 4,000 rows 0.33 s).
 DEFAULT_BLOCK_ELEMENTS = 2**21
+ACCELERATOR_BLOCK_ELEMENTS = 2**26
 
 ProgressFn = Callable[[int, int], None]
 
@@ -67,7 +71,9 @@ class PairSource:
   def rows_per_block(self) -> int:
     if self.block_size is not None:
       return min(self.block_size, self.num_queries)
-    rows = max(8, DEFAULT_BLOCK_ELEMENTS // max(self.num_refs, 1))
+    on_cpu = jax.default_backend() == 'cpu'
+    elements = DEFAULT_BLOCK_ELEMENTS if on_cpu else ACCELERATOR_BLOCK_ELEMENTS
+    rows = max(8, elements // max(self.num_refs, 1))
     return min(rows - rows % 8, self.num_queries)
 
 
