@@ -161,6 +161,50 @@ def recipe_config(dataset: str, backbone: str, *, batch_size: int,
   return config
 
 
+def load_config(spec: str) -> ml_collections.ConfigDict:
+  """The config of `path/to/file.py[:argument]`, as `--config` reads it.
+
+  For notebooks and scripts: the file's `get_config()` (or
+  `get_config(argument)`) is called and its config checked and returned
+  unlocked, to be changed before training.
+
+  Args:
+    spec: a config file, optionally followed by `:` and its argument.
+
+  Returns:
+    The config.
+
+  Raises:
+    FileNotFoundError: no such file.
+    ValueError: not a `.py` file, the file has no `get_config`, or the
+      config is invalid.
+
+  Examples:
+    >>> from tcm_jax import train
+    >>> config = train.load_config('configs/cub200.py:vit_b16')
+    >>> config.model.name, config.dataset.name
+    ('vit_b', 'cub200')
+  """
+  import importlib.util  # pylint: disable=import-outside-toplevel
+  path, _, argument = spec.partition(':')
+  if not path.endswith('.py'):
+    raise ValueError(f'a config spec is path/to/file.py[:argument], got '
+                     f'{spec!r}.')
+  if not os.path.isfile(path):
+    raise FileNotFoundError(
+        f'config file {path!r} not found (from {spec!r}; relative paths start '
+        f'in {os.getcwd()}).')
+  name = os.path.splitext(os.path.basename(path))[0]
+  module_spec = importlib.util.spec_from_file_location(f'_config_{name}', path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  if not hasattr(module, 'get_config'):
+    raise ValueError(f'{path} defines no get_config().')
+  config = module.get_config(argument) if argument else module.get_config()
+  check_config(config)
+  return config
+
+
 _RECIPES = ('imagenet', 'small')
 _OPTIMIZERS = ('adam', 'adamw', 'sgd')
 
@@ -789,7 +833,9 @@ def train_and_evaluate(
 
   Writes into `workdir`: `checkpoints/` (Orbax), `metrics.jsonl` and
   `tensorboard/` (train and eval metrics), and at the end `report.md`,
-  `metrics.json` and `utility_curves.png` of the test split.
+  `metrics.json` and `utility_curves.png` of the test split, and its
+  embeddings and labels in `embeddings.npz` (the input of
+  `python -m tcm_jax.evaluate` and of the figures in `tcm_jax.plots`).
 
   Args:
     config: from `default_config()` or a file in `configs/`.
@@ -971,6 +1017,8 @@ def _final_evaluation(config, workdir: str, embeddings: np.ndarray,
     return _evaluation_metrics(
         metrics_lib.evaluate_embeddings(embeddings, labels, **kwargs))
   from tcm_jax import evaluate as evaluate_lib  # pylint: disable=import-outside-toplevel
+  np.savez(os.path.join(workdir, 'embeddings.npz'), embeddings=embeddings,
+           labels=labels)
   evaluation = evaluate_lib.evaluate_arrays(
       {'embeddings': embeddings, 'labels': labels}, workdir,
       source_name=f'the {config.dataset.name} test split', show_progress=False,

@@ -16,6 +16,7 @@ import tcm_jax.models
 import tcm_jax.models.pretrained
 from tcm_jax import checkpoint
 from tcm_jax import parallel
+from tcm_jax import plots
 from tcm_jax import train
 from tcm_jax.data import datasets as data_datasets
 from tcm_jax.data import pipeline as data_pipeline
@@ -53,7 +54,7 @@ def test_losses_and_metrics_do_not_import_models_data_or_train():
                                      tcm_jax.models, tcm_jax.models.pretrained,
                                      data_datasets, data_pipeline, data_sampler,
                                      data_transforms, checkpoint, parallel,
-                                     train])
+                                     plots, train])
 def test_every_public_function_has_an_example(package):
   names = getattr(package, '__all__', None) or [
       n for n in vars(package) if not n.startswith('_')

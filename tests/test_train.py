@@ -22,6 +22,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from tcm_jax import checkpoint as checkpoint_lib
+from tcm_jax import metrics as metrics_lib
 from tcm_jax import models
 from tcm_jax import parallel
 from tcm_jax import train
@@ -660,15 +661,20 @@ CONFIG_FILES = sorted(p.stem for p in (REPO / 'configs').glob('*.py'))
 FULL_SIZE = {('cub200', 'resnet50'), ('synthetic', 'vit_b16')}
 
 
+def _config_arguments(name):
+  """The arguments a config file takes: its `ARGUMENTS`, else the backbones."""
+  text = (REPO / 'configs' / f'{name}.py').read_text()
+  if re.search(r'def get_config\(\s*\w', text) is None:
+    return [None]
+  declared = re.search(r'^ARGUMENTS = (\(.*\))$', text, re.M)
+  return list(eval(declared.group(1)) if declared  # pylint: disable=eval-used
+              else sorted(train.BACKBONES))
+
+
 def _config_cases():
-  """`(file, backbone)` of every config: each backbone a file can take."""
-  cases = []
-  for name in CONFIG_FILES:
-    text = (REPO / 'configs' / f'{name}.py').read_text()
-    takes_backbone = re.search(r'def get_config\(\s*\w', text) is not None
-    for backbone in (sorted(train.BACKBONES) if takes_backbone else [None]):
-      cases.append((name, backbone))
-  return cases
+  """`(file, argument)` of every config: each argument a file can take."""
+  return [(name, argument) for name in CONFIG_FILES
+          for argument in _config_arguments(name)]
 
 
 CONFIG_CASES = _config_cases()
@@ -694,9 +700,10 @@ def _load_config(name, backbone):
 
 
 def test_every_config_file_is_covered():
-  assert {'digits', 'cub200', 'cars196', 'sop', 'inat2018',
+  assert {'digits', 'digits_toy', 'cub200', 'cars196', 'sop', 'inat2018',
           'synthetic'} <= set(CONFIG_FILES)
-  assert len(CONFIG_CASES) == 1 + 2 * (len(CONFIG_FILES) - 1)
+  assert len(CONFIG_CASES) == 1 + 2 * (len(CONFIG_FILES) - 1)  # digits: none
+  assert ('digits_toy', 'tcm') in CONFIG_CASES
 
 
 @pytest.mark.parametrize('name,backbone', CONFIG_CASES,
@@ -858,3 +865,36 @@ def test_digits_default_run_end_to_end(tmp_path):
   steps = sorted(int(p.name) for p in (workdir / 'checkpoints').iterdir()
                  if p.name.isdigit())
   assert steps[-1] == num_steps
+
+  # The saved test embeddings reproduce the final metrics on their own.
+  with np.load(workdir / 'embeddings.npz') as saved:
+    embeddings, labels = saved['embeddings'], saved['labels']
+  assert embeddings.shape == (len(labels), config.model.embedding_size)
+  assert set(np.unique(labels)) == {5, 6, 7, 8, 9}
+  again = metrics_lib.evaluate_embeddings(embeddings, labels)
+  assert again.retrieval.recall_at_k[1] == pytest.approx(recall_at_1, abs=1e-4)
+  assert again.opis == pytest.approx(final['opis'], abs=1e-4)
+
+
+# --- load_config: config files for notebooks and scripts ------------------------
+
+
+def test_load_config_reads_the_file_with_its_argument(monkeypatch):
+  monkeypatch.chdir(REPO)
+  config = train.load_config('configs/digits_toy.py:base')
+  assert not config.loss.tcm.enabled and config.model.embedding_size == 2
+  assert train.load_config('configs/digits_toy.py').loss.tcm.enabled
+  assert config.to_dict() == _load_config('digits_toy', 'base').to_dict()
+  config.train.num_steps = 3  # unlocked: notebooks change it before training
+
+
+@pytest.mark.parametrize('spec, error, message', [
+    ('configs/missing.py', FileNotFoundError, "'configs/missing.py' not found"),
+    ('setup.cfg', ValueError, r'path/to/file.py\[:argument\]'),
+    ('tcm_jax/__init__.py', ValueError, 'defines no get_config'),
+    ('configs/digits_toy.py:wrong', ValueError, "'tcm' or 'base'"),
+])
+def test_load_config_errors_name_the_problem(monkeypatch, spec, error, message):
+  monkeypatch.chdir(REPO)
+  with pytest.raises(error, match=message):
+    train.load_config(spec)

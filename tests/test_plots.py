@@ -1,0 +1,134 @@
+"""Figures: the densities they draw are right, and bad input is refused."""
+
+import matplotlib
+
+matplotlib.use('Agg')
+
+import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+import numpy as np
+import pytest
+
+from tcm_jax import metrics
+from tcm_jax import plots
+
+
+def _on_circle(degrees, radius=1.0):
+  radians = np.deg2rad(np.asarray(degrees, dtype=float))
+  return radius * np.stack([np.cos(radians), np.sin(radians)], axis=1)
+
+
+def test_circle_density_matches_a_loop_over_samples():
+  rng = np.random.default_rng(0)
+  labels = np.repeat([3, 7, 9], [5, 11, 20])  # unequal classes
+  degrees = rng.uniform(-180, 180, size=len(labels))
+  radius = rng.uniform(0.5, 3.0, size=(len(labels), 1))  # scale is ignored
+  classes, density = plots.embedding_density(
+      _on_circle(degrees) * radius, labels, bins=12)
+  expected = np.zeros((3, 12))
+  for label, angle in zip(labels, degrees):
+    row = [3, 7, 9].index(label)
+    expected[row, int((angle + 180) // 30) % 12] += 1 / np.sum(labels == label)
+  np.testing.assert_array_equal(classes, [3, 7, 9])
+  np.testing.assert_allclose(density, expected, atol=1e-12)
+
+
+def test_smoothing_wraps_around_and_keeps_the_mass():
+  # One sample just below +180 degrees: smoothing spreads it to both sides of
+  # the seam, the mass stays 1, and the spread is symmetric about the sample.
+  _, plain = plots.embedding_density(_on_circle([179.0]), [0], bins=360)
+  _, smooth = plots.embedding_density(_on_circle([179.0]), [0], bins=360,
+                                      smoothing=5.0)
+  assert plain[0, 359] == 1.0
+  assert smooth.sum() == pytest.approx(1.0)
+  assert smooth[0, 0] == pytest.approx(smooth[0, 358])  # +-1 bin over the seam
+  assert smooth[0, 5] > 1e-4 and smooth[0, 180] < 1e-12
+  assert np.argmax(smooth[0]) == 359
+
+
+def test_sphere_density_is_equal_area_and_sums_to_one():
+  rng = np.random.default_rng(1)
+  z = rng.normal(size=(200_000, 3))  # uniform on the sphere once normalised
+  labels = np.zeros(len(z), int)
+  classes, density = plots.embedding_density(z, labels, bins=8)
+  assert classes.tolist() == [0] and density.shape == (1, 4, 8)
+  assert density.sum() == pytest.approx(1.0)
+  # Equal-area cells: a uniform sphere fills them evenly (within sampling).
+  np.testing.assert_allclose(density[0], 1 / 32, rtol=0.06)  # 4.5 sd
+
+
+@pytest.mark.parametrize('z, labels, kwargs, message', [
+    (np.ones((4, 5)), [0, 0, 1, 1], {}, r'\[N, 2\] or \[N, 3\].*\(4, 5\)'),
+    (np.ones((4, 2)), [0, 1], {}, r'labels must have shape \(4,\)'),
+    (np.array([[1., 0.], [0., 0.], [np.nan, 1.]]), [0, 0, 1], {},
+     '2 of 3 rows'),
+    (np.ones((2, 2)), [0, 1], {'bins': 1}, 'bins must be at least 2'),
+    (np.ones((2, 2)), [0, 1], {'smoothing': -1.0}, 'smoothing must be >= 0'),
+])
+def test_density_refuses_bad_input(z, labels, kwargs, message):
+  with pytest.raises(ValueError, match=message):
+    plots.embedding_density(z, labels, **kwargs)
+
+
+def test_density_figures_show_the_density():
+  labels = np.repeat([0, 1], 30)
+  z2 = _on_circle(np.where(labels == 0, 10.0, -120.0))
+  fig = plots.plot_embedding_density(z2, labels, bins=36, smoothing=0)
+  image = fig.axes[0].images[0].get_array()
+  assert image.shape == (2, 36)
+  assert image[0].argmax() == 19 and image[1].argmax() == 6  # 10, -120 deg
+  assert image.max() == 1.0  # each row scaled to its peak
+  plt.close(fig)
+
+  z3 = np.concatenate([z2, np.zeros((60, 1))], axis=1)  # on the equator
+  fig = plots.plot_embedding_density(z3, labels, bins=36)
+  rgb = fig.axes[0].images[0].get_array()
+  assert rgb.shape == (18, 36, 3)
+  assert np.all(rgb[0] == 1.0)  # nothing near the south pole: white
+  assert rgb[9, 19].min() < 1.0  # a class on the equator at 10 degrees
+  plt.close(fig)
+
+
+def test_opis_vs_recall_draws_every_run_and_the_mean_arrows():
+  runs = [dict(loss=loss, tcm=tcm, recall_at_1=r, opis=o)
+          for loss, tcm, r, o in [('arcface', False, .80, .020),
+                                  ('arcface', False, .82, .024),
+                                  ('arcface', True, .83, .010),
+                                  ('contrastive', False, .70, .030),
+                                  ('contrastive', True, .69, .040)]]
+  fig = plots.plot_opis_vs_recall(runs)
+  ax = fig.axes[0]
+  points = sorted(tuple(p) for c in ax.collections for p in c.get_offsets())
+  assert points == sorted((r['recall_at_1'], r['opis']) for r in runs)
+  arrows = [(a.xy, a.xyann) for a in ax.texts]  # head at the TCM mean
+  assert ((0.83, 0.010), (0.81, 0.022)) in [
+      (tuple(np.round(h, 6)), tuple(np.round(t, 6))) for h, t in arrows]
+  assert len(arrows) == 2
+  plt.close(fig)
+
+
+@pytest.mark.parametrize('runs, message', [
+    ([], 'runs is empty'),
+    ([dict(loss='a', tcm=True, opis=0.1)], r"runs\[0\] lacks \['recall_at_1'\]"),
+])
+def test_opis_vs_recall_refuses_bad_runs(runs, message):
+  with pytest.raises(ValueError, match=message):
+    plots.plot_opis_vs_recall(runs)
+
+
+def test_utility_curves_into_given_axes_and_to_a_file(tmp_path):
+  rng = np.random.default_rng(2)
+  labels = np.repeat(np.arange(5), 8)
+  z = rng.normal(size=(5, 6))[labels] + rng.normal(size=(40, 6))
+  evaluation = metrics.evaluate_embeddings(z, labels)
+  curves = evaluation.curves
+  fig, axes = plt.subplots(1, 2)
+  returned = plots.plot_utility_curves(curves, curves.calibration_range,
+                                       ax=axes[1], worst_classes=[2])
+  assert returned is fig
+  assert not axes[0].lines and len(axes[1].lines) == 5 + 1 + 1  # + worst, mean
+  np.testing.assert_allclose(axes[1].lines[-1].get_ydata(),
+                             curves.utility.mean(axis=0))
+  plt.close(fig)
+  path = tmp_path / 'curves.png'
+  plots.plot_utility_curves(curves, curves.calibration_range, str(path))
+  assert path.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
