@@ -150,8 +150,9 @@ def main():
   parser.add_argument('--parts', type=int, nargs='+', default=[1, 2, 3])
   parser.add_argument('--repeats', type=int, default=2)
   parser.add_argument('--block_sizes', type=int, nargs='+', default=[None],
-                      help='query rows per block in part 1 (default: about '
-                           '2**21 similarities per block, tuned for CPU)')
+                      help='query rows per block in part 1 (default: the '
+                           "library's, about 2**21 similarities per block on "
+                           'CPU and 2**26 on accelerators)')
   args = parser.parse_args()
   print(f'jax {jax.__version__}, {jax.devices()[0].device_kind}, '
         f'{jax.device_count()} device(s)')

@@ -17,6 +17,7 @@ RECIPES = {  # batch 392, x0.3 at each milestone
     'resnet50': dict(learning_rate=1e-4, epochs=170, milestones=(80, 140)),
     'vit_b16': dict(learning_rate=1e-5, epochs=50, milestones=(20, 30, 40)),
 }
+ARGUMENTS = tuple(RECIPES)  # the backbones
 
 
 def get_config(backbone: str = 'resnet50'):

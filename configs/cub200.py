@@ -18,6 +18,7 @@ RECIPES = {  # batch 400, 40 epochs, x0.3 at epochs 10, 20, 30
     'resnet50': dict(learning_rate=1e-4, epochs=40, milestones=(10, 20, 30)),
     'vit_b16': dict(learning_rate=1e-5, epochs=40, milestones=(10, 20, 30)),
 }
+ARGUMENTS = tuple(RECIPES)  # the backbones
 
 
 def get_config(backbone: str = 'resnet50'):

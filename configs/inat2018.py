@@ -18,6 +18,7 @@ RECIPES = {  # batch 4000, 90 epochs, x0.3 at each milestone
     'resnet50': dict(learning_rate=1e-4, epochs=90, milestones=(40, 70)),
     'vit_b16': dict(learning_rate=5e-5, epochs=90, milestones=(10, 40, 70)),
 }
+ARGUMENTS = tuple(RECIPES)  # the backbones
 
 
 def get_config(backbone: str = 'resnet50'):

@@ -17,6 +17,7 @@ RECIPES = {  # batch 4000, 55 epochs, x0.3 at epochs 25, 50
     'resnet50': dict(learning_rate=2e-4, epochs=55, milestones=(25, 50)),
     'vit_b16': dict(learning_rate=5e-5, epochs=55, milestones=(25, 50)),
 }
+ARGUMENTS = tuple(RECIPES)  # the backbones
 
 
 def get_config(backbone: str = 'resnet50'):

@@ -13,6 +13,7 @@ decoding. Model compute runs in bfloat16.
 from tcm_jax import train
 
 BATCH = 128
+ARGUMENTS = tuple(train.BACKBONES)
 
 
 def get_config(backbone: str = 'resnet50'):

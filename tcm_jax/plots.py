@@ -1,10 +1,12 @@
 """Figures of the reports and notebooks: utility curves, OPIS against R@1, densities.
 
-Every function draws into `ax` (a matplotlib Axes) when one is given, else
-into a new figure; it returns the figure, and when `path` is given it writes
-the image there (format from the extension) and closes the figure (so that
-scripts do not accumulate open figures). matplotlib is imported here only, so
-that the losses and metrics stay light.
+Every function returns the figure it drew. With `ax` (a matplotlib Axes) it
+draws there, into your figure; with `path` it draws a new figure and writes
+it there (format from the extension) without going through pyplot, so
+scripts neither change the backend nor accumulate open figures; with neither
+it draws a new pyplot figure, which a notebook shows (end the cell with
+`plt.show()` or an assignment, or Jupyter shows it twice). matplotlib is
+imported here only, so that the losses and metrics stay light.
 """
 
 from __future__ import annotations
@@ -20,32 +22,31 @@ from tcm_jax.metrics import UtilityCurves
 MAX_CLASS_LINES = 200
 
 
-def _pyplot():
-  import matplotlib  # pylint: disable=import-outside-toplevel
-  if matplotlib.get_backend().lower() not in ('agg',) and not _interactive():
-    matplotlib.use('Agg')
-  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
-  return plt
+def _figure(ax, path, figsize):
+  """The figure and axes to draw into.
 
-
-def _interactive() -> bool:
-  """Whether an IPython kernel (Jupyter, Colab) is running: keep its backend."""
-  import sys  # pylint: disable=import-outside-toplevel
-  return 'ipykernel' in sys.modules
-
-
-def _figure(ax, figsize):
-  plt = _pyplot()
-  if ax is None:
+  Into `ax` when given; else a new pyplot figure (shown inline in notebooks)
+  when there is no `path`, or a bare `Figure` when there is one (written and
+  dropped, without touching pyplot or its backend).
+  """
+  if ax is not None:
+    if path is not None:
+      raise ValueError('give ax (draw into your figure, then save it) or path '
+                       '(a new figure written there), not both.')
+    return ax.figure, ax
+  if path is None:
+    import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
     fig, ax = plt.subplots(figsize=figsize)
-  return ax.figure, ax
+    return fig, ax
+  from matplotlib.figure import Figure  # pylint: disable=import-outside-toplevel
+  fig = Figure(figsize=figsize)
+  return fig, fig.add_subplot()
 
 
 def _finish(fig, path: str | None):
   if path is not None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    _pyplot().close(fig)
   return fig
 
 
@@ -85,7 +86,7 @@ def plot_utility_curves(curves: UtilityCurves,
     >>> len(fig.axes[0].lines)  # four classes and the mean
     5
   """
-  fig, ax = _figure(ax, (7.5, 4.5))
+  fig, ax = _figure(ax, path, (7.5, 4.5))
   thresholds, utility = curves.thresholds, curves.utility
   low, high = calibration_range.distance
   far = calibration_range.far
@@ -136,7 +137,8 @@ def plot_opis_vs_recall(runs: Sequence[Mapping[str, Any]],
     The matplotlib figure.
 
   Raises:
-    ValueError: `runs` is empty or a run lacks one of the keys.
+    ValueError: `runs` is empty, a run lacks one of the keys, its `tcm` is
+      not a bool, or its metrics are not finite.
 
   Examples:
     >>> from tcm_jax import plots
@@ -146,6 +148,7 @@ def plot_opis_vs_recall(runs: Sequence[Mapping[str, Any]],
     >>> len(fig.axes[0].collections)  # the circles and the stars
     2
   """
+  runs = list(runs)
   if not runs:
     raise ValueError('runs is empty: give at least one run.')
   for i, run in enumerate(runs):
@@ -153,7 +156,13 @@ def plot_opis_vs_recall(runs: Sequence[Mapping[str, Any]],
     if missing:
       raise ValueError(f'runs[{i}] lacks {sorted(missing)}; it has '
                        f'{sorted(run)}.')
-  fig, ax = _figure(ax, (6.5, 4.5))
+    if not isinstance(run['tcm'], (bool, np.bool_)):
+      raise ValueError(f"runs[{i}]['tcm'] must be True or False, got "
+                       f'{run["tcm"]!r}.')
+    if not all(np.isfinite(float(run[k])) for k in ('recall_at_1', 'opis')):
+      raise ValueError(f'runs[{i}] has a non-finite recall_at_1 or opis: '
+                       f'{run["recall_at_1"]}, {run["opis"]}.')
+  fig, ax = _figure(ax, path, (6.5, 4.5))
   names = list(dict.fromkeys(run['loss'] for run in runs))
   colours = {name: f'C{i % 10}' for i, name in enumerate(names)}
   for name in names:
@@ -211,8 +220,9 @@ def embedding_density(embeddings, labels, *, bins: int = 180,
     `[C, bins // 2, bins]` (3-D) densities, each class's summing to 1.
 
   Raises:
-    ValueError: not 2 or 3 dimensions, labels of the wrong length, rows that
-      cannot be normalised, fewer than 2 bins, or negative smoothing.
+    ValueError: not 2 or 3 dimensions, labels of the wrong length, no rows,
+      rows that cannot be normalised, fewer than 2 bins, or smoothing
+      negative or given for 3-D embeddings.
 
   Examples:
     >>> import numpy as np
@@ -231,10 +241,15 @@ def embedding_density(embeddings, labels, *, bins: int = 180,
   if labels.shape != (len(z),):
     raise ValueError(f'labels must have shape ({len(z)},) to match the '
                      f'embeddings, got {labels.shape}.')
+  if not len(z):
+    raise ValueError('embeddings is empty: nothing to draw.')
   if bins < 2:
     raise ValueError(f'bins must be at least 2, got {bins}.')
   if not smoothing >= 0:
     raise ValueError(f'smoothing must be >= 0 degrees, got {smoothing}.')
+  if smoothing and z.shape[1] == 3:
+    raise ValueError('smoothing applies to 2-D embeddings only; got 3-D '
+                     f'embeddings and smoothing={smoothing}.')
   z = _unit(z)
   classes = np.unique(labels)
   longitude = np.arctan2(z[:, 1], z[:, 0])
@@ -265,8 +280,11 @@ def _smooth_on_circle(density: np.ndarray, sigma_bins: float) -> np.ndarray:
   return np.maximum(smooth, 0.0)
 
 
+MAX_3D_CLASSES = 20  # distinct colours of the tab20 colour map
+
+
 def plot_embedding_density(embeddings, labels, path: str | None = None, *,
-                           bins: int = 180, smoothing: float = 2.0,
+                           bins: int | None = None, smoothing: float = 2.0,
                            title: str | None = None, ax=None):
   """Class densities of 2-D embeddings on the circle or 3-D on the sphere.
 
@@ -274,13 +292,15 @@ def plot_embedding_density(embeddings, labels, path: str | None = None, *,
   angle on the circle across, each row's density scaled to its maximum, so
   the width and overlap of the classes' arcs can be read off. 3-D: the
   sphere unrolled (longitude across, sin(latitude) up, equal-area), each
-  pixel coloured by the classes present, weighted by their density.
+  pixel coloured by the classes present, weighted by their density, with a
+  colour key (at most `MAX_3D_CLASSES` classes).
 
   Args:
     embeddings: `[N, 2]` or `[N, 3]` embeddings (normalised here).
     labels: `[N]` class labels.
     path: where to write the image; None: only return the figure.
-    bins: angle bins (longitude bins in 3-D).
+    bins: angle bins (longitude bins in 3-D); default 180 in 2-D, 72 in 3-D
+      (a sphere's cells fill more slowly).
     smoothing: 2-D only: Gaussian smoothing along the circle, its standard
       deviation in degrees (0: the plain histogram).
     title: axes title.
@@ -288,6 +308,10 @@ def plot_embedding_density(embeddings, labels, path: str | None = None, *,
 
   Returns:
     The matplotlib figure.
+
+  Raises:
+    ValueError: as `embedding_density`; more than `MAX_3D_CLASSES` classes
+      in 3-D; both `ax` and `path`.
 
   Examples:
     >>> import numpy as np
@@ -300,26 +324,31 @@ def plot_embedding_density(embeddings, labels, path: str | None = None, *,
     >>> fig.axes[0].images[0].get_array().shape  # classes x angle bins
     (3, 90)
   """
+  three_d = np.shape(embeddings)[-1] == 3
   classes, density = embedding_density(
-      embeddings, labels, bins=bins,
-      smoothing=smoothing if np.shape(embeddings)[-1] == 2 else 0.0)
-  fig, ax = _figure(ax, (7.5, 0.35 * len(classes) + 1.6)
-                    if density.ndim == 2 else (8, 4.4))
-  if density.ndim == 2:
+      embeddings, labels, bins=bins or (72 if three_d else 180),
+      smoothing=0.0 if three_d else smoothing)
+  if three_d and len(classes) > MAX_3D_CLASSES:
+    raise ValueError(f'3-D densities tell at most {MAX_3D_CLASSES} classes '
+                     f'apart by colour, got {len(classes)}: draw a subset.')
+  height = min(0.35 * len(classes) + 1.6, 12.0)
+  fig, ax = _figure(ax, path, (8, 4.4) if three_d else (7.5, height))
+  if not three_d:
     peak = np.maximum(density.max(axis=1, keepdims=True), 1e-12)
     ax.imshow(density / peak, aspect='auto', cmap='magma', origin='lower',
               interpolation='nearest',
               extent=(-180, 180, -0.5, len(classes) - 0.5))
-    ax.set_yticks(np.arange(len(classes)))
-    ax.set_yticklabels([str(c) for c in classes])
+    shown = np.arange(0, len(classes), max(1, len(classes) // 40))
+    ax.set_yticks(shown)
+    ax.set_yticklabels([str(classes[i]) for i in shown])
     ax.set_xlabel('angle on the circle (degrees)')
     ax.set_ylabel('class')
     ax.set_title(title or 'Class densities on the circle')
   else:
-    plt = _pyplot()
-    colours = np.array([plt.get_cmap('tab10' if len(classes) <= 10 else
-                                     'tab20')(i % 20)[:3]
-                        for i in range(len(classes))])
+    from matplotlib import colormaps  # pylint: disable=import-outside-toplevel
+    from matplotlib.patches import Patch  # pylint: disable=import-outside-toplevel
+    palette = colormaps['tab10' if len(classes) <= 10 else 'tab20']
+    colours = np.array([palette(i)[:3] for i in range(len(classes))])
     weight = density / np.maximum(density.max(axis=(1, 2), keepdims=True),
                                   1e-12)
     total = weight.sum(axis=0)
@@ -328,6 +357,10 @@ def plot_embedding_density(embeddings, labels, path: str | None = None, *,
     image = 1.0 - np.clip(total, 0, 1)[..., None] * (1.0 - mixed)
     ax.imshow(image, aspect='auto', origin='lower', interpolation='nearest',
               extent=(-180, 180, -1, 1))
+    ax.legend(handles=[Patch(color=c, label=str(k))
+                       for k, c in zip(classes, colours)],
+              fontsize=7, loc='upper left', bbox_to_anchor=(1.01, 1.0),
+              title='class')
     ax.set_xlabel('longitude (degrees)')
     ax.set_ylabel('sin(latitude)')
     ax.set_title(title or 'Class densities on the sphere (equal-area)')

@@ -164,9 +164,11 @@ def recipe_config(dataset: str, backbone: str, *, batch_size: int,
 def load_config(spec: str) -> ml_collections.ConfigDict:
   """The config of `path/to/file.py[:argument]`, as `--config` reads it.
 
-  For notebooks and scripts: the file's `get_config()` (or
-  `get_config(argument)`) is called and its config checked and returned
-  unlocked, to be changed before training.
+  For notebooks and scripts: the file's `get_config()`, or
+  `get_config(argument)` when the spec has a `:` after `.py` (as with
+  `--config`, `file.py:` passes the empty string), is called and its config
+  checked and returned unlocked, to be changed before training. A file that
+  takes other arguments than the backbones lists them in `ARGUMENTS`.
 
   Args:
     spec: a config file, optionally followed by `:` and its argument.
@@ -176,20 +178,25 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
 
   Raises:
     FileNotFoundError: no such file.
-    ValueError: not a `.py` file, the file has no `get_config`, or the
-      config is invalid.
+    ValueError: not a `.py` file, no `get_config`, an argument the file does
+      not take (or none where it needs one), or an invalid config.
 
   Examples:
+    >>> import os
     >>> from tcm_jax import train
-    >>> config = train.load_config('configs/cub200.py:vit_b16')
+    >>> configs = os.path.join(os.path.dirname(train.__file__), '..', 'configs')
+    >>> config = train.load_config(os.path.join(configs, 'cub200.py:vit_b16'))
     >>> config.model.name, config.dataset.name
     ('vit_b', 'cub200')
   """
   import importlib.util  # pylint: disable=import-outside-toplevel
-  path, _, argument = spec.partition(':')
-  if not path.endswith('.py'):
+  import inspect  # pylint: disable=import-outside-toplevel
+  import re  # pylint: disable=import-outside-toplevel
+  match = re.fullmatch(r'(.+?\.py)(?::(.*))?', spec, re.S)
+  if match is None:
     raise ValueError(f'a config spec is path/to/file.py[:argument], got '
                      f'{spec!r}.')
+  path, argument = match.groups()
   if not os.path.isfile(path):
     raise FileNotFoundError(
         f'config file {path!r} not found (from {spec!r}; relative paths start '
@@ -198,9 +205,23 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
   module_spec = importlib.util.spec_from_file_location(f'_config_{name}', path)
   module = importlib.util.module_from_spec(module_spec)
   module_spec.loader.exec_module(module)
-  if not hasattr(module, 'get_config'):
+  get_config = getattr(module, 'get_config', None)
+  if get_config is None:
     raise ValueError(f'{path} defines no get_config().')
-  config = module.get_config(argument) if argument else module.get_config()
+  takes = [p for p in inspect.signature(get_config).parameters.values()
+           if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+  needs = [p for p in takes if p.default is p.empty]
+  allowed = getattr(module, 'ARGUMENTS', None)
+  if argument is None and needs:
+    raise ValueError(
+        f'{path} needs an argument ({spec}:ARG, ARG one of '
+        f'{list(allowed or BACKBONES)}).')
+  if argument is not None and not takes:
+    raise ValueError(f'{path} takes no argument, got {argument!r} from '
+                     f'{spec!r}.')
+  if argument is not None and allowed is not None and argument not in allowed:
+    raise ValueError(f'{path} takes one of {list(allowed)}, got {argument!r}.')
+  config = get_config() if argument is None else get_config(argument)
   check_config(config)
   return config
 
@@ -834,8 +855,8 @@ def train_and_evaluate(
   Writes into `workdir`: `checkpoints/` (Orbax), `metrics.jsonl` and
   `tensorboard/` (train and eval metrics), and at the end `report.md`,
   `metrics.json` and `utility_curves.png` of the test split, and its
-  embeddings and labels in `embeddings.npz` (the input of
-  `python -m tcm_jax.evaluate` and of the figures in `tcm_jax.plots`).
+  embeddings and labels in `embeddings.npz` (for
+  `python -m tcm_jax.evaluate --embeddings` or `tcm_jax.plots`).
 
   Args:
     config: from `default_config()` or a file in `configs/`.
@@ -1017,8 +1038,10 @@ def _final_evaluation(config, workdir: str, embeddings: np.ndarray,
     return _evaluation_metrics(
         metrics_lib.evaluate_embeddings(embeddings, labels, **kwargs))
   from tcm_jax import evaluate as evaluate_lib  # pylint: disable=import-outside-toplevel
-  np.savez(os.path.join(workdir, 'embeddings.npz'), embeddings=embeddings,
-           labels=labels)
+  path = os.path.join(workdir, 'embeddings.npz')
+  with open(path + '.tmp', 'wb') as f:  # whole or absent, never cut short
+    np.savez(f, embeddings=embeddings, labels=labels)
+  os.replace(path + '.tmp', path)
   evaluation = evaluate_lib.evaluate_arrays(
       {'embeddings': embeddings, 'labels': labels}, workdir,
       source_name=f'the {config.dataset.name} test split', show_progress=False,

@@ -69,23 +69,63 @@ def test_density_refuses_bad_input(z, labels, kwargs, message):
     plots.embedding_density(z, labels, **kwargs)
 
 
-def test_density_figures_show_the_density():
-  labels = np.repeat([0, 1], 30)
-  z2 = _on_circle(np.where(labels == 0, 10.0, -120.0))
+def test_circle_figure_puts_each_class_at_its_angle():
+  labels = np.repeat([4, 8], 30)
+  z2 = _on_circle(np.where(labels == 4, 15.0, -125.0))
   fig = plots.plot_embedding_density(z2, labels, bins=36, smoothing=0)
-  image = fig.axes[0].images[0].get_array()
-  assert image.shape == (2, 36)
-  assert image[0].argmax() == 19 and image[1].argmax() == 6  # 10, -120 deg
-  assert image.max() == 1.0  # each row scaled to its peak
+  ax = fig.axes[0]
+  image = ax.images[0]
+  assert image.get_extent() == [-180, 180, -0.5, 1.5]
+  assert [t.get_text() for t in ax.get_yticklabels()] == ['4', '8']
+  assert image.get_array().shape == (2, 36)
+  # 10-degree bins from -180: 15 degrees in bin 19, -125 in bin 5.
+  assert image.get_array()[0].argmax() == 19
+  assert image.get_array()[1].argmax() == 5
+  assert image.get_array().max() == 1.0  # each row scaled to its peak
   plt.close(fig)
 
-  z3 = np.concatenate([z2, np.zeros((60, 1))], axis=1)  # on the equator
+
+def test_sphere_figure_colours_each_class_and_mixes_overlaps():
+  # Class 0 at longitude 15, class 1 at -125, class 2 split between both.
+  degrees = np.array([15.0] * 10 + [-125.0] * 10 + [15.0] * 5 + [-125.0] * 5)
+  labels = np.repeat([0, 1, 2], [10, 10, 10])
+  z3 = np.concatenate([_on_circle(degrees), np.zeros((30, 1))], axis=1)
   fig = plots.plot_embedding_density(z3, labels, bins=36)
-  rgb = fig.axes[0].images[0].get_array()
+  ax = fig.axes[0]
+  rgb = ax.images[0].get_array()
+  tab10 = [np.array(matplotlib.colormaps['tab10'](i)[:3]) for i in range(3)]
   assert rgb.shape == (18, 36, 3)
   assert np.all(rgb[0] == 1.0)  # nothing near the south pole: white
-  assert rgb[9, 19].min() < 1.0  # a class on the equator at 10 degrees
+  # On the equator (row 9): classes 0 and 2 at 15 degrees, each at its peak,
+  # so the pixel is their mean colour; likewise classes 1 and 2 at -125.
+  np.testing.assert_allclose(rgb[9, 19], (tab10[0] + tab10[2]) / 2)
+  np.testing.assert_allclose(rgb[9, 5], (tab10[1] + tab10[2]) / 2)
+  assert [t.get_text() for t in ax.get_legend().get_texts()] == ['0', '1', '2']
   plt.close(fig)
+
+
+def test_density_figures_refuse_what_they_cannot_draw(tmp_path):
+  rng = np.random.default_rng(3)
+  with pytest.raises(ValueError, match='at most 20 classes'):
+    plots.plot_embedding_density(rng.normal(size=(42, 3)), np.arange(42) // 2)
+  with pytest.raises(ValueError, match='2-D embeddings only'):
+    plots.embedding_density(rng.normal(size=(4, 3)), [0, 0, 1, 1],
+                            smoothing=2.0)
+  with pytest.raises(ValueError, match='embeddings is empty'):
+    plots.embedding_density(np.zeros((0, 2)), np.zeros(0))
+  fig, ax = plt.subplots()
+  with pytest.raises(ValueError, match='not both'):
+    plots.plot_embedding_density(_on_circle([0, 90]), [0, 1], ax=ax,
+                                 path=str(tmp_path / 'x.png'))
+  plt.close(fig)
+
+
+def test_writing_a_file_leaves_pyplot_alone(tmp_path):
+  before, backend = plt.get_fignums(), matplotlib.get_backend()
+  fig = plots.plot_embedding_density(_on_circle([0, 90, 180]), [0, 1, 1],
+                                     str(tmp_path / 'density.png'))
+  assert plt.get_fignums() == before and matplotlib.get_backend() == backend
+  assert fig.axes and (tmp_path / 'density.png').stat().st_size > 0
 
 
 def test_opis_vs_recall_draws_every_run_and_the_mean_arrows():
@@ -95,7 +135,7 @@ def test_opis_vs_recall_draws_every_run_and_the_mean_arrows():
                                   ('arcface', True, .83, .010),
                                   ('contrastive', False, .70, .030),
                                   ('contrastive', True, .69, .040)]]
-  fig = plots.plot_opis_vs_recall(runs)
+  fig = plots.plot_opis_vs_recall(iter(runs))  # any iterable
   ax = fig.axes[0]
   points = sorted(tuple(p) for c in ax.collections for p in c.get_offsets())
   assert points == sorted((r['recall_at_1'], r['opis']) for r in runs)
@@ -109,6 +149,9 @@ def test_opis_vs_recall_draws_every_run_and_the_mean_arrows():
 @pytest.mark.parametrize('runs, message', [
     ([], 'runs is empty'),
     ([dict(loss='a', tcm=True, opis=0.1)], r"runs\[0\] lacks \['recall_at_1'\]"),
+    ([dict(loss='a', tcm='False', recall_at_1=.5, opis=.1)],
+     r"runs\[0\]\['tcm'\] must be True or False, got 'False'"),
+    ([dict(loss='a', tcm=True, recall_at_1=np.nan, opis=.1)], 'non-finite'),
 ])
 def test_opis_vs_recall_refuses_bad_runs(runs, message):
   with pytest.raises(ValueError, match=message):

@@ -1,6 +1,7 @@
 """tcm_jax.train: steps on many devices, optimizer, configs, failures, runs."""
 
 import functools
+import importlib.util
 import json
 import math
 import os
@@ -662,13 +663,12 @@ FULL_SIZE = {('cub200', 'resnet50'), ('synthetic', 'vit_b16')}
 
 
 def _config_arguments(name):
-  """The arguments a config file takes: its `ARGUMENTS`, else the backbones."""
-  text = (REPO / 'configs' / f'{name}.py').read_text()
-  if re.search(r'def get_config\(\s*\w', text) is None:
-    return [None]
-  declared = re.search(r'^ARGUMENTS = (\(.*\))$', text, re.M)
-  return list(eval(declared.group(1)) if declared  # pylint: disable=eval-used
-              else sorted(train.BACKBONES))
+  """The arguments a config file takes (its `ARGUMENTS`), or [None]."""
+  spec = importlib.util.spec_from_file_location(
+      f'_arguments_{name}', REPO / 'configs' / f'{name}.py')
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return list(getattr(module, 'ARGUMENTS', [None]))
 
 
 def _config_cases():
@@ -700,6 +700,10 @@ def _load_config(name, backbone):
 
 
 def test_every_config_file_is_covered():
+  for name in CONFIG_FILES:  # a file taking an argument lists them
+    text = (REPO / 'configs' / f'{name}.py').read_text()
+    takes = re.search(r'def get_config\(\s*\w', text) is not None
+    assert takes == (_config_arguments(name) != [None]), name
   assert {'digits', 'digits_toy', 'cub200', 'cars196', 'sop', 'inat2018',
           'synthetic'} <= set(CONFIG_FILES)
   assert len(CONFIG_CASES) == 1 + 2 * (len(CONFIG_FILES) - 1)  # digits: none
@@ -885,16 +889,34 @@ def test_load_config_reads_the_file_with_its_argument(monkeypatch):
   assert not config.loss.tcm.enabled and config.model.embedding_size == 2
   assert train.load_config('configs/digits_toy.py').loss.tcm.enabled
   assert config.to_dict() == _load_config('digits_toy', 'base').to_dict()
-  config.train.num_steps = 3  # unlocked: notebooks change it before training
+  assert not config.is_locked  # notebooks add keys before training
 
 
 @pytest.mark.parametrize('spec, error, message', [
     ('configs/missing.py', FileNotFoundError, "'configs/missing.py' not found"),
     ('setup.cfg', ValueError, r'path/to/file.py\[:argument\]'),
     ('tcm_jax/__init__.py', ValueError, 'defines no get_config'),
-    ('configs/digits_toy.py:wrong', ValueError, "'tcm' or 'base'"),
+    ('configs/digits_toy.py:wrong', ValueError,
+     r"takes one of \['tcm', 'base'\], got 'wrong'"),
+    ('configs/cub200.py:resnet', ValueError,
+     r"takes one of \['resnet50', 'vit_b16'\], got 'resnet'"),
+    ('configs/digits.py:tcm', ValueError, "takes no argument, got 'tcm'"),
 ])
 def test_load_config_errors_name_the_problem(monkeypatch, spec, error, message):
   monkeypatch.chdir(REPO)
   with pytest.raises(error, match=message):
     train.load_config(spec)
+
+
+def test_load_config_path_may_hold_colons(tmp_path):
+  folder = tmp_path / 'a:b'
+  folder.mkdir()
+  (folder / 'c.py').write_text(
+      (REPO / 'configs' / 'digits_toy.py').read_text())
+  config = train.load_config(f'{folder}/c.py:base')
+  assert not config.loss.tcm.enabled
+  with pytest.raises(ValueError, match='needs an argument'):
+    (folder / 'd.py').write_text(
+        'from tcm_jax import train\n'
+        'def get_config(x):\n  return train.default_config()\n')
+    train.load_config(f'{folder}/d.py')

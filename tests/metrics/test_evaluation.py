@@ -6,6 +6,7 @@ import pytest
 
 import tcm_jax
 from tcm_jax import metrics
+from tcm_jax.metrics import pair_counts
 from tests.metrics import reference
 from tests.metrics.conftest import clustered_set
 from tests.metrics.conftest import cosine
@@ -134,3 +135,17 @@ def test_progress_is_reported_per_block():
                               progress=lambda done, total: calls.append(
                                   (done, total)))
   assert calls == [(i, 8) for i in range(1, 9)]  # 4 blocks, two passes
+
+
+@pytest.mark.parametrize('backend, refs, rows', [
+    ('cpu', 20_000, 104),     # 2**21 // 20,000 = 104, a multiple of 8
+    ('cpu', 500, 4_000),      # 4,194 rows, cut to the 4,000 queries
+    ('gpu', 20_000, 3_352),   # 2**26 // 20,000 = 3,355, down to a multiple of 8
+    ('tpu', 10**7, 8),        # never fewer than 8 rows
+])
+def test_default_block_follows_the_backend(monkeypatch, backend, refs, rows):
+  monkeypatch.setattr(jax, 'default_backend', lambda: backend)
+  source = pair_counts.source_from_embeddings(
+      np.ones((4_000, 2), np.float32), np.arange(4_000) % 7,
+      np.ones((refs, 2), np.float32), np.arange(refs) % 7)
+  assert source.rows_per_block == rows
