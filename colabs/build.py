@@ -7,8 +7,10 @@ Each `colabs/<name>.py` (jupytext percent format) is the source of
 `colabs/<name>.ipynb`. The generated notebooks hold no outputs, and their
 metadata and cell ids are fixed (the kernelspec and Colab's keys from the
 source's header; cell ids numbered in order), so that the same source always
-gives the same file, byte for byte: `--check` and `tests/test_colabs.py`
-compare them exactly.
+gives the same file, byte for byte: `--check` compares them exactly, and so
+does `tests/test_colabs.py` with the jupytext and nbformat pinned in
+constraints.txt (with other versions it compares the cells and metadata).
+Sources whose names start with `_` are not notebooks and are skipped.
 """
 
 from __future__ import annotations

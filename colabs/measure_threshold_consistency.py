@@ -31,12 +31,15 @@
 # a demo one from the handwritten digits.
 
 # %%
-import sys
-if 'google.colab' in sys.modules:  # Colab only: fetch and install tcm_jax
-  import os, subprocess
-  subprocess.run(['git', 'clone', '--depth=1', 'https://github.com/tcm-jax/tcm_jax', '/content/tcm_jax'], check=True)
+import os, sys
+if 'google.colab' in sys.modules:  # Colab: fetch and install tcm_jax
+  import subprocess
+  if not os.path.isdir('/content/tcm_jax'):  # not again after "Restart session"
+    subprocess.run(['git', 'clone', '--depth=1', 'https://github.com/tcm-jax/tcm_jax', '/content/tcm_jax'], check=True)
   subprocess.run([sys.executable, '-m', 'pip', 'install', '-q', '/content/tcm_jax'], check=True)
   os.chdir('/content/tcm_jax')  # configs/ and colabs/ live in the checkout
+elif os.path.basename(os.getcwd()) == 'colabs':  # local Jupyter starts in colabs/
+  os.chdir('..')  # the repository root, where configs/ is
 
 # %% tags=["parameters"]
 # Your embeddings: a path to an .npz with `embeddings` [N, D] and `labels` [N]
@@ -68,7 +71,9 @@ from tcm_jax.data import datasets
 # - **Per class** `c`, at each `t`: `TPR_c(t)`, the fraction of its positive
 #   pairs accepted, and `TNR_c(t)`, the fraction of its negative pairs (its
 #   samples against every other class) rejected. Its **utility** `U_c(t)` is
-#   the F1 score of the two (F-beta, beta = 1). A class needs two samples.
+#   the F1 score of the two (F-beta, beta = 1). A class needs a positive
+#   pair: two samples, or with a separate gallery a query and a reference of
+#   its own (and a negative pair: a reference of another class).
 # - The **calibration range** is the range of thresholds over which the
 #   *global* false accept rate (over all negative pairs) goes from 1e-3 to
 #   1e-1: the thresholds a deployment would choose from.
@@ -160,9 +165,12 @@ result = evaluate.evaluate_arrays(
     epsilon=EPSILON)
 
 low, high = result.curves.calibration_range.distance
+# A class is left out of the per-class metrics when it has no positive pair
+# (a single sample; with a separate gallery, no reference of its own class)
+# or no negative pair.
 print(f'{result.num_queries} queries, {len(result.curves.classes)} classes '
-      f'evaluated ({len(result.excluded_classes)} with a single sample left '
-      'out)')
+      f'evaluated, {len(result.excluded_classes)} left out (no positive or no '
+      'negative pair)')
 for k, recall in result.retrieval.recall_at_k.items():
   print(f'Recall@{k}: {recall:.4f}')
 print(f'MAP@R: {result.retrieval.map_at_r:.4f}')

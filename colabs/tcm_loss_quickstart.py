@@ -30,12 +30,15 @@
 # while training. It runs on a CPU in well under a minute.
 
 # %%
-import sys
-if 'google.colab' in sys.modules:  # Colab only: fetch and install tcm_jax
-  import os, subprocess
-  subprocess.run(['git', 'clone', '--depth=1', 'https://github.com/tcm-jax/tcm_jax', '/content/tcm_jax'], check=True)
+import os, sys
+if 'google.colab' in sys.modules:  # Colab: fetch and install tcm_jax
+  import subprocess
+  if not os.path.isdir('/content/tcm_jax'):  # not again after "Restart session"
+    subprocess.run(['git', 'clone', '--depth=1', 'https://github.com/tcm-jax/tcm_jax', '/content/tcm_jax'], check=True)
   subprocess.run([sys.executable, '-m', 'pip', 'install', '-q', '/content/tcm_jax'], check=True)
   os.chdir('/content/tcm_jax')  # configs/ and colabs/ live in the checkout
+elif os.path.basename(os.getcwd()) == 'colabs':  # local Jupyter starts in colabs/
+  os.chdir('..')  # the repository root, where configs/ is
 
 # %% tags=["parameters"]
 NUM_STEPS = 600          # training steps of the loop below
@@ -138,23 +141,29 @@ assert np.isclose(parts['tcm_neg'], jnp.mean((s - MARGIN_NEG)[hard_neg]))
 grad = jax.grad(tcm_jax.tcm_loss)(s, labels)
 print('non-zero gradient exactly on the hard pairs:',
       bool(jnp.array_equal(grad != 0, hard_pos | hard_neg)))
-print(f'on a hard positive: {float(grad[hard_pos][0]):+.5f} '
-      f'(= -1 / {int(stats.hard_pos_count)})')
-print(f'on a hard negative: {float(grad[hard_neg][0]):+.5f} '
-      f'(= +1 / {int(stats.hard_neg_count)})')
+# The distinct values (an empty list where a batch has no hard pair of a kind):
+print(f'on the {int(stats.hard_pos_count)} hard positives:',
+      [round(float(g), 5) for g in np.unique(grad[hard_pos])])
+print(f'on the {int(stats.hard_neg_count)} hard negatives:',
+      [round(float(g), 5) for g in np.unique(grad[hard_neg])])
 
 # %% [markdown]
 # ## One line in your training loop
 #
-# Your model maps inputs to embeddings; your base loss trains it. TCM is added
-# to that loss over the batch's embeddings: `tcm_loss_from_embeddings(z,
-# labels)` is `tcm_loss(cosine_similarity(z), labels)`. Below, the encoder is
-# a two-layer network on the 8x8 handwritten digits of scikit-learn (shipped
-# offline with it), trained on digits 0-4 and tested on the unseen digits 5-9,
-# the open-world setting of the paper. The base loss here is Multi-Similarity
-# from `tcm_jax.losses`; any loss works, a softmax over proxies included.
-# Batches are P classes x K images (`ClassBalancedSampler`), so that every
-# batch has positive pairs.
+# Your model maps inputs to embeddings; your base loss trains it. TCM is one
+# term added to that loss, over the same batch similarity:
+#
+# ```python
+# s = tcm_jax.cosine_similarity(encode(params, x))
+# loss = base_loss(s, labels) + tcm_jax.tcm_loss(s, labels)
+# ```
+#
+# Below, the encoder is a two-layer network on the 8x8 handwritten digits of
+# scikit-learn (shipped offline with it), trained on digits 0-4 and tested on
+# the unseen digits 5-9, the open-world setting of the paper. The base loss
+# here is Multi-Similarity from `tcm_jax.losses`; any loss works, a softmax
+# over proxies included. Batches are P classes x K images
+# (`ClassBalancedSampler`), so that every batch has positive pairs.
 
 # %%
 train_split = datasets.load_split('digits', 'train')   # digits 0-4, 901 images
@@ -171,40 +180,54 @@ params = {'w1': jax.random.normal(k1, (64, HIDDEN)) / 8.0,
           'w2': jax.random.normal(k2, (HIDDEN, EMBEDDING_DIM)) / HIDDEN ** 0.5}
 encode = lambda params, x: jax.nn.relu(x @ params['w1']) @ params['w2']
 
-loss_fn = lambda params, x, labels: (
-    tcm_jax.losses.multi_similarity_loss(                 # your base loss ...
-        tcm_jax.cosine_similarity(encode(params, x)), labels)
-    + tcm_jax.tcm_loss_from_embeddings(encode(params, x), labels))  # ... + TCM
-
-optimizer = optax.adam(LEARNING_RATE)
-opt_state = optimizer.init(params)
-loss_and_grad = jax.jit(jax.value_and_grad(loss_fn))
-update = jax.jit(optimizer.update)
-
 # %% [markdown]
-# To log the parts, `tcm_jax.losses.objective(base, tcm={})` builds the same
-# total from a registered base loss and returns it with its parts: `base`,
-# `tcm`, `tcm_pos`, `tcm_neg` and the hard-pair fractions (the trainer in
-# `tcm_jax.train` logs these). The training loop itself is plain optax:
+# To log the parts as well, `tcm_jax.losses.objective(base, tcm={})` builds
+# that sum from a registered base loss (with its paper's hyperparameters, and
+# TCM's defaults `m+ = 0.9`, `m- = 0.5`) and returns it with its parts:
+# `base`, `tcm`, `tcm_pos`, `tcm_neg` and the hard-pair fractions (the trainer
+# in `tcm_jax.train` logs these). On the first batch it is exactly the base
+# loss plus `tcm_loss`:
 
 # %%
 objective = tcm_jax.losses.objective('multi_similarity', tcm={})
-loss_parts = jax.jit(lambda params, x, labels: objective(
-    tcm_jax.cosine_similarity(encode(params, x)), labels))
+
+rows = sampler.global_batch(0)
+s_batch = tcm_jax.cosine_similarity(encode(params, x_train[rows]))
+y_batch = train_split.labels[rows]
+base_loss = tcm_jax.losses.multi_similarity_loss(s_batch, y_batch)
+tcm_term = tcm_jax.tcm_loss(s_batch, y_batch)
+total, parts = objective(s_batch, y_batch)
+print(f'multi_similarity_loss {float(base_loss):.4f} + tcm_loss '
+      f'{float(tcm_term):.4f} = {float(base_loss + tcm_term):.4f}; '
+      f'objective: {float(total):.4f} (base {float(parts["base"]):.4f}, '
+      f'tcm {float(parts["tcm"]):.4f})')
+assert np.isclose(total, base_loss + tcm_term, rtol=1e-4)
+
+# %% [markdown]
+# The training loop is plain optax, with the objective as its loss: the
+# embeddings and their similarity are computed once per step, and the parts
+# come with the gradient (`has_aux=True`), so what is logged is what is
+# trained on (the values before each logged step's update).
+
+# %%
+loss_fn = lambda params, x, labels: objective(
+    tcm_jax.cosine_similarity(encode(params, x)), labels)  # (total, parts)
+loss_and_grad = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))
+optimizer = optax.adam(LEARNING_RATE)
+opt_state = optimizer.init(params)
+update = jax.jit(optimizer.update)
 
 history = []
 for step in range(NUM_STEPS):
   rows = sampler.global_batch(step)
-  x, y = x_train[rows], train_split.labels[rows]
+  (total, parts), grads = loss_and_grad(params, x_train[rows],
+                                        train_split.labels[rows])
   if step % LOG_EVERY == 0 or step == NUM_STEPS - 1:
-    total, logged = loss_parts(params, x, y)  # before this step's update
     history.append({'step': step, 'total': float(total),
-                    **{k: float(v) for k, v in logged.items()}})
-  loss, grads = loss_and_grad(params, x, y)
+                    **{k: float(v) for k, v in parts.items()}})
   updates, opt_state = update(grads, opt_state, params)
   params = optax.apply_updates(params, updates)
 
-assert np.isclose(history[-1]['total'], loss, rtol=1e-4)  # the same total
 first, last = history[0], history[-1]
 for key in ('base', 'tcm', 'hard_pos_fraction', 'hard_neg_fraction'):
   print(f'{key:>18}: {first[key]:.4f} at step 0 -> {last[key]:.4f} at step '

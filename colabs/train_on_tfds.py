@@ -33,18 +33,22 @@
 #    embeddings with the `tcm_jax.evaluate` command.
 #
 # Choose a GPU or TPU runtime (Runtime > Change runtime type). The paper's
-# batches (400 images for CUB-200 and Cars-196, 4000 for SOP and
-# iNaturalist) at 224 px need an accelerator with a lot of memory (an A100, or
-# a TPU); on a smaller GPU lower `input.classes_per_batch` in `OVERRIDES`
-# (which departs from the paper's recipe).
+# batches of 4 images per class (400 images, 100 classes, for CUB-200; 392,
+# 98 classes, for Cars-196; 4000, 1000 classes, for SOP and iNaturalist) at
+# 224 px need an accelerator with a lot of memory (an A100, or a TPU); on a
+# smaller GPU lower `input.classes_per_batch` in `OVERRIDES` (which departs
+# from the paper's recipe).
 
 # %%
-import sys
-if 'google.colab' in sys.modules:  # Colab only: fetch and install tcm_jax
-  import os, subprocess
-  subprocess.run(['git', 'clone', '--depth=1', 'https://github.com/tcm-jax/tcm_jax', '/content/tcm_jax'], check=True)
+import os, sys
+if 'google.colab' in sys.modules:  # Colab: fetch and install tcm_jax
+  import subprocess
+  if not os.path.isdir('/content/tcm_jax'):  # not again after "Restart session"
+    subprocess.run(['git', 'clone', '--depth=1', 'https://github.com/tcm-jax/tcm_jax', '/content/tcm_jax'], check=True)
   subprocess.run([sys.executable, '-m', 'pip', 'install', '-q', '/content/tcm_jax'], check=True)
   os.chdir('/content/tcm_jax')  # configs/ and colabs/ live in the checkout
+elif os.path.basename(os.getcwd()) == 'colabs':  # local Jupyter starts in colabs/
+  os.chdir('..')  # the repository root, where configs/ is
 
 # %% tags=["parameters"]
 # The experiment: a file of configs/ (cub200, cars196, sop, inat2018) and its
@@ -55,11 +59,10 @@ CONFIG_ARG = 'resnet50'
 DATA_DIR = '/content/tensorflow_datasets'
 # Run `tfds build` for the config's dataset first (skipped when it is there).
 PREPARE_DATASET = True
-# ImageNet weights from the Hugging Face Hub, as in the paper ('' to start
-# from random weights).
-PRETRAINED_REPO = {'resnet50': 'timm/resnet50.tv_in1k',
-                   'vit_b16': 'timm/vit_base_patch16_224.augreg_in21k'
-                   }.get(CONFIG_ARG, '')
+# The Hugging Face Hub repository of the backbone's ImageNet weights: None
+# for the backbone's default (the paper's, below), '' to start from random
+# weights.
+PRETRAINED_REPO = None
 # The run's folder; None: a new temporary one. A folder on Google Drive keeps
 # the checkpoints, and running again in it resumes.
 WORKDIR = None
@@ -90,14 +93,29 @@ from tcm_jax.data import datasets
 # `train.default_config()` (every key, with its meaning) and sets the paper's
 # recipe for the dataset and backbone. Any key can then be changed; a key
 # that does not exist fails in `check_config`, before anything is built.
+#
+# The backbone starts from ImageNet weights, as in the paper: timm's
+# `model.safetensors` from the Hugging Face Hub, `timm/resnet50.tv_in1k` for
+# ResNet-50 and `timm/vit_base_patch16_224.augreg_in21k` for ViT-B/16 unless
+# `PRETRAINED_REPO` names another (downloaded with `huggingface_hub`, which
+# Colab has; elsewhere `pip install huggingface_hub`).
 
 # %%
 config = train.load_config(f'{CONFIG_FILE}:{CONFIG_ARG}')
 config.dataset.data_dir = DATA_DIR
 config.update_from_flattened_dict(OVERRIDES)
-if PRETRAINED_REPO:
-  from huggingface_hub import hf_hub_download
-  config.pretrained = hf_hub_download(PRETRAINED_REPO, 'model.safetensors')
+DEFAULT_PRETRAINED = {'resnet50': 'timm/resnet50.tv_in1k',  # by model.name
+                      'vit_b': 'timm/vit_base_patch16_224.augreg_in21k'}
+pretrained_repo = (DEFAULT_PRETRAINED.get(config.model.name, '')
+                   if PRETRAINED_REPO is None else PRETRAINED_REPO)
+if pretrained_repo:
+  try:
+    from huggingface_hub import hf_hub_download
+  except ImportError as error:
+    raise ImportError('the pretrained weights are downloaded with '
+                      'huggingface_hub: pip install huggingface_hub (or set '
+                      "PRETRAINED_REPO = '' for random weights)") from error
+  config.pretrained = hf_hub_download(pretrained_repo, 'model.safetensors')
 train.check_config(config)
 print(f'{config.model.name} on {config.dataset.name}: {config.loss.name}'
       f'{" + TCM" if config.loss.tcm.enabled else ""}, batches of '
@@ -147,7 +165,9 @@ if spec.tfds_name is None:
 elif PREPARE_DATASET:
   command = datasets.prepare_command(spec, DATA_DIR)
   print(command)
-  subprocess.run(command, shell=True, check=True)
+  result = subprocess.run(command, shell=True, capture_output=True, text=True)
+  print(result.stdout, result.stderr)  # what tfds said, errors included
+  result.check_returncode()
 else:
   print(f'expecting {spec.tfds_name} prepared in {DATA_DIR}')
 
@@ -177,13 +197,16 @@ if jax.default_backend() == 'cpu':
 # same `workdir` resumes) and evaluates the test classes at the end. It logs
 # the loss, its parts (base loss, TCM, and the fractions of hard positive and
 # hard negative pairs in the batch) and the throughput every
-# `train.log_every_steps` into `metrics.jsonl` and TensorBoard events (in
-# Colab: `%load_ext tensorboard` then `%tensorboard --logdir WORKDIR`), and
-# writes `report.md`, `metrics.json`, `utility_curves.png` and the test
-# embeddings `embeddings.npz`.
+# `train.log_every_steps` into `metrics.jsonl` and TensorBoard events under
+# the run's folder `workdir` (`WORKDIR`, or the temporary folder made below;
+# in Colab: `%load_ext tensorboard` then `%tensorboard --logdir {workdir}`,
+# where IPython puts in the variable's value), and writes `report.md`,
+# `metrics.json`, `utility_curves.png` and the test embeddings
+# `embeddings.npz`.
 
 # %%
 workdir = WORKDIR or tempfile.mkdtemp(prefix='tcm_run_')
+print(f'the run writes into {workdir}')
 final = train.train_and_evaluate(config, workdir)
 print(train.results_table(final))
 print(f'everything is in {workdir}: {sorted(os.listdir(workdir))}')
@@ -235,14 +258,15 @@ display(Image(os.path.join(workdir, 'utility_curves.png')))
 # `measure_threshold_consistency` takes the same file.
 
 # %%
-evaluation = subprocess.run(
+result = subprocess.run(
     [sys.executable, '-m', 'tcm_jax.evaluate',
      '--embeddings', os.path.join(workdir, 'embeddings.npz'),
      '--out', os.path.join(workdir, 'evaluation_far_1e-3'),
      '--target_far=1e-3'],
     env={**os.environ, 'JAX_PLATFORMS': 'cpu'}, capture_output=True,
-    text=True, check=True)
-print(evaluation.stdout)
+    text=True)
+print(result.stdout, result.stderr)  # the report, or what went wrong
+result.check_returncode()
 
 # %% [markdown]
 # ## With and without TCM
@@ -256,5 +280,5 @@ print(evaluation.stdout)
 # from tcm_jax import plots
 # runs = [dict(loss='smooth_ap', tcm=True, **final_with_tcm),
 #         dict(loss='smooth_ap', tcm=False, **final_without_tcm)]
-# plots.plot_opis_vs_recall(runs)
+# fig = plots.plot_opis_vs_recall(runs)  # assigned: shown once, inline
 # ```
