@@ -12,9 +12,12 @@ The config's sections and their defaults are `default_config()`; configs in
 
 from __future__ import annotations
 
+import importlib.util
+import inspect
 import json
 import math
 import os
+import re
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
@@ -189,9 +192,6 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
     >>> config.model.name, config.dataset.name
     ('vit_b', 'cub200')
   """
-  import importlib.util  # pylint: disable=import-outside-toplevel
-  import inspect  # pylint: disable=import-outside-toplevel
-  import re  # pylint: disable=import-outside-toplevel
   match = re.fullmatch(r'(.+?\.py)(?::(.*))?', spec, re.S)
   if match is None:
     raise ValueError(f'a config spec is path/to/file.py[:argument], got '
