@@ -9,6 +9,7 @@
 | `digits` | scikit-learn's 8x8 digits (offline) | digits 0-4 / 5-9 |
 | `digits_closed` | the same | all 10 digits, each class's images halved |
 | `synthetic` | generated | first half of the classes / second half |
+| `glyphs` | characters rendered in typefaces (offline; `glyphs`) | code-point hash: train / val / test; pretrain: another set |
 
 A `Split` is a random-access view of one side: `len(split)`, `split.labels`
 (the class id of each record, known without decoding any image) and
@@ -52,6 +53,7 @@ class DatasetSpec:
       they are the same tuple, split by class.
     train_classes: class ids [lo, hi) of the training side of a pooled split.
     manual: how the data reaches TFDS when its download is not automatic.
+    sides: the sides `load_split` accepts.
   """
   name: str
   tfds_name: str | None = None
@@ -59,6 +61,7 @@ class DatasetSpec:
   tfds_splits: tuple[tuple[str, ...], tuple[str, ...]] = (('train',), ('test',))
   train_classes: tuple[int, int] | None = None
   manual: str = ''
+  sides: tuple[str, ...] = ('train', 'test')
 
 
 DATASETS = {
@@ -80,6 +83,7 @@ DATASETS = {
     'digits': DatasetSpec('digits'),
     'digits_closed': DatasetSpec('digits_closed'),
     'synthetic': DatasetSpec('synthetic'),
+    'glyphs': DatasetSpec('glyphs', sides=('train', 'val', 'test', 'pretrain')),
 }
 
 
@@ -423,18 +427,22 @@ def _tfds_split(spec: DatasetSpec, side: str, data_dir: str,
 
 def load_split(name: str, side: str, *, data_dir: str | None = None,
                class_lists: tuple[Any, Any] | None = None, seed: int = 0,
-               synthetic: dict[str, Any] | None = None) -> Split:
-  """One side ('train' or 'test') of a dataset's open-world split.
+               synthetic: dict[str, Any] | None = None,
+               glyphs: dict[str, Any] | None = None) -> Split:
+  """One side of a dataset's open-world split.
 
   Args:
     name: a key of `DATASETS`.
-    side: 'train' or 'test'.
+    side: one of the dataset's `sides`: 'train' or 'test'; for `glyphs` also
+      'val' and 'pretrain'.
     data_dir: where the TFDS datasets are prepared (default `$TFDS_DATA_DIR`
       or `~/tensorflow_datasets`).
     class_lists: for `inat2018`, the (train, test) class-list files.
     seed: for `digits_closed`, the per-class assignment of images to sides.
     synthetic: for `synthetic`, options of `SyntheticRecords` (default 20
       classes x 10 images of 32 x 32 x 3).
+    glyphs: for `glyphs`, the options of `glyphs.load_glyph_split` (default:
+      level-1 kanji in the installed CJK faces, 32 x 32, cached).
 
   Returns:
     A `Split`.
@@ -453,9 +461,13 @@ def load_split(name: str, side: str, *, data_dir: str | None = None,
   if name not in DATASETS:
     raise ValueError(
         f'Unknown dataset {name!r}; expected one of {sorted(DATASETS)}.')
-  if side not in ('train', 'test'):
-    raise ValueError(f"side must be 'train' or 'test', got {side!r}.")
   spec = DATASETS[name]
+  if side not in spec.sides:
+    sides = ', '.join(map(repr, spec.sides[:-1])) + f' or {spec.sides[-1]!r}'
+    raise ValueError(f'side must be {sides} for {name}, got {side!r}.')
+  if name == 'glyphs':
+    from tcm_jax.data import glyphs as glyphs_lib  # pylint: disable=g-import-not-at-top
+    return glyphs_lib.load_glyph_split(side, **dict(glyphs or {}))
   if name in ('digits', 'digits_closed'):
     return _digits_split(name, side, seed)
   if name == 'synthetic':
