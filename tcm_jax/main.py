@@ -65,7 +65,8 @@ def main(argv):
   except train.NonFiniteLossError as e:
     raise SystemExit(f'ERROR: {e}') from e
   if jax.process_index() == 0:
-    print(train.results_table(final))
+    _, baselines = train.load_results(_WORKDIR.value)
+    print(train.results_table(final, baselines))
     print(f'Report: {_WORKDIR.value}/report.md')
 
 

@@ -71,9 +71,16 @@ def default_config() -> ml_collections.ConfigDict:
   config.dataset.synthetic = ml_collections.ConfigDict(dict(
       num_classes=20, images_per_class=10, image_size=32, channels=3,
       jpeg=False))
+  # glyphs only: characters rendered from font files (see tcm_jax.data.glyphs).
+  config.dataset.glyphs = ml_collections.ConfigDict(dict(
+      characters='jis_level1', fonts='cjk', image_size=32, ink_fraction=0.875,
+      min_faces=2, cache_dir='', test_fraction=0.5, val_fraction=0.1,
+      pretrain_characters='jis_level2'))
 
   config.input = ml_collections.ConfigDict()
-  config.input.recipe = 'imagenet'  # or 'small' (tiny images: resize + shift)
+  # 'imagenet', 'small' (tiny images: resize + shift) or 'glyphs' (affine +
+  # stroke width; one channel unless model.in_channels is 3)
+  config.input.recipe = 'imagenet'
   config.input.image_size = 224
   config.input.resize_size = 256    # imagenet recipe: shorter side before the crop
   config.input.classes_per_batch = 100
@@ -116,7 +123,13 @@ def default_config() -> ml_collections.ConfigDict:
 
   config.eval = ml_collections.ConfigDict(dict(
       far_range=(1e-3, 1e-1), target_far=1e-2, epsilon=0.1,
-      num_thresholds=101, ks=(1, 2, 4, 8), beta=1.0))
+      num_thresholds=101, ks=(1, 2, 4, 8), beta=1.0,
+      # Raw-input baselines in the final report: the test images' pixels and
+      # their whitened PCA fitted on the training classes (tcm_jax.baselines).
+      baselines=True, baseline_pca_components=64,
+      # The split of the final evaluation: 'test', or 'val' for the runs that
+      # choose hyperparameters, so that the test classes are seen once.
+      final_split='test'))
   return config
 
 
@@ -226,7 +239,7 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
   return config
 
 
-_RECIPES = ('imagenet', 'small')
+_RECIPES = ('imagenet', 'small', 'glyphs')
 _OPTIMIZERS = ('adam', 'adamw', 'sgd')
 
 def _check_choice(key: str, value: str, allowed: Sequence[str]) -> None:
@@ -238,7 +251,7 @@ def _check_choice(key: str, value: str, allowed: Sequence[str]) -> None:
 # evaluation, the loader, where things are): any other change is another run.
 _RESUMABLE = ('train.', 'eval.', 'input.num_threads', 'input.worker_count',
               'input.prefetch', 'input.eval_batch_size', 'dataset.data_dir',
-              'pretrained')
+              'dataset.glyphs.cache_dir', 'pretrained')
 
 # Sections whose keys are not fixed by `default_config`: the base loss's
 # hyperparameters (checked by the loss registry) and the encoder's options
@@ -283,6 +296,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         f'{config.train.best_metric!r}.')
   _check_choice('input.recipe', config.input.recipe, _RECIPES)
   _check_choice('optimizer.name', config.optimizer.name, _OPTIMIZERS)
+  _check_choice('eval.final_split', config.eval.final_split, ('test', 'val'))
   create_objective(config)  # the loss's name and hyperparameters
   o, t = config.optimizer, config.train
   for key, value, ok, expected in (
@@ -313,6 +327,9 @@ class Inputs(NamedTuple):
 
   Attributes:
     train, test: the open-world splits (disjoint classes).
+    val: classes held out of training for model selection (periodic
+      evaluation, the best checkpoint), or None if the dataset has none;
+      the test classes are then what periodic evaluation sees.
     classes: the sorted training class ids; batch labels are indices into it.
     sampler: the class-balanced sampler over `train`.
     train_transform, eval_transform: the recipe's image transforms.
@@ -320,11 +337,43 @@ class Inputs(NamedTuple):
   """
   train: datasets.Split
   test: datasets.Split
+  val: datasets.Split | None
   classes: np.ndarray
   sampler: sampler_lib.ClassBalancedSampler
   train_transform: Callable[..., np.ndarray]
   eval_transform: Callable[[np.ndarray], np.ndarray]
   steps_per_epoch: int
+
+  @property
+  def selection(self) -> datasets.Split:
+    """The split that periodic evaluation and model selection see."""
+    return self.test if self.val is None else self.val
+
+  def final_split(self, name: str) -> datasets.Split:
+    """The split of the final evaluation: 'test' or 'val'."""
+    _check_choice('eval.final_split', name, ('test', 'val'))
+    if name == 'test':
+      return self.test
+    if self.val is None:
+      raise ValueError(
+          f"eval.final_split is 'val', but {self.train.name.split('/')[0]} "
+          'has no validation side.')
+    return self.val
+
+
+def _transforms(i: ml_collections.ConfigDict, channels: int):
+  _check_choice('input.recipe', i.recipe, _RECIPES)
+  if i.recipe == 'imagenet':
+    return (transforms.TrainTransform(size=i.image_size),
+            transforms.EvalTransform(size=i.image_size, resize=i.resize_size))
+  if i.recipe == 'small':
+    return (transforms.SmallTrainTransform(size=i.image_size),
+            transforms.SmallEvalTransform(size=i.image_size))
+  from tcm_jax.data import glyph_transforms  # pylint: disable=import-outside-toplevel
+  stats = dict(mean=(0.5,) * channels, std=(0.5,) * channels,
+               channels=channels)
+  return (glyph_transforms.GlyphTrainTransform(size=i.image_size, **stats),
+          glyph_transforms.GlyphEvalTransform(size=i.image_size, **stats))
 
 
 def create_inputs(config: ml_collections.ConfigDict, *, num_devices: int = 1,
@@ -339,31 +388,30 @@ def create_inputs(config: ml_collections.ConfigDict, *, num_devices: int = 1,
     >>> inputs = train.create_inputs(config)
     >>> len(inputs.train), inputs.classes.tolist(), inputs.sampler.batch_size
     (901, [0, 1, 2, 3, 4], 20)
+    >>> inputs.val is None, inputs.selection.name
+    (True, 'digits/test')
   """
   d = config.dataset
   class_lists = ((d.train_class_list, d.test_class_list)
                  if d.train_class_list or d.test_class_list else None)
+  sides = datasets.DATASETS[d.name].sides if d.name in datasets.DATASETS else ()
   split = {side: datasets.load_split(
       d.name, side, data_dir=d.data_dir or None, class_lists=class_lists,
-      seed=config.seed, synthetic=d.synthetic.to_dict())
-           for side in ('train', 'test')}
+      seed=config.seed, synthetic=d.synthetic.to_dict(),
+      glyphs=d.glyphs.to_dict())
+           for side in ('train', 'test') + (('val',) if 'val' in sides else ())}
   i = config.input
-  _check_choice('input.recipe', i.recipe, _RECIPES)
-  if i.recipe == 'imagenet':
-    train_transform = transforms.TrainTransform(size=i.image_size)
-    eval_transform = transforms.EvalTransform(size=i.image_size,
-                                              resize=i.resize_size)
-  else:
-    train_transform = transforms.SmallTrainTransform(size=i.image_size)
-    eval_transform = transforms.SmallEvalTransform(size=i.image_size)
+  train_transform, eval_transform = _transforms(
+      i, config.model.get('in_channels', 3))
   sampler = sampler_lib.ClassBalancedSampler(
       split['train'].labels, classes_per_batch=i.classes_per_batch,
       samples_per_class=i.samples_per_class, seed=config.seed,
       num_processes=num_processes, process_index=process_index,
       num_devices=num_devices)
   return Inputs(
-      split['train'], split['test'], np.unique(split['train'].labels), sampler,
-      train_transform, eval_transform,
+      split['train'], split['test'], split.get('val'),
+      np.unique(split['train'].labels), sampler, train_transform,
+      eval_transform,
       max(1, round(len(split['train']) / sampler.batch_size)))
 
 
@@ -820,20 +868,93 @@ def _eval_kwargs(config) -> dict[str, Any]:
               ks=tuple(e.ks), beta=e.beta)
 
 
-def results_table(values: dict[str, float]) -> str:
+def results_table(values: dict[str, float],
+                  baselines: dict[str, dict[str, float]] | None = None) -> str:
   """A markdown table of evaluation metrics, as printed at the end of a run.
+
+  Args:
+    values: the model's metrics.
+    baselines: optional metrics of raw-input baselines by name (as in
+      `metrics.json['baselines']`), one more column each.
 
   Examples:
     >>> from tcm_jax import train
     >>> print(train.results_table({'recall_at_1': 0.9, 'opis': 0.0123}))
-    | metric | value |
+    | metric | model |
     |---|---|
     | recall_at_1 | 0.9000 |
     | opis | 0.0123 |
+    >>> print(train.results_table({'recall_at_1': 0.9},
+    ...                           {'pixels': {'recall_at_1': 0.8}}))
+    | metric | model | pixels |
+    |---|---|---|
+    | recall_at_1 | 0.9000 | 0.8000 |
   """
-  lines = ['| metric | value |', '|---|---|']
-  lines += [f'| {key} | {value:.4f} |' for key, value in values.items()]
+  baselines = baselines or {}
+  lines = ['| ' + ' | '.join(['metric', 'model', *baselines]) + ' |',
+           '|---' * (2 + len(baselines)) + '|']
+  for key, value in values.items():
+    cells = [value] + [baseline.get(key, math.nan)
+                       for baseline in baselines.values()]
+    lines.append(f'| {key} | ' + ' | '.join(f'{v:.4f}' for v in cells) + ' |')
   return '\n'.join(lines)
+
+
+def load_results(workdir: str) -> tuple[dict[str, float],
+                                        dict[str, dict[str, float]]]:
+  """The final metrics of a finished run and of its baselines, from its workdir.
+
+  Returns:
+    `(metrics, baselines)` as `train_and_evaluate` returned and
+    `results_table` takes them.
+
+  Examples:
+    >>> import json, os, tempfile
+    >>> from tcm_jax import train
+    >>> workdir = tempfile.mkdtemp()
+    >>> with open(os.path.join(workdir, 'metrics.json'), 'w') as f:
+    ...   json.dump({'recall_at_k': {'1': 0.9}, 'map_at_r': 0.5,
+    ...              'r_precision': 0.6, 'opis': 0.01, 'eps_opis': 0.02,
+    ...              'baselines': {'pixels': {'recall_at_1': 0.8}}}, f)
+    >>> values, baselines = train.load_results(workdir)
+    >>> values['recall_at_1'], baselines['pixels']['recall_at_1']
+    (0.9, 0.8)
+  """
+  with open(os.path.join(workdir, 'metrics.json')) as f:
+    saved = json.load(f)
+  values = {f'recall_at_{k}': v for k, v in saved['recall_at_k'].items()}
+  values.update({k: saved[k] for k in ('map_at_r', 'r_precision', 'opis',
+                                       'eps_opis')})
+  return values, saved.get('baselines', {})
+
+
+def _baseline_metrics(config, train_split: datasets.Split,
+                      split: datasets.Split) -> dict[str, dict[str, float]]:
+  """Every metric of the raw-input baselines on `split`.
+
+  The PCA is fitted on at most `_PCA_SAMPLE` training images (a seeded
+  sample); a baseline whose evaluation fails (constant images) is left out.
+  """
+  from tcm_jax import baselines  # pylint: disable=import-outside-toplevel
+  train_rows = np.arange(len(train_split))
+  if len(train_rows) > _PCA_SAMPLE:
+    train_rows = np.sort(np.random.default_rng(config.seed).choice(
+        train_rows, _PCA_SAMPLE, replace=False))
+  features = baselines.baseline_features(
+      (train_split.image(i) for i in train_rows),
+      (split.image(i) for i in range(len(split))),
+      pca_components=config.eval.baseline_pca_components)
+  results = {}
+  for name, z in features.items():
+    try:
+      results[name] = _evaluation_metrics(metrics_lib.evaluate_embeddings(
+          z, split.labels, **_eval_kwargs(config)))
+    except ValueError as e:
+      logging.warning('The %s baseline could not be evaluated: %s', name, e)
+  return results
+
+
+_PCA_SAMPLE = 10000
 
 
 # --- The run ---------------------------------------------------------------------
@@ -901,6 +1022,7 @@ def train_and_evaluate(
   inputs = create_inputs(config, num_devices=mesh.size,
                          num_processes=jax.process_count(),
                          process_index=jax.process_index())
+  final_split = inputs.final_split(config.eval.final_split)  # before training
   state, train_step, embed_fn = create_training(
       config, num_classes=len(inputs.classes),
       steps_per_epoch=inputs.steps_per_epoch, mesh=mesh)
@@ -919,7 +1041,10 @@ def train_and_evaluate(
     if restored.data_state != {'step': start}:
       raise ValueError(f'checkpoint {start} holds data state '
                        f'{restored.data_state}, not {{"step": {start}}}.')
-    changed = _changed_keys(restored.config, config_dict)
+    # A key the saved config lacks was added to tcm_jax since: its default.
+    saved_config = _with_defaults(
+        restored.config, checkpoint_lib.json_safe(default_config().to_dict()))
+    changed = _changed_keys(saved_config, config_dict)
     different_run = [k for k in changed if not k.startswith(_RESUMABLE)]
     if different_run:
       raise ValueError(
@@ -934,9 +1059,11 @@ def train_and_evaluate(
     with open(os.path.join(workdir, 'config.json'), 'w') as f:
       json.dump(config_dict, f, indent=2)
   logging.info(
-      'Training %s from %s for %d steps (%d per epoch) on %d devices.',
+      'Training %s from %s for %d steps (%d per epoch) on %d devices; '
+      'periodic evaluation on %s, final on %s.',
       config.model.name, config.pretrained or 'a random initialisation',
-      num_steps, inputs.steps_per_epoch, mesh.size)
+      num_steps, inputs.steps_per_epoch, mesh.size, inputs.selection.name,
+      final_split.name)
   batches = pipeline.TrainBatches(inputs.train, inputs.sampler,
                                   inputs.train_transform, start_step=start,
                                   options=loader_options(config))
@@ -946,8 +1073,8 @@ def train_and_evaluate(
     return parallel.shard_batch({'image': batch['image'], 'label': labels},
                                 mesh)
 
-  def embed_test():
-    return embed_split(embed_fn, state, inputs.test, inputs.eval_transform,
+  def embed(split):
+    return embed_split(embed_fn, state, split, inputs.eval_transform,
                        batch_size=config.input.eval_batch_size, mesh=mesh,
                        options=loader_options(config))
 
@@ -1002,7 +1129,7 @@ def train_and_evaluate(
       if eval_now:
         try:
           eval_values = _evaluation_metrics(metrics_lib.evaluate_embeddings(
-              *embed_test(), **_eval_kwargs(config)))
+              *embed(inputs.selection), **_eval_kwargs(config)))
         except ValueError as e:  # e.g. embeddings collapsed early in training
           logging.warning('Step %d: the evaluation failed: %s', step, e)
         else:
@@ -1015,7 +1142,8 @@ def train_and_evaluate(
     bar.close()
     final = None
     try:
-      final = _final_evaluation(config, workdir, *embed_test(), num_steps)
+      final = _final_evaluation(config, workdir, inputs, final_split,
+                                *embed(final_split), num_steps)
     finally:
       # Saved with the final metrics, or without them when the evaluation
       # fails (an untrained model whose embeddings all coincide has no
@@ -1030,9 +1158,10 @@ def train_and_evaluate(
   return final
 
 
-def _final_evaluation(config, workdir: str, embeddings: np.ndarray,
+def _final_evaluation(config, workdir: str, inputs: Inputs,
+                      split: datasets.Split, embeddings: np.ndarray,
                       labels: np.ndarray, num_steps: int) -> dict[str, float]:
-  """Every metric of the test split; process 0 writes the report and figure."""
+  """Every metric of `split`; process 0 writes the report and figure."""
   kwargs = _eval_kwargs(config)
   if jax.process_index() != 0:
     return _evaluation_metrics(
@@ -1044,24 +1173,85 @@ def _final_evaluation(config, workdir: str, embeddings: np.ndarray,
   os.replace(path + '.tmp', path)
   evaluation = evaluate_lib.evaluate_arrays(
       {'embeddings': embeddings, 'labels': labels}, workdir,
-      source_name=f'the {config.dataset.name} test split', show_progress=False,
+      source_name=f'the {split.name} split', show_progress=False,
       **kwargs)
+  final = _evaluation_metrics(evaluation)
+  sections = [_training_section(config, inputs, num_steps)]
+  if config.dataset.name == 'glyphs':
+    from tcm_jax.data import glyphs  # pylint: disable=import-outside-toplevel
+    sections.append('\n## Dataset\n\n```\n' + glyphs.dataset_facts(
+        config.dataset.glyphs.to_dict(), pretrain=False) + '\n```\n')
+  if config.eval.baselines:
+    baselines = _baseline_metrics(config, inputs.train, split)
+    _write_json_key(os.path.join(workdir, 'metrics.json'), 'baselines',
+                    baselines)
+    sections.insert(0, _baseline_section(final, baselines, config))
+  with open(os.path.join(workdir, 'report.md'), 'a') as f:
+    f.write(''.join(sections))
+  return final
+
+
+def _write_json_key(path: str, key: str, value: Any) -> None:
+  with open(path) as f:
+    saved = json.load(f)
+  saved[key] = value
+  with open(path + '.tmp', 'w') as f:
+    json.dump(saved, f, indent=2, allow_nan=False)
+  os.replace(path + '.tmp', path)
+
+
+def _baseline_section(final: dict[str, float],
+                      baselines: dict[str, dict[str, float]], config) -> str:
+  return (
+      '\n## Against raw-input baselines\n\n'
+      'The same metrics of the test images themselves: `pixels` are their '
+      'pixel values in [0, 1], flattened (images over 64 px resized to 32); '
+      f'`pca{config.eval.baseline_pca_components}` projects those on the '
+      'whitened principal components of the training classes\' images. '
+      'A trained embedding should beat both.\n\n'
+      + results_table(final, baselines) + '\n')
+
+
+def _training_section(config, inputs: Inputs, num_steps: int) -> str:
   tcm = config.loss.tcm
   objective = config.loss.name + (
       f' + TCM (m+ {tcm.margin_pos:g}, m- {tcm.margin_neg:g}, lambda '
       f'{tcm.lambda_pos:g}/{tcm.lambda_neg:g})' if tcm.enabled else
       ' (no TCM)')
   batch = config.input.classes_per_batch * config.input.samples_per_class
-  with open(os.path.join(workdir, 'report.md'), 'a') as f:
-    f.write(
-        f'\n## Training\n\n{config.model.name} on {config.dataset.name}, '
-        f'{objective}, {config.optimizer.name} at learning rate '
-        f'{config.optimizer.learning_rate:g}; {num_steps} steps of '
-        f'{batch} images ({config.input.classes_per_batch} classes x '
-        f'{config.input.samples_per_class}). The whole config is in '
-        '`config.json`; the training curves are in `metrics.jsonl` and '
-        '`tensorboard/`.\n')
-  return _evaluation_metrics(evaluation)
+  sides = ', '.join(
+      f'{split.name} {split.num_classes} classes / {len(split)} images'
+      for split in (inputs.train, inputs.val, inputs.test) if split is not None)
+  selection = (
+      f'Periodic evaluation used {inputs.selection.name}; this evaluation '
+      f'is of {config.eval.final_split}.' if inputs.val is not None else
+      f'The dataset has no validation side: periodic evaluation, if any, '
+      f'used {inputs.selection.name}.')
+  return (
+      f'\n## Training\n\n{config.model.name} on {config.dataset.name} '
+      f'({sides}), {objective}, {config.optimizer.name} at learning rate '
+      f'{config.optimizer.learning_rate:g}; {num_steps} steps of '
+      f'{batch} images ({config.input.classes_per_batch} classes x '
+      f'{config.input.samples_per_class}). {selection} The whole config is in '
+      '`config.json`; the training curves are in `metrics.jsonl` and '
+      '`tensorboard/`.\n')
+
+
+def _with_defaults(saved: dict, defaults: dict, prefix: str = '') -> dict:
+  """`saved` with the keys it lacks taken from `defaults`, recursively.
+
+  The free sections (the encoder's, the base loss's hyperparameters) have no
+  fixed keys, so they are left as they are.
+  """
+  merged = dict(saved)
+  for key, default in defaults.items():
+    if f'{prefix}{key}' in _FREE_SECTIONS:
+      continue
+    if key not in merged:
+      merged[key] = default
+    elif isinstance(merged[key], dict) and isinstance(default, dict):
+      merged[key] = _with_defaults(merged[key], default, f'{prefix}{key}.')
+  return merged
 
 
 def _changed_keys(saved: dict, current: dict, prefix: str = '') -> list[str]:

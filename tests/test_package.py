@@ -14,11 +14,14 @@ import tcm_jax.losses
 import tcm_jax.metrics
 import tcm_jax.models
 import tcm_jax.models.pretrained
+from tcm_jax import baselines
 from tcm_jax import checkpoint
 from tcm_jax import parallel
 from tcm_jax import plots
 from tcm_jax import train
 from tcm_jax.data import datasets as data_datasets
+from tcm_jax.data import glyph_transforms as data_glyph_transforms
+from tcm_jax.data import glyphs as data_glyphs
 from tcm_jax.data import pipeline as data_pipeline
 from tcm_jax.data import sampler as data_sampler
 from tcm_jax.data import transforms as data_transforms
@@ -53,8 +56,9 @@ def test_losses_and_metrics_do_not_import_models_data_or_train():
 @pytest.mark.parametrize('package', [tcm_jax.losses, tcm_jax.metrics,
                                      tcm_jax.models, tcm_jax.models.pretrained,
                                      data_datasets, data_pipeline, data_sampler,
-                                     data_transforms, checkpoint, parallel,
-                                     plots, train])
+                                     data_transforms, data_glyphs,
+                                     data_glyph_transforms, baselines,
+                                     checkpoint, parallel, plots, train])
 def test_every_public_function_has_an_example(package):
   names = getattr(package, '__all__', None) or [
       n for n in vars(package) if not n.startswith('_')
