@@ -294,7 +294,9 @@ def read_result(path: str, config_dict: dict[str, Any]) -> dict[str, Any]:
   """A finished run's `result.json`, checked to be of this very config."""
   with open(path) as f:
     result = json.load(f)
-  saved, now = _flat(result['config']), _flat(config_dict)
+  # A run saved before tcm_jax added a config key ran at its default.
+  saved = _flat(train.with_default_keys(result['config']))
+  now = _flat(config_dict)
   changed = sorted(k for k in set(saved) | set(now)
                    if saved.get(k) != now.get(k))
   if changed:

@@ -5,8 +5,9 @@ inputs themselves. Two baselines, both compared by cosine through the same
 metrics as a model's embeddings:
 
 - `pixels`: each image as its pixel values in [0, 1], flattened. Images of
-  equal size up to `max_side` pixels are used as stored; larger images, or
-  images of different sizes, are resized (Pillow bilinear) to `size x size`.
+  equal size up to `max_side` (32) pixels are used as stored; larger images,
+  or images of different sizes, are resized (Pillow bilinear) to
+  `size x size` (32 x 32), which bounds the features at 3,072 values.
 - `pca`: those pixels projected on the leading principal components of the
   *training* classes' pixels and whitened (each component scaled to unit
   variance), so no statistic of the test classes is used.
@@ -24,7 +25,7 @@ import numpy as np
 from tcm_jax.data import transforms
 
 
-def pixel_features(images: Iterable[np.ndarray], *, max_side: int = 64,
+def pixel_features(images: Iterable[np.ndarray], *, max_side: int = 32,
                    size: int = 32) -> np.ndarray:
   """float32 `[n, pixels]`: uint8 images scaled to [0, 1] and flattened.
 
@@ -44,6 +45,9 @@ def pixel_features(images: Iterable[np.ndarray], *, max_side: int = 64,
     (3, 64)
     >>> baselines.pixel_features([np.zeros((100, 80, 3), np.uint8)]).shape
     (1, 3072)
+    >>> baselines.pixel_features([np.zeros((8, 8), np.uint8),
+    ...                           np.zeros((9, 8), np.uint8)]).shape
+    (2, 1024)
   """
   kept = []
   for image in images:
@@ -57,7 +61,9 @@ def pixel_features(images: Iterable[np.ndarray], *, max_side: int = 64,
     raise ValueError('pixel_features needs at least one image, got none.')
   if len({image.shape for image in kept}) > 1:
     kept = [transforms.resize(image, size) for image in kept]
-  return np.stack(kept).reshape(len(kept), -1).astype(np.float32) / 255
+  features = np.stack(kept).reshape(len(kept), -1).astype(np.float32)
+  features /= 255  # in place: the features can be large
+  return features
 
 
 class WhitenedPCA:

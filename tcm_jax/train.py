@@ -12,6 +12,7 @@ The config's sections and their defaults are `default_config()`; configs in
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import inspect
 import json
@@ -307,6 +308,9 @@ def check_config(config: ml_collections.ConfigDict) -> None:
       ('optimizer.weight_decay', o.weight_decay, o.weight_decay >= 0, '>= 0'),
       ('train.keep_checkpoints', t.keep_checkpoints, t.keep_checkpoints >= 1,
        '>= 1'),
+      ('eval.baseline_pca_components', config.eval.baseline_pca_components,
+       isinstance(config.eval.baseline_pca_components, int)
+       and config.eval.baseline_pca_components >= 1, 'an int >= 1'),
       ('train.num_epochs', t.num_epochs, t.num_epochs > 0 or t.num_steps > 0,
        '> 0 (or train.num_steps > 0)'),
   ):
@@ -894,9 +898,9 @@ def results_table(values: dict[str, float],
   lines = ['| ' + ' | '.join(['metric', 'model', *baselines]) + ' |',
            '|---' * (2 + len(baselines)) + '|']
   for key, value in values.items():
-    cells = [value] + [baseline.get(key, math.nan)
-                       for baseline in baselines.values()]
-    lines.append(f'| {key} | ' + ' | '.join(f'{v:.4f}' for v in cells) + ' |')
+    cells = [value] + [baseline.get(key) for baseline in baselines.values()]
+    lines.append(f'| {key} | ' + ' | '.join(
+        '-' if v is None else f'{v:.4f}' for v in cells) + ' |')
   return '\n'.join(lines)
 
 
@@ -920,11 +924,16 @@ def load_results(workdir: str) -> tuple[dict[str, float],
     >>> values['recall_at_1'], baselines['pixels']['recall_at_1']
     (0.9, 0.8)
   """
-  with open(os.path.join(workdir, 'metrics.json')) as f:
+  path = os.path.join(workdir, 'metrics.json')
+  with open(path) as f:
     saved = json.load(f)
-  values = {f'recall_at_{k}': v for k, v in saved['recall_at_k'].items()}
-  values.update({k: saved[k] for k in ('map_at_r', 'r_precision', 'opis',
-                                       'eps_opis')})
+  try:
+    values = {f'recall_at_{k}': v for k, v in saved['recall_at_k'].items()}
+    values.update({k: saved[k] for k in ('map_at_r', 'r_precision', 'opis',
+                                         'eps_opis')})
+  except (KeyError, AttributeError, TypeError) as e:
+    raise ValueError(f'{path} is not the metrics.json of a finished run: '
+                     f'{type(e).__name__} {e}.') from None
   return values, saved.get('baselines', {})
 
 
@@ -933,17 +942,22 @@ def _baseline_metrics(config, train_split: datasets.Split,
   """Every metric of the raw-input baselines on `split`.
 
   The PCA is fitted on at most `_PCA_SAMPLE` training images (a seeded
-  sample); a baseline whose evaluation fails (constant images) is left out.
+  sample); a baseline that cannot be computed or evaluated (constant images)
+  is left out, with a warning.
   """
   from tcm_jax import baselines  # pylint: disable=import-outside-toplevel
   train_rows = np.arange(len(train_split))
   if len(train_rows) > _PCA_SAMPLE:
     train_rows = np.sort(np.random.default_rng(config.seed).choice(
         train_rows, _PCA_SAMPLE, replace=False))
-  features = baselines.baseline_features(
-      (train_split.image(i) for i in train_rows),
-      (split.image(i) for i in range(len(split))),
-      pca_components=config.eval.baseline_pca_components)
+  try:
+    features = baselines.baseline_features(
+        (train_split.image(i) for i in train_rows),
+        (split.image(i) for i in range(len(split))),
+        pca_components=config.eval.baseline_pca_components)
+  except ValueError as e:  # e.g. training images that do not vary
+    logging.warning('The raw-input baselines could not be computed: %s', e)
+    return {}
   results = {}
   for name, z in features.items():
     try:
@@ -974,8 +988,11 @@ def train_and_evaluate(
   """Trains and evaluates as `config` says, resuming from `workdir` if it can.
 
   Writes into `workdir`: `checkpoints/` (Orbax), `metrics.jsonl` and
-  `tensorboard/` (train and eval metrics), and at the end `report.md`,
-  `metrics.json` and `utility_curves.png` of the test split, and its
+  `tensorboard/` (train metrics; `eval`: the validation split's where the
+  dataset has one, else the test split's; `test`: the final test metrics
+  when they are not the eval ones), and at the end `report.md` (with the
+  raw-input baselines), `metrics.json` and `utility_curves.png` of the
+  final split (`eval.final_split`, the test split by default), and its
   embeddings and labels in `embeddings.npz` (for
   `python -m tcm_jax.evaluate --embeddings` or `tcm_jax.plots`).
 
@@ -1023,6 +1040,10 @@ def train_and_evaluate(
                          num_processes=jax.process_count(),
                          process_index=jax.process_index())
   final_split = inputs.final_split(config.eval.final_split)  # before training
+  if inputs.val is None and config.train.eval_every_steps > 0:
+    logging.warning(
+        '%s has no validation side: periodic evaluation and the best '
+        'checkpoint use its test classes.', config.dataset.name)
   state, train_step, embed_fn = create_training(
       config, num_classes=len(inputs.classes),
       steps_per_epoch=inputs.steps_per_epoch, mesh=mesh)
@@ -1041,10 +1062,7 @@ def train_and_evaluate(
     if restored.data_state != {'step': start}:
       raise ValueError(f'checkpoint {start} holds data state '
                        f'{restored.data_state}, not {{"step": {start}}}.')
-    # A key the saved config lacks was added to tcm_jax since: its default.
-    saved_config = _with_defaults(
-        restored.config, checkpoint_lib.json_safe(default_config().to_dict()))
-    changed = _changed_keys(saved_config, config_dict)
+    changed = _changed_keys(with_default_keys(restored.config), config_dict)
     different_run = [k for k in changed if not k.startswith(_RESUMABLE)]
     if different_run:
       raise ValueError(
@@ -1140,27 +1158,38 @@ def train_and_evaluate(
         checkpoints.save(step, state, data_state=batches.get_state(),
                          config=config_dict, metrics=eval_values)
     bar.close()
-    final = None
+    final = selected = None
     try:
-      final = _final_evaluation(config, workdir, inputs, final_split,
-                                *embed(final_split), num_steps)
+      final = _final_evaluation(config, workdir, final_split,
+                                *embed(final_split))
+      # The last step is scored on the selection split like the others, so
+      # that the best-checkpoint policy and the eval curve never see test.
+      selected = final if final_split is inputs.selection else (
+          _evaluation_metrics(metrics_lib.evaluate_embeddings(
+              *embed(inputs.selection), **_eval_kwargs(config))))
     finally:
-      # Saved with the final metrics, or without them when the evaluation
-      # fails (an untrained model whose embeddings all coincide has no
-      # threshold range): the trained state is kept either way.
+      # Saved with the metrics, or without them when the evaluation fails
+      # (an untrained model whose embeddings all coincide has no threshold
+      # range): the trained state is kept either way.
       checkpoints.save(num_steps, state, data_state=batches.get_state(),
-                       config=config_dict, metrics=final)
-    writer.write(num_steps, 'eval', final)
+                       config=config_dict, metrics=selected)
+    writer.write(num_steps, 'eval', selected)
+    if selected is not final:
+      writer.write(num_steps, 'test', final)
   finally:
     bar.close()
     checkpoints.close()
     writer.close()
+  # After the collective save: process 0's slow part (the baselines read the
+  # split's images again) keeps no other process waiting at a barrier.
+  if jax.process_index() == 0:
+    _write_report_sections(config, workdir, inputs, final_split, num_steps)
   return final
 
 
-def _final_evaluation(config, workdir: str, inputs: Inputs,
-                      split: datasets.Split, embeddings: np.ndarray,
-                      labels: np.ndarray, num_steps: int) -> dict[str, float]:
+def _final_evaluation(config, workdir: str, split: datasets.Split,
+                      embeddings: np.ndarray,
+                      labels: np.ndarray) -> dict[str, float]:
   """Every metric of `split`; process 0 writes the report and figure."""
   kwargs = _eval_kwargs(config)
   if jax.process_index() != 0:
@@ -1171,11 +1200,15 @@ def _final_evaluation(config, workdir: str, inputs: Inputs,
   with open(path + '.tmp', 'wb') as f:  # whole or absent, never cut short
     np.savez(f, embeddings=embeddings, labels=labels)
   os.replace(path + '.tmp', path)
-  evaluation = evaluate_lib.evaluate_arrays(
+  return _evaluation_metrics(evaluate_lib.evaluate_arrays(
       {'embeddings': embeddings, 'labels': labels}, workdir,
-      source_name=f'the {split.name} split', show_progress=False,
-      **kwargs)
-  final = _evaluation_metrics(evaluation)
+      source_name=f'the {split.name} split', show_progress=False, **kwargs))
+
+
+def _write_report_sections(config, workdir: str, inputs: Inputs,
+                           split: datasets.Split, num_steps: int) -> None:
+  """Adds the baselines, the training and the dataset to `report.md`."""
+  final, _ = load_results(workdir)
   sections = [_training_section(config, inputs, num_steps)]
   if config.dataset.name == 'glyphs':
     from tcm_jax.data import glyphs  # pylint: disable=import-outside-toplevel
@@ -1185,10 +1218,9 @@ def _final_evaluation(config, workdir: str, inputs: Inputs,
     baselines = _baseline_metrics(config, inputs.train, split)
     _write_json_key(os.path.join(workdir, 'metrics.json'), 'baselines',
                     baselines)
-    sections.insert(0, _baseline_section(final, baselines, config))
+    sections.insert(0, _baseline_section(final, baselines, config, split))
   with open(os.path.join(workdir, 'report.md'), 'a') as f:
     f.write(''.join(sections))
-  return final
 
 
 def _write_json_key(path: str, key: str, value: Any) -> None:
@@ -1201,14 +1233,19 @@ def _write_json_key(path: str, key: str, value: Any) -> None:
 
 
 def _baseline_section(final: dict[str, float],
-                      baselines: dict[str, dict[str, float]], config) -> str:
+                      baselines: dict[str, dict[str, float]], config,
+                      split: datasets.Split) -> str:
+  k = config.eval.baseline_pca_components
+  omitted = [name for name in ('pixels', f'pca{k}') if name not in baselines]
   return (
       '\n## Against raw-input baselines\n\n'
-      'The same metrics of the test images themselves: `pixels` are their '
-      'pixel values in [0, 1], flattened (images over 64 px resized to 32); '
-      f'`pca{config.eval.baseline_pca_components}` projects those on the '
-      'whitened principal components of the training classes\' images. '
-      'A trained embedding should beat both.\n\n'
+      f'The same metrics of the {split.name} images themselves: `pixels` are '
+      'their pixel values in [0, 1], flattened (images over 32 px, or of '
+      f'unequal sizes, resized to 32 x 32); `pca{k}` projects those on the '
+      f'whitened principal components (at most {k}) of the training '
+      'classes\' images. A trained embedding should beat both.'
+      + (f' Omitted, as they could not be computed: {", ".join(omitted)} '
+         '(see the log).' if omitted else '') + '\n\n'
       + results_table(final, baselines) + '\n')
 
 
@@ -1237,21 +1274,35 @@ def _training_section(config, inputs: Inputs, num_steps: int) -> str:
       '`tensorboard/`.\n')
 
 
-def _with_defaults(saved: dict, defaults: dict, prefix: str = '') -> dict:
-  """`saved` with the keys it lacks taken from `defaults`, recursively.
+def with_default_keys(saved: dict) -> dict:
+  """A saved config dict with the keys it lacks taken from `default_config`.
 
+  A run saved before tcm_jax added a key ran as that key's default, so a
+  resumed run (or a study reading its results back) compares like with like.
   The free sections (the encoder's, the base loss's hyperparameters) have no
-  fixed keys, so they are left as they are.
+  fixed keys and are left as they are.
+
+  Examples:
+    >>> from tcm_jax import train
+    >>> saved = {'seed': 1, 'eval': {'epsilon': 0.2}}
+    >>> full = train.with_default_keys(saved)
+    >>> full['seed'], full['eval']['epsilon'], full['eval']['final_split']
+    (1, 0.2, 'test')
   """
-  merged = dict(saved)
-  for key, default in defaults.items():
-    if f'{prefix}{key}' in _FREE_SECTIONS:
-      continue
-    if key not in merged:
-      merged[key] = default
-    elif isinstance(merged[key], dict) and isinstance(default, dict):
-      merged[key] = _with_defaults(merged[key], default, f'{prefix}{key}.')
-  return merged
+  defaults = checkpoint_lib.json_safe(default_config().to_dict())
+
+  def merge(saved, defaults, prefix):
+    merged = dict(saved)
+    for key, default in defaults.items():
+      if f'{prefix}{key}' in _FREE_SECTIONS:
+        continue
+      if key not in merged:
+        merged[key] = copy.deepcopy(default)
+      elif isinstance(merged[key], dict) and isinstance(default, dict):
+        merged[key] = merge(merged[key], default, f'{prefix}{key}.')
+    return merged
+
+  return merge(saved, defaults, '')
 
 
 def _changed_keys(saved: dict, current: dict, prefix: str = '') -> list[str]:

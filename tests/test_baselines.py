@@ -22,8 +22,10 @@ def test_pixel_features_scale_and_flatten_in_pixel_order():
 
 def test_large_or_unequal_images_are_resized_to_size():
   small = np.zeros((8, 8), np.uint8)
-  large = np.full((100, 70), 255, np.uint8)
+  large = np.full((33, 70), 255, np.uint8)
   assert baselines.pixel_features([small, small]).shape == (2, 64)
+  assert baselines.pixel_features([np.zeros((32, 32), np.uint8)]).shape == (
+      1, 1024)  # 32 px: as stored
   assert baselines.pixel_features([large], size=16).shape == (1, 256)
   mixed = baselines.pixel_features([small, np.zeros((9, 8), np.uint8)],
                                    size=4)

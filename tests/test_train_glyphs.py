@@ -16,6 +16,7 @@ import jax
 import numpy as np
 import pytest
 
+from tcm_jax import checkpoint as checkpoint_lib
 from tcm_jax import models
 from tcm_jax import train
 from tcm_jax.data import glyphs
@@ -82,8 +83,8 @@ def test_model_selection_sees_the_validation_classes_and_test_once(
   workdir = tmp_path / 'run'
   final = train.train_and_evaluate(_latin_config(cache),
                                    str(workdir), devices=jax.devices()[:1])
-  # Step 2 is evaluated on val; step 4, the last, on test, once.
-  assert embedded == ['glyphs/val', 'glyphs/test']
+  # Steps 2 and 4 are evaluated on val; the test classes once, at the end.
+  assert embedded == ['glyphs/val', 'glyphs/test', 'glyphs/val']
   inputs = train.create_inputs(_latin_config(cache))
   train_classes = set(inputs.train.labels.tolist())
   val_classes = set(inputs.val.labels.tolist())
@@ -92,7 +93,15 @@ def test_model_selection_sees_the_validation_classes_and_test_once(
               or val_classes & test_classes)
   lines = [json.loads(line) for line in
            (workdir / 'metrics.jsonl').read_text().splitlines()]
-  assert [line['step'] for line in lines if line['kind'] == 'eval'] == [2, 4]
+  # The eval curve and the checkpoints' scores are the validation classes'
+  # at every evaluated step, the last included; the test metrics are kept
+  # apart, so that the best-checkpoint policy never sees them.
+  assert [(line['step'], line['kind']) for line in lines
+          if line['kind'] != 'train'] == [(2, 'eval'), (4, 'eval'), (4, 'test')]
+  test_line = [line for line in lines if line['kind'] == 'test'][0]
+  assert test_line['recall_at_1'] == pytest.approx(final['recall_at_1'])
+  with checkpoint_lib.Checkpointer(str(workdir / 'checkpoints')) as saved:
+    assert saved.all_steps() == [2, 4]
   report = (workdir / 'report.md').read_text()
   assert 'Periodic evaluation used glyphs/val; this evaluation is of test' in report
   assert '## Dataset' in report and 'DejaVu' in report
@@ -143,6 +152,24 @@ def test_baselines_in_metrics_json_and_report_are_the_test_pixels(cache, tmp_pat
   assert [float(v) for v in row.split(' | ')] == pytest.approx(
       [final['recall_at_1'], baselines['pixels']['recall_at_1'],
        baselines['pca8']['recall_at_1']], abs=5e-5)
+
+
+def test_a_baseline_that_cannot_be_computed_is_left_out_with_a_note(
+    cache, tmp_path, monkeypatch):
+  from tcm_jax import baselines  # pylint: disable=import-outside-toplevel
+
+  def constant(*args, **kwargs):
+    raise ValueError('WhitenedPCA: the training features do not vary.')
+
+  monkeypatch.setattr(baselines, 'baseline_features', constant)
+  config = _latin_config(cache, eval_every_steps=0)
+  workdir = tmp_path / 'run'
+  final = train.train_and_evaluate(config, str(workdir),
+                                   devices=jax.devices()[:1])
+  assert train.load_results(str(workdir)) == (pytest.approx(final), {})
+  report = (workdir / 'report.md').read_text()
+  assert 'Omitted, as they could not be computed: pixels, pca8' in report
+  assert '## Training' in report
 
 
 def test_baselines_can_be_turned_off(cache, tmp_path):

@@ -4,23 +4,20 @@ A font is found by set name, file, directory or family name (`find_faces`);
 each face of it is a `Face`, identified by its file's sha256 and its index in
 a collection (.ttc). Coverage is read from a face's cmap (`face_coverage`),
 and a glyph is drawn with Pillow's FreeType, cropped to its ink and centred
-(`render_glyph`; `render_chunk` for many, `rasterise` for many faces at once,
-in spawned processes: Pillow holds the GIL while it rasterises).
+(`render_glyph`; `render_chunk` for many: the unit of work of
+`_glyph_cache.rasterise`, which renders many faces in spawned processes).
 """
 
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
 import functools
 import glob
 import hashlib
 import logging
-import multiprocessing
 import os
 import shutil
 import subprocess
-import sys
 from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
@@ -35,13 +32,35 @@ SYSTEM_FONT_DIRS = ('/usr/share/fonts', '/usr/local/share/fonts', '~/.fonts',
                     '~/.local/share/fonts')
 # Glyphs are drawn this many times larger than the output, then scaled down.
 RENDER_SCALE = 4
-# A render with fewer half-inked pixels than this (at the render size) is blank.
+# A render with fewer half-inked pixels than this, at a render size of
+# INK_REFERENCE_SIZE, is blank; the count scales with the render's area (a mark
+# of the same shape covers 1/16 of the pixels at a quarter of the size).
 MIN_INK_PIXELS = 4
+INK_REFERENCE_SIZE = 128
 CHUNK = 256  # characters of one face per parallel task
 
 
 class GlyphFontError(ValueError):
   """A font that cannot be found or read, or faces covering no character asked."""
+
+
+def _label(code_point: int) -> str:
+  character = chr(code_point)
+  return f'U+{code_point:04X}' + (f' {character}' if character.isprintable()
+                                  and not character.isspace() else '')
+
+
+def abbreviated(code_points: Sequence[int], limit: int = 8) -> str:
+  """The first `limit` code points as `U+XXXX c`, and how many there are.
+
+  Examples:
+    >>> from tcm_jax.data._fonts import abbreviated
+    >>> abbreviated([65, 32, 0x4E00], limit=2)
+    'U+0041 A, U+0020, ... (3 in all)'
+  """
+  shown = ', '.join(_label(int(c)) for c in code_points[:limit])
+  return shown + (f', ... ({len(code_points):,} in all)'
+                  if len(code_points) > limit else '')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,15 +113,39 @@ def _describe(error: Exception) -> str:
   return f'{type(error).__name__}: {error}' if str(error) else type(error).__name__
 
 
+def check_parameters(image_size: int, ink_fraction: float) -> None:
+  """Raises ValueError unless the render parameters draw at least a pixel.
+
+  Examples:
+    >>> from tcm_jax.data._fonts import check_parameters
+    >>> check_parameters(4, 0.25)  # the smallest: a 1-pixel ink box
+  """
+  if (not isinstance(image_size, (int, np.integer)) or isinstance(image_size, bool)
+      or image_size < 4):
+    raise ValueError(f'image_size must be an int >= 4, got {image_size!r}.')
+  if (isinstance(ink_fraction, bool)
+      or not isinstance(ink_fraction, (int, float, np.floating))
+      or not 0 < ink_fraction <= 1 or round(ink_fraction * image_size) < 1):
+    raise ValueError(f'ink_fraction must be in (0, 1] and leave at least a '
+                     f'pixel, got {ink_fraction!r}.')
+
+
 def _sha256(path: str) -> str:
   stat = os.stat(path)
-  return _hash_file(path, stat.st_size, stat.st_mtime_ns)
+  return _hash_file(path, stat.st_size, stat.st_mtime_ns, stat.st_ino,
+                    stat.st_ctime_ns)
 
 
 @functools.lru_cache(maxsize=256)
-def _hash_file(path: str, size: int, mtime_ns: int) -> str:
-  """The file's sha256, once per (path, size, mtime): a set reads a file often."""
-  del size, mtime_ns  # the cache key: a rewritten file is hashed again
+def _hash_file(path: str, size: int, mtime_ns: int, inode: int, ctime_ns: int
+               ) -> str:
+  """The file's sha256, once per version of it: a set reads a file often.
+
+  A version is (path, size, mtime, inode, ctime): a same-size rewrite whose
+  mtime was restored (a copy keeping times) still changes the ctime, and a
+  file replaced by a rename has another inode.
+  """
+  del size, mtime_ns, inode, ctime_ns  # the cache key only
   digest = hashlib.sha256()
   with open(path, 'rb') as f:
     for block in iter(lambda: f.read(1 << 20), b''):
@@ -121,18 +164,21 @@ def _faces_of_file(path: str, keep: Callable[[int, set[str]], bool] | None = Non
   try:
     with open(path, 'rb') as f:
       collection = f.read(4) == b'ttcf'
-    count = len(ttLib.TTCollection(path, lazy=True).fonts) if collection else 1
+    count = 1
+    if collection:
+      # Lazy fonts keep their file open until closed (a scan opens hundreds).
+      with ttLib.TTCollection(path, lazy=True) as fonts:
+        count = len(fonts.fonts)
     found = []
     for index in range(count):
-      font = ttLib.TTFont(path, fontNumber=index, lazy=True)
-      names = font['name']
-      family = names.getBestFamilyName() or os.path.basename(path)
-      families = {record.toUnicode(errors='replace').lower()
-                  for record in names.names if record.nameID in (1, 16, 21)}
-      if keep is None or keep(index, families | {family.lower()}):
-        found.append((index, family, names.getBestSubFamilyName() or '',
-                      names.getDebugName(5) or ''))
-      font.close()
+      with ttLib.TTFont(path, fontNumber=index, lazy=True) as font:
+        names = font['name']
+        family = names.getBestFamilyName() or os.path.basename(path)
+        families = {record.toUnicode(errors='replace').lower()
+                    for record in names.names if record.nameID in (1, 16, 21)}
+        if keep is None or keep(index, families | {family.lower()}):
+          found.append((index, family, names.getBestSubFamilyName() or '',
+                        names.getDebugName(5) or ''))
   # fontTools raises whatever a malformed table makes it raise (struct.error,
   # AssertionError, KeyError, TTLibError...): all mean the same to the caller.
   except Exception as error:  # pylint: disable=broad-except
@@ -167,6 +213,11 @@ def _fc_list() -> tuple[tuple[str, int, tuple[str, ...]], ...] | None:
       # Indices above 0xFFFF are named instances of a variable face.
       entries.append((path, int(index) & 0xFFFF,
                       tuple(f.strip().lower() for f in families.split(','))))
+  if not entries:
+    # A fontconfig without a configuration (or fonts) lists nothing, while the
+    # font directories may well hold the fonts.
+    _log.debug('fc-list lists no font file; scanning the font directories.')
+    return None
   return tuple(entries)
 
 
@@ -203,14 +254,18 @@ def _faces_of_set(name: str) -> list[Face]:
     pattern = pattern.format(matplotlib=matplotlib.get_data_path())
     for path in sorted(glob.glob(pattern)):
       faces += _faces_of_file(path)
-  sought = ''
+  sought, missing = '', []
   for family, prefix in ([(f, False) for f in font_set.families]
                          + [(p, True) for p in font_set.prefixes]):
     found, sought = _faces_of_family(family, prefix)
     if not found:
-      _log.warning('Font set %r: no face of the family %s%r is installed.',
-                   name, 'prefix ' if prefix else '', family)
+      missing.append(f'{family}*' if prefix else family)
     faces += found
+  if faces and missing:
+    # One line for all of them: a command line prints it before its output.
+    _log.warning('Font set %r: %d of its %d families are not installed (%s).',
+                 name, len(missing), len(font_set.families + font_set.prefixes),
+                 ', '.join(missing))
   if not faces:
     install = f' Install them with: {font_set.install}' if font_set.install else ''
     raise GlyphFontError(
@@ -230,7 +285,9 @@ def find_faces(fonts: str | Sequence[str]) -> list[Face]:
       comma-separated string or a list mixing these.
 
   Returns:
-    The distinct faces, sorted by (path, index).
+    The distinct faces, sorted by `face_order` (sha256, index, path): by what
+    they draw, so that the same font files give the same order (and dataset)
+    wherever they lie; the path only orders copies of one file.
 
   Raises:
     GlyphFontError: a font file that cannot be read (named), or a name that
@@ -239,7 +296,7 @@ def find_faces(fonts: str | Sequence[str]) -> list[Face]:
   Examples:
     >>> from tcm_jax.data.glyphs import find_faces
     >>> faces = find_faces('dejavu')
-    >>> [face.name for face in faces][:2]
+    >>> sorted(face.name for face in faces)[:2]
     ['DejaVu Sans Bold', 'DejaVu Sans Bold Oblique']
   """
   if isinstance(fonts, str):
@@ -265,7 +322,18 @@ def find_faces(fonts: str | Sequence[str]) -> list[Face]:
     faces.update(((face.path, face.index), face) for face in found)
   if not faces:
     raise GlyphFontError('No fonts were given.')
-  return [faces[k] for k in sorted(faces)]
+  return sorted(faces.values(), key=face_order)
+
+
+def face_order(face: Face) -> tuple[str, int, str]:
+  """The sort key of the faces of a dataset: (sha256, index, path).
+
+  Examples:
+    >>> from tcm_jax.data._fonts import face_order, find_faces
+    >>> face_order(find_faces('dejavu')[0])[1:]
+    (0, ...)
+  """
+  return face.sha256, face.index, face.path
 
 
 def face_coverage(face: Face) -> np.ndarray:
@@ -279,9 +347,8 @@ def face_coverage(face: Face) -> np.ndarray:
   """
   from fontTools import ttLib  # pylint: disable=g-import-not-at-top
   try:
-    font = ttLib.TTFont(face.path, fontNumber=face.index, lazy=True)
-    cmap = font.getBestCmap() or {}
-    font.close()
+    with ttLib.TTFont(face.path, fontNumber=face.index, lazy=True) as font:
+      cmap = font.getBestCmap() or {}
   except Exception as error:  # pylint: disable=broad-except  # as in _faces_of_file
     raise GlyphFontError(f'Cannot read the cmap of {face.path} (face '
                          f'{face.index}): {_describe(error)}') from error
@@ -298,6 +365,11 @@ def _open(path: str, index: int, size: int) -> ImageFont.FreeTypeFont:
                          f'{error}') from error
 
 
+def _min_ink(render_size: int) -> int:
+  """Half-inked pixels a render of this size needs not to be blank (>= 1)."""
+  return max(1, round(MIN_INK_PIXELS * (render_size / INK_REFERENCE_SIZE) ** 2))
+
+
 def _draw(font: ImageFont.FreeTypeFont, code_point: int, image_size: int,
           side: int) -> np.ndarray | None:
   character = chr(code_point)
@@ -307,7 +379,7 @@ def _draw(font: ImageFont.FreeTypeFont, code_point: int, image_size: int,
   canvas = Image.new('L', (right - left, bottom - top))
   ImageDraw.Draw(canvas).text((-left, -top), character, fill=255, font=font)
   ink = np.asarray(canvas)
-  if np.count_nonzero(ink >= 128) < MIN_INK_PIXELS:
+  if np.count_nonzero(ink >= 128) < _min_ink(font.size):
     return None
   rows, cols = np.flatnonzero(ink.any(1)), np.flatnonzero(ink.any(0))
   ink = ink[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
@@ -340,6 +412,10 @@ def render_chunk(path: str, index: int, code_points: Sequence[int],
     uint8 images `[len(code_points), image_size, image_size]` (white glyphs
     on black; zero where blank) and a bool mask of the blank ones.
 
+  Raises:
+    ValueError: an image_size below 4, an ink_fraction outside (0, 1] or one
+      that leaves no pixel.
+
   Examples:
     >>> from tcm_jax.data.glyphs import find_faces, render_chunk
     >>> face = find_faces('dejavu')[0]
@@ -347,6 +423,7 @@ def render_chunk(path: str, index: int, code_points: Sequence[int],
     >>> images.shape, blank.tolist()
     ((2, 16, 16), [False, True])
   """
+  check_parameters(image_size, ink_fraction)
   font = _open(path, index, RENDER_SCALE * image_size)
   side = round(ink_fraction * image_size)
   images = np.zeros((len(code_points), image_size, image_size), np.uint8)
@@ -370,7 +447,11 @@ def render_glyph(face: Face, code_point: int, *, image_size: int = 32,
 
   Returns:
     uint8 `[image_size, image_size]`, or None where the face draws no ink
-    (fewer than `MIN_INK_PIXELS` half-inked pixels at the render size).
+    (fewer than `MIN_INK_PIXELS` half-inked pixels at a render size of
+    `INK_REFERENCE_SIZE`, scaled with the render's area; at least 1).
+
+  Raises:
+    ValueError: bad parameters, as for `render_chunk`.
 
   Examples:
     >>> from tcm_jax.data.glyphs import find_faces, render_glyph
@@ -383,87 +464,3 @@ def render_glyph(face: Face, code_point: int, *, image_size: int = 32,
   images, blank = render_chunk(face.path, face.index, [code_point], image_size,
                                ink_fraction)
   return None if blank[0] else images[0]
-
-
-def _chunks(faces: Sequence[Face], code_points: np.ndarray, cover: np.ndarray,
-            image_size: int, ink_fraction: float):
-  for f, face in enumerate(faces):
-    covered = np.flatnonzero(cover[f])
-    for start in range(0, len(covered), CHUNK):
-      rows = covered[start:start + CHUNK]
-      yield (f, rows), (face.path, face.index, code_points[rows].tolist(),
-                        image_size, ink_fraction)
-
-
-def _can_spawn() -> bool:
-  """Whether a spawned process can import `__main__` (not when it is stdin)."""
-  main = sys.modules.get('__main__')
-  path = getattr(main, '__file__', None)
-  return getattr(main, '__spec__', None) is not None or path is None or (
-      os.path.isfile(path))
-
-
-def rasterise(faces: Sequence[Face], code_points: np.ndarray, cover: np.ndarray,
-              image_size: int, ink_fraction: float, *, workers: int = 1,
-              executor: str = 'process', progress: bool = False
-              ) -> tuple[list[dict[int, np.ndarray]], np.ndarray, int]:
-  """Renders each face's covered characters, in parallel over chunks of them.
-
-  Args:
-    faces: the faces.
-    code_points: the characters.
-    cover: bool `[len(faces), len(code_points)]`, what to render.
-    image_size: as for `render_chunk`.
-    ink_fraction: as for `render_chunk`.
-    workers: 1 renders here; more use a pool of `executor`s: 'process'
-      (spawned, never forked: the caller may run JAX's threads) or 'thread'.
-    progress: a tqdm bar over the glyphs (on a terminal).
-
-  Returns:
-    For each face, {character position: image} of the non-blank renders; the
-    bool `[len(faces), len(code_points)]` mask of the blank ones; the workers
-    used (1 where a pool could not be used).
-
-  Examples:
-    >>> import numpy as np
-    >>> from tcm_jax.data.glyphs import find_faces, rasterise
-    >>> faces = find_faces('dejavu')[:2]
-    >>> images, blank, _ = rasterise(faces, np.array([32, 65]),
-    ...                              np.ones((2, 2), bool), 16, 0.75)
-    >>> sorted(images[0]), blank.tolist()
-    ([1], [[True, False], [True, False]])
-  """
-  import tqdm  # pylint: disable=g-import-not-at-top
-  if executor not in ('process', 'thread'):
-    raise ValueError(f"executor must be 'process' or 'thread', got {executor!r}.")
-  images = [{} for _ in faces]
-  blank = np.zeros(cover.shape, bool)
-  tasks = _chunks(faces, code_points, cover, image_size, ink_fraction)
-  pool = None
-  if workers > 1 and executor == 'thread':
-    pool = concurrent.futures.ThreadPoolExecutor(workers)
-  elif workers > 1 and _can_spawn():
-    pool = concurrent.futures.ProcessPoolExecutor(
-        workers, mp_context=multiprocessing.get_context('spawn'))
-  elif workers > 1:
-    _log.warning('Rendering in this process: spawned workers would re-run the '
-                 'main program, which was not read from a file (stdin).')
-    workers = 1
-  with tqdm.tqdm(total=int(cover.sum()), unit='glyph', desc='rendering glyphs',
-                 disable=None if progress else True) as bar:
-    try:
-      if pool is None:
-        done = ((task, render_chunk(*args)) for task, args in tasks)
-      else:
-        futures = {pool.submit(render_chunk, *args): task for task, args in tasks}
-        done = ((futures[future], future.result())
-                for future in concurrent.futures.as_completed(futures))
-      for (f, rows), (rendered, empty) in done:
-        blank[f, rows] = empty
-        images[f].update((r, image) for r, image, e in
-                         zip(rows.tolist(), rendered, empty) if not e)
-        bar.update(len(rows))
-    finally:
-      if pool is not None:
-        pool.shutdown(cancel_futures=True)
-  return images, blank, workers

@@ -1,6 +1,6 @@
 """The rendered glyph dataset and its cache, for `tcm_jax.data.glyphs`.
 
-`build` renders every requested character in every face (`_fonts.rasterise`),
+`build` renders every requested character in every face (`rasterise`),
 keeps one image per distinct bitmap of a character and drops characters
 with fewer than `min_faces` of them; `load` reads a render from the cache, or
 builds and stores it there (see the `glyphs` module docstring for the layout).
@@ -8,50 +8,38 @@ builds and stores it there (see the `glyphs` module docstring for the layout).
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
+import errno
 import hashlib
 import io
 import json
 import logging
+import multiprocessing
 import os
 import pathlib
 import shutil
+import sys
 import time
 import uuid
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import PIL
 from PIL import features
 
-from tcm_jax.data._fonts import FONT_SETS, Face, GlyphFontError, face_coverage
-from tcm_jax.data._fonts import rasterise
+from tcm_jax.data._fonts import CHUNK, FONT_SETS, Face, GlyphFontError
+from tcm_jax.data._fonts import abbreviated, check_parameters, face_coverage
+from tcm_jax.data._fonts import face_order, render_chunk
 
 _log = logging.getLogger(__name__)
 
 # Bump when the rendering changes what it draws: it is part of every cache key.
-RENDER_VERSION = 1
+# 2: the blank threshold scales with the render size.
+RENDER_VERSION = 2
 FILES = ('images.npy', 'code_points.npy', 'face_ids.npy')
 INLINE_BELOW = 5000  # glyphs: fewer render faster than a worker pool starts
-
-
-def _label(code_point: int) -> str:
-  character = chr(code_point)
-  return f'U+{code_point:04X}' + (f' {character}' if character.isprintable()
-                                  and not character.isspace() else '')
-
-
-def abbreviated(code_points: Sequence[int], limit: int = 8) -> str:
-  """The first `limit` code points as `U+XXXX c`, and how many there are.
-
-  Examples:
-    >>> from tcm_jax.data._glyph_cache import abbreviated
-    >>> abbreviated([65, 32, 0x4E00], limit=2)
-    'U+0041 A, U+0020, ... (3 in all)'
-  """
-  shown = ', '.join(_label(int(c)) for c in code_points[:limit])
-  return shown + (f', ... ({len(code_points):,} in all)'
-                  if len(code_points) > limit else '')
 
 
 class GlyphCacheError(OSError):
@@ -68,7 +56,7 @@ class GlyphDataset:
     images: uint8 `[n, image_size, image_size]`, white on black.
     code_points: int64 `[n]`, the class (character) of each image.
     face_ids: int32 `[n]`, the index into `faces` of each image's face.
-    faces: the faces searched, sorted by (path, index).
+    faces: the faces searched, sorted by `face_order` (sha256, index, path).
     manifest: the render's facts (faces, parameters, counts, dropped
       characters with reasons, file hashes, timing).
     cache_path: the cache directory of this render.
@@ -124,7 +112,8 @@ class Request:
   """What to render: faces, code points, parameters; `key` is its identity.
 
   Attributes:
-    faces: the faces, sorted by (path, index).
+    faces: the faces, sorted by `face_order` (sha256, index, path): the
+      order of face ids, and of the faces' claims on a shared bitmap.
     code_points: sorted distinct int64.
     fonts: how the fonts were named (for messages).
     parameters: image_size, ink_fraction, min_faces.
@@ -138,27 +127,126 @@ class Request:
   def make(cls, faces: Sequence[Face], code_points: np.ndarray, fonts: str, *,
            image_size: int, ink_fraction: float, min_faces: int) -> Request:
     """A request with its parameters checked (ValueError)."""
-    def is_int(value):
-      return isinstance(value, int) and not isinstance(value, bool)
-    if not is_int(image_size) or image_size < 4:
-      raise ValueError(f'image_size must be an int >= 4, got {image_size!r}.')
-    if (not isinstance(ink_fraction, (int, float)) or not 0 < ink_fraction <= 1
-        or round(ink_fraction * image_size) < 1):
-      raise ValueError(f'ink_fraction must be in (0, 1] and leave at least a '
-                       f'pixel, got {ink_fraction!r}.')
-    if not is_int(min_faces) or min_faces < 1:
+    check_parameters(image_size, ink_fraction)
+    if (isinstance(min_faces, bool) or not isinstance(min_faces, int)
+        or min_faces < 1):
       raise ValueError(f'min_faces must be an int >= 1, got {min_faces!r}.')
-    return cls(tuple(faces), np.asarray(code_points, np.int64), fonts,
-               {'image_size': image_size, 'ink_fraction': float(ink_fraction),
+    return cls(tuple(sorted(faces, key=face_order)),
+               np.asarray(code_points, np.int64), fonts,
+               {'image_size': int(image_size), 'ink_fraction': float(ink_fraction),
                 'min_faces': min_faces})
 
   @property
   def key(self) -> str:
-    identity = {'render_version': RENDER_VERSION,
+    """sha256 of what draws the bytes: font files (not paths), code, parameters."""
+    identity = {'render_version': RENDER_VERSION, **libraries(),
                 'faces': [[face.sha256, face.index] for face in self.faces],
                 'code_points': self.code_points.tolist(), **self.parameters}
     canonical = json.dumps(identity, sort_keys=True, separators=(',', ':'))
     return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def libraries() -> dict[str, str]:
+  """The versions of Pillow and its FreeType, which change the bitmaps drawn.
+
+  Examples:
+    >>> from tcm_jax.data._glyph_cache import libraries
+    >>> sorted(libraries())
+    ['freetype', 'pillow']
+  """
+  return {'pillow': PIL.__version__, 'freetype': features.version('freetype2')}
+
+
+def _can_spawn() -> bool:
+  """Whether a spawned process can import `__main__` (not when it is stdin)."""
+  main = sys.modules.get('__main__')
+  path = getattr(main, '__file__', None)
+  return getattr(main, '__spec__', None) is not None or path is None or (
+      os.path.isfile(path))
+
+
+def rasterise(faces: Sequence[Face], code_points: np.ndarray, cover: np.ndarray,
+              image_size: int, ink_fraction: float, *, workers: int = 1,
+              executor: str = 'process', progress: bool = False
+              ) -> tuple[list[dict[int, np.ndarray]], np.ndarray, int]:
+  """Renders each face's covered characters, in parallel over chunks of them.
+
+  Args:
+    faces: the faces.
+    code_points: the characters.
+    cover: bool `[len(faces), len(code_points)]`, what to render.
+    image_size: as for `render_chunk`.
+    ink_fraction: as for `render_chunk`.
+    workers: 1 renders here; more use a pool of `executor`s: 'process'
+      (spawned, never forked: the caller may run JAX's threads) or 'thread'.
+    progress: a tqdm bar over the glyphs (on a terminal).
+
+  Returns:
+    For each face, {character position: image} of the non-blank renders; the
+    bool `[len(faces), len(code_points)]` mask of the blank ones; the workers
+    used (1 where a pool could not be used or broke: then what it had not
+    rendered is rendered in this process, to the same bytes).
+
+  Examples:
+    >>> import numpy as np
+    >>> from tcm_jax.data._glyph_cache import rasterise
+    >>> from tcm_jax.data.glyphs import find_faces
+    >>> faces = find_faces('dejavu')[:2]
+    >>> images, blank, _ = rasterise(faces, np.array([32, 65]),
+    ...                              np.ones((2, 2), bool), 16, 0.75)
+    >>> sorted(images[0]), blank.tolist()
+    ([1], [[True, False], [True, False]])
+  """
+  import tqdm  # pylint: disable=g-import-not-at-top
+  if executor not in ('process', 'thread'):
+    raise ValueError(f"executor must be 'process' or 'thread', got {executor!r}.")
+  images = [{} for _ in faces]
+  blank = np.zeros(cover.shape, bool)
+  tasks = []  # ((face, character positions), the arguments of render_chunk)
+  for f, face in enumerate(faces):
+    covered = np.flatnonzero(cover[f])
+    for start in range(0, len(covered), CHUNK):
+      rows = covered[start:start + CHUNK]
+      tasks.append(((f, rows), (face.path, face.index, code_points[rows].tolist(),
+                                image_size, ink_fraction)))
+  pool = None
+  if workers > 1 and executor == 'thread':
+    pool = concurrent.futures.ThreadPoolExecutor(workers)
+  elif workers > 1 and _can_spawn():
+    pool = concurrent.futures.ProcessPoolExecutor(
+        workers, mp_context=multiprocessing.get_context('spawn'))
+  elif workers > 1:
+    _log.warning('Rendering in this process: spawned workers would re-run the '
+                 'main program, which was not read from a file (stdin).')
+    workers = 1
+  pending = set(range(len(tasks)))
+  with tqdm.tqdm(total=int(cover.sum()), unit='glyph', desc='rendering glyphs',
+                 disable=None if progress else True) as bar:
+    def record(t, rendered, empty):
+      (f, rows), _ = tasks[t]
+      blank[f, rows] = empty
+      images[f].update((r, image) for r, image, e in
+                       zip(rows.tolist(), rendered, empty) if not e)
+      pending.discard(t)
+      bar.update(len(rows))
+    if pool is not None:
+      try:
+        futures = {pool.submit(render_chunk, *args): t
+                   for t, (_, args) in enumerate(tasks)}
+        for future in concurrent.futures.as_completed(futures):
+          record(futures[future], *future.result())
+      # A worker killed, or unable to start (a script without a __main__ guard
+      # re-runs itself in it): the chunks left render here, to the same bytes.
+      except concurrent.futures.BrokenExecutor as error:
+        _log.warning('A render worker failed (%s); rendering the %d chunks left '
+                     'here (a script that renders glyphs at import needs an '
+                     "`if __name__ == '__main__':` guard).", error, len(pending))
+        workers = 1
+      finally:
+        pool.shutdown(cancel_futures=True)
+    for t in sorted(pending):
+      record(t, *render_chunk(*tasks[t][1]))
+  return images, blank, workers
 
 
 def build(request: Request, *, workers: int | None = None,
@@ -257,7 +345,7 @@ def build(request: Request, *, workers: int | None = None,
       'render': {'glyphs': total, 'seconds': round(seconds, 3),
                  'glyphs_per_second': round(total / max(seconds, 1e-9), 1),
                  'workers': workers, 'executor': 'inline' if workers == 1 else executor,
-                 'freetype': features.version('freetype2')}}
+                 **libraries()}}
   return arrays, manifest
 
 
@@ -288,6 +376,8 @@ def _read_entry(path: pathlib.Path, request: Request
   """The verified arrays and manifest of a cache entry; _StaleEntry if unfit."""
   try:
     manifest = json.loads((path / 'manifest.json').read_text(encoding='utf-8'))
+    if not isinstance(manifest, dict):  # valid JSON, e.g. [] or null
+      raise _StaleEntry('its manifest is not a JSON object')
     if manifest.get('key') != request.key:
       raise _StaleEntry('its key is not the request\'s')
     if (manifest.get('parameters') != request.parameters
@@ -323,14 +413,20 @@ def _write_entry(directory: pathlib.Path, arrays: dict[str, np.ndarray],
       json.dumps(manifest, indent=1, ensure_ascii=False), encoding='utf-8')
 
 
+# What rename(2) says when the target is there (a directory, or a file).
+_TARGET_EXISTS = (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR, errno.EISDIR)
+
+
 def _publish(tmp: pathlib.Path, final: pathlib.Path, request: Request) -> None:
   """Renames a written entry into place; another writer's valid entry wins."""
+  root = final.parent.parent
   for _ in range(3):
     try:
       os.rename(tmp, final)
       return
-    except OSError:  # `final` exists: another writer's, or a damaged one.
-      pass
+    except OSError as error:  # `final` exists: another writer's, or damaged.
+      if error.errno not in _TARGET_EXISTS:  # EACCES, EROFS...: say so.
+        raise _cache_error(root, error) from error
     try:
       _read_entry(final, request)
       return
@@ -340,9 +436,13 @@ def _publish(tmp: pathlib.Path, final: pathlib.Path, request: Request) -> None:
         os.rename(final, aside)
       except FileNotFoundError:  # Another writer moved it first.
         continue
-      shutil.rmtree(aside, ignore_errors=True)
-  raise _cache_error(final.parent.parent,
-                     OSError(f'could not rename {tmp} to {final}'))
+      except OSError as error:
+        raise _cache_error(root, error) from error
+      if aside.is_dir() and not aside.is_symlink():
+        shutil.rmtree(aside, ignore_errors=True)
+      else:  # a file or link where the entry belongs: rmtree would leave it
+        aside.unlink(missing_ok=True)
+  raise _cache_error(root, OSError(f'could not rename {tmp} to {final}'))
 
 
 def load(request: Request, cache_dir: str | os.PathLike | None, *,

@@ -16,10 +16,12 @@ kanji by default). `load_split('glyphs', side, glyphs={...})` reads a side;
 
 Cache: a render is stored in `<cache_dir>/glyphs/<key[:20]>/` (`images.npy`,
 `code_points.npy`, `face_ids.npy`, `manifest.json`), where the key is the
-sha256 of the render-code version, each face's file hash and index, the code
-points and the parameters. `cache_dir` defaults to `$TCM_JAX_CACHE`, else
-`$XDG_CACHE_HOME/tcm_jax`, else `~/.cache/tcm_jax`. An entry is verified
-(file hashes, parameters) on every read and rebuilt when damaged or stale.
+sha256 of the render-code, Pillow and FreeType versions, each face's file
+hash and index (faces ordered by these, not by path: the same font files
+anywhere give the same key and bytes), the code points and the parameters.
+`cache_dir` defaults to `$TCM_JAX_CACHE`, else `$XDG_CACHE_HOME/tcm_jax`,
+else `~/.cache/tcm_jax`. An entry is verified (file hashes, parameters) on
+every read and rebuilt when damaged or stale.
 
   python -m tcm_jax.data.glyphs [--characters jis_level1] [--fonts cjk] \
       [--image_size 32] [--min_faces 2] [--cache_dir DIR] \
@@ -40,11 +42,11 @@ from typing import Any
 import numpy as np
 
 from tcm_jax.data import datasets
-from tcm_jax.data._fonts import FONT_SETS, Face, GlyphFontError
-from tcm_jax.data._fonts import face_coverage, find_faces, rasterise
-from tcm_jax.data._fonts import render_chunk, render_glyph
+from tcm_jax.data._fonts import FONT_SETS, Face, GlyphFontError, abbreviated
+from tcm_jax.data._fonts import face_coverage, find_faces, render_chunk
+from tcm_jax.data._fonts import render_glyph
 from tcm_jax.data._glyph_cache import FILES, GlyphCacheError, GlyphDataset
-from tcm_jax.data._glyph_cache import Request, abbreviated, load
+from tcm_jax.data._glyph_cache import Request, load, rasterise
 
 __all__ = [
     'CHARACTER_SETS', 'FILES', 'FONT_SETS', 'GLYPH_OPTIONS', 'Face',
@@ -247,9 +249,17 @@ def _options(options: Mapping[str, Any] | None) -> dict[str, Any]:
                      f'{sorted(GLYPH_OPTIONS)}.')
   resolved = {**GLYPH_OPTIONS, **(options or {})}
   if resolved['pretrain_characters'] is None:
+    characters = resolved['characters']  # an array has no single truth value
     resolved['pretrain_characters'] = (
-        'jis_level2' if resolved['characters'] == 'jis_level1' else '')
+        'jis_level2' if isinstance(characters, str)
+        and characters == 'jis_level1' else '')
   return resolved
+
+
+def _has_pretrain(options: dict[str, Any]) -> bool:
+  """Whether pretrain_characters names any (a string, or code points)."""
+  value = options['pretrain_characters']
+  return bool(value.strip()) if isinstance(value, str) else len(value) > 0
 
 
 def _rendered(options: dict[str, Any], characters) -> GlyphDataset:
@@ -272,7 +282,7 @@ def _sides(options: dict[str, Any], pretrain: bool
   side_of = split_classes(data.code_points, test_fraction=options['test_fraction'],
                           val_fraction=options['val_fraction'])
   sides = {side: (data, side_of == side) for side in ('train', 'val', 'test')}
-  if pretrain and options['pretrain_characters']:
+  if pretrain and _has_pretrain(options):
     pretrain = _rendered(options, options['pretrain_characters'])
     shared = np.intersect1d(pretrain.code_points, data.code_points)
     if shared.size:
@@ -312,7 +322,7 @@ def load_glyph_split(side: str, **options) -> datasets.Split:
   if side not in ('train', 'val', 'test', 'pretrain'):
     raise ValueError(f"Unknown glyphs side {side!r}; expected 'train', 'val', "
                      "'test' or 'pretrain'.")
-  if side == 'pretrain' and not options['pretrain_characters']:
+  if side == 'pretrain' and not _has_pretrain(options):
     raise ValueError(
         f"The glyphs dataset of characters={options['characters']!r} has no "
         "pretrain side: set the glyphs option pretrain_characters (e.g. "
@@ -340,7 +350,7 @@ def dataset_facts(options: Mapping[str, Any] | None = None, *,
     >>> from tcm_jax.data.glyphs import dataset_facts
     >>> print(dataset_facts({'characters': 'greek', 'fonts': 'dejavu',
     ...                      'image_size': 16, 'cache_dir': tempfile.mkdtemp()}))
-    Glyphs: 49 characters (classes) in 14 faces -> ...
+    Glyphs: 49 characters (classes) in ... faces -> ...
     Sides (split_classes: test 0.5, val 0.1 of the classes):
       train: ... classes, ... images
       val: ...
@@ -350,10 +360,13 @@ def dataset_facts(options: Mapping[str, Any] | None = None, *,
   lines = [sides['train'][0].describe(),
            f"Sides (split_classes: test {options['test_fraction']:g}, val "
            f"{options['val_fraction']:g} of the classes):"]
+  named = options['pretrain_characters']
+  if not isinstance(named, str):
+    named = f'{len(named):,} code points'
   for side, (data, keep) in sides.items():
     lines.append(f'  {side}: {len(np.unique(data.code_points[keep])):,} classes, '
                  f'{int(keep.sum()):,} images'
-                 + (f" ({options['pretrain_characters']}; "
+                 + (f" ({named}; "
                     f"{len(data.manifest['dropped']):,} of "
                     f"{data.manifest['counts']['requested']:,} requested "
                     "characters dropped)" if side == 'pretrain' else ''))
@@ -424,7 +437,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     >>> from tcm_jax.data.glyphs import main
     >>> main(['--characters', 'latin', '--fonts', 'dejavu', '--image_size', '8',
     ...       '--cache_dir', tempfile.mkdtemp()])
-    Glyphs: 52 characters (classes) in 14 faces -> ...
+    Glyphs: 52 characters (classes) in ... faces -> ...
       test: ... classes, ... images
   """
   parser = _Parser(prog='python -m tcm_jax.data.glyphs',
@@ -457,8 +470,12 @@ def main(argv: Sequence[str] | None = None) -> None:
       picks = np.linspace(0, len(shown) - 1, min(args.figure_characters, len(shown)))
       _write_figure(data, shown[np.unique(picks.round().astype(int))], args.figure)
       print(f'Figure: {args.figure}')
-  except (ValueError, OSError) as error:
+  except (ValueError, OSError) as error:  # the messages say what to do
     sys.exit(f'{parser.prog}: error: {error}')
+  # Anything else (a failing library, a bug) is still one line and an exit
+  # status; a traceback says nothing more to whoever runs the command.
+  except Exception as error:  # pylint: disable=broad-except
+    sys.exit(f'{parser.prog}: error: {type(error).__name__}: {error}')
 
 
 if __name__ == '__main__':

@@ -1,5 +1,8 @@
-"""Glyphs: character sets, fonts, rendering, the cache, class splits, the command."""
+"""Glyphs: character sets, fonts, rendering, the command."""
+# pylint: disable=protected-access  # the tests read the private helpers
 
+import gc
+import glob
 import hashlib
 import logging
 import os
@@ -8,19 +11,22 @@ import shutil
 import string
 import subprocess
 import sys
-import threading
+import time
 import unicodedata
+import warnings
 
+import matplotlib
 import numpy as np
 import pytest
 
 from tcm_jax.data import _fonts
-from tcm_jax.data import _glyph_cache
-from tcm_jax.data import datasets
 from tcm_jax.data import glyphs
 
 NOTO_CJK = '/usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc'
 CLI = [sys.executable, '-m', 'tcm_jax.data.glyphs']
+# The faces of the 'dejavu' set: as many as this matplotlib ships.
+DEJAVU_FACES = len(glob.glob(os.path.join(matplotlib.get_data_path(), 'fonts',
+                                          'ttf', 'DejaVu*.ttf')))
 
 
 @pytest.fixture(scope='module')
@@ -32,11 +38,6 @@ def dejavu():
 def _render(cache_dir, characters='latin', fonts='dejavu', **kwargs):
   kwargs = {'image_size': 12, 'progress': False, **kwargs}
   return glyphs.render_dataset(characters, fonts, cache_dir=cache_dir, **kwargs)
-
-
-def _npy_bytes(data):
-  return {name: open(os.path.join(data.cache_path, name), 'rb').read()
-          for name in glyphs.FILES}
 
 
 # --- Characters ---------------------------------------------------------------------
@@ -62,6 +63,18 @@ def test_jis_levels_match_an_independent_derivation():
   np.testing.assert_array_equal(glyphs.CHARACTER_SETS['jis_level2'], level2)
   for code_point in np.concatenate([level1, level2]):
     assert unicodedata.name(chr(code_point)).startswith('CJK UNIFIED IDEOGRAPH')
+
+
+def test_jis_levels_match_the_standards_table():
+  # Both derivations above read CPython's one JIS table: fixed values too.
+  jis = glyphs._jis_kanji  # in JIS order, not sorted
+  level1, level2 = (set(glyphs.CHARACTER_SETS[f'jis_level{i}'].tolist())
+                    for i in (1, 2))
+  assert (jis(16, 16)[0], jis(47, 47)[-1]) == (0x4E9C, 0x8155)  # 亜 16-01, 腕 47-51
+  assert {0x4E9C, 0x8155} <= level1 and not {0x4E9C, 0x8155} & level2
+  assert jis(48, 48)[0] == 0x5F0C and 0x5F0C in level2  # 弌 48-01
+  assert ''.join(map(chr, jis(84, 84))) == '堯槇遙瑤凜熙'  # row 84: 6 cells
+  assert {ord(c) for c in '堯槇遙瑤凜熙'} <= level2
 
 
 def test_alphabets_are_the_plain_letters():
@@ -114,7 +127,8 @@ def test_parse_characters_errors(spec, message):
 
 def test_find_faces_sorts_merges_and_names(dejavu, tmp_path):
   faces = glyphs.find_faces('dejavu')
-  assert [(f.path, f.index) for f in faces] == sorted((f.path, f.index) for f in faces)
+  assert len(faces) == DEJAVU_FACES
+  assert [_fonts.face_order(f) for f in faces] == sorted(map(_fonts.face_order, faces))
   sans = dejavu['DejaVuSans.ttf']
   with open(sans.path, 'rb') as f:
     assert sans.sha256 == hashlib.sha256(f.read()).hexdigest()
@@ -125,7 +139,9 @@ def test_find_faces_sorts_merges_and_names(dejavu, tmp_path):
   shutil.copy(sans.path, tmp_path / 'sub' / 'copy.ttf')
   mixed = glyphs.find_faces(f'{sans.path},{tmp_path},dejavu')
   assert len(mixed) == len(faces) + 1
-  assert mixed[0].path == str(tmp_path / 'sub' / 'copy.ttf')
+  copies = [f.path for f in mixed if f.sha256 == sans.sha256]  # adjacent, by path
+  assert copies == sorted([sans.path, str(tmp_path / 'sub' / 'copy.ttf')])
+  assert mixed[mixed.index(sans) + (1 if copies[0] == sans.path else -1)].path in copies
 
 
 def test_family_lookup_without_fc_list(dejavu, tmp_path, monkeypatch, caplog):
@@ -133,7 +149,7 @@ def test_family_lookup_without_fc_list(dejavu, tmp_path, monkeypatch, caplog):
   (tmp_path / 'broken.ttf').write_bytes(b'not a font' * 10)
   monkeypatch.setattr(_fonts, 'SYSTEM_FONT_DIRS', (str(tmp_path),))
   monkeypatch.setattr(_fonts.shutil, 'which', lambda name: None)
-  _fonts._fc_list.cache_clear()  # pylint: disable=protected-access
+  _fonts._fc_list.cache_clear()
   try:
     with caplog.at_level(logging.WARNING):
       faces = glyphs.find_faces('dejavu serif')
@@ -143,7 +159,90 @@ def test_family_lookup_without_fc_list(dejavu, tmp_path, monkeypatch, caplog):
                        match=rf"named 'Nope Sans'.*font files under {tmp_path}"):
       glyphs.find_faces('Nope Sans')
   finally:
-    _fonts._fc_list.cache_clear()  # pylint: disable=protected-access
+    _fonts._fc_list.cache_clear()
+
+
+def test_empty_fc_list_falls_back_to_the_font_directories(dejavu, tmp_path,
+                                                          monkeypatch):
+  shutil.copy(dejavu['DejaVuSerif.ttf'].path, tmp_path / 'serif.ttf')
+  monkeypatch.setattr(_fonts, 'SYSTEM_FONT_DIRS', (str(tmp_path),))
+  monkeypatch.setattr(_fonts.shutil, 'which', lambda name: '/usr/bin/' + name)
+  monkeypatch.setattr(_fonts.subprocess, 'run', lambda args, **kwargs: (
+      subprocess.CompletedProcess(args, 0, stdout='', stderr='')))
+  _fonts._fc_list.cache_clear()
+  try:
+    faces = glyphs.find_faces('DejaVu Serif')  # fontconfig without a config
+    assert [f.path for f in faces] == [str(tmp_path / 'serif.ttf')]
+  finally:
+    _fonts._fc_list.cache_clear()
+
+
+def test_missing_families_of_a_set_are_one_line(dejavu, tmp_path, monkeypatch,
+                                                caplog):
+  shutil.copy(dejavu['DejaVuSerif.ttf'].path, tmp_path / 'serif.ttf')
+  monkeypatch.setattr(_fonts, 'SYSTEM_FONT_DIRS', (str(tmp_path),))
+  monkeypatch.setattr(_fonts.shutil, 'which', lambda name: None)
+  monkeypatch.setitem(_fonts.FONT_SETS, 'some', _fonts.FontSet(
+      families=('DejaVu Serif', 'Nope Sans', 'Nope Serif'), prefixes=('Nope',)))
+  monkeypatch.setitem(_fonts.FONT_SETS, 'none', _fonts.FontSet(
+      families=('Nope Sans', 'Nope Serif'), install='apt-get install nope'))
+  _fonts._fc_list.cache_clear()
+  try:
+    with caplog.at_level(logging.DEBUG, logger='tcm_jax'):
+      assert len(glyphs.find_faces('some')) == 1
+    warned = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warned) == 1, caplog.text
+    assert ('3 of its 4 families are not installed (Nope Sans, Nope Serif, Nope*)'
+            in warned[0].getMessage())
+    caplog.clear()
+    with caplog.at_level(logging.DEBUG, logger='tcm_jax'):
+      with pytest.raises(glyphs.GlyphFontError,
+                         match=r"set 'none'.*Nope Sans, Nope Serif.*install nope"):
+        glyphs.find_faces('none')
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+  finally:
+    _fonts._fc_list.cache_clear()
+
+
+def test_font_hash_follows_a_rewrite_that_keeps_size_and_mtime(tmp_path):
+  path = tmp_path / 'font.ttf'
+  path.write_bytes(b'a' * 1000)
+  before = os.stat(path)
+  assert _fonts._sha256(str(path)) == hashlib.sha256(b'a' * 1000).hexdigest()
+  for _ in range(100):  # file times tick coarsely: until the ctime moves
+    time.sleep(0.005)
+    with open(path, 'r+b') as f:
+      f.write(b'b' * 1000)
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    if os.stat(path).st_ctime_ns != before.st_ctime_ns:
+      break
+  after = os.stat(path)
+  assert (after.st_size, after.st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+  assert _fonts._sha256(str(path)) == hashlib.sha256(b'b' * 1000).hexdigest()
+
+
+def test_font_files_are_closed(dejavu, tmp_path):
+  from fontTools import ttLib  # pylint: disable=g-import-not-at-top
+  collection = ttLib.TTCollection()
+  collection.fonts = [ttLib.TTFont(dejavu[name].path)
+                      for name in ('DejaVuSans.ttf', 'DejaVuSerif.ttf')]
+  collection.save(tmp_path / 'pair.ttc')
+  del collection
+  gc.collect()
+
+  def refuse(index, families):
+    raise KeyError(index, families)
+
+  with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter('always', ResourceWarning)
+    faces = glyphs.find_faces(str(tmp_path / 'pair.ttc'))
+    assert [f.index for f in faces] == [0, 1]
+    glyphs.face_coverage(faces[1])
+    with pytest.raises(glyphs.GlyphFontError, match='pair.ttc'):
+      _fonts._faces_of_file(str(tmp_path / 'pair.ttc'), refuse)
+    gc.collect()
+  assert not [w for w in caught if issubclass(w.category, ResourceWarning)], [
+      str(w.message) for w in caught]
 
 
 def test_unknown_font_name_says_what_was_searched():
@@ -221,7 +320,7 @@ def test_blank_renders_are_dropped_even_when_the_cmap_claims_them(dejavu, tmp_pa
 def test_almost_inkless_renders_are_blank(dejavu, monkeypatch):
   from PIL import Image, ImageDraw, ImageFont  # pylint: disable=g-import-not-at-top
   sans = dejavu['DejaVuSans.ttf']
-  size = 16
+  size = _fonts.INK_REFERENCE_SIZE // _fonts.RENDER_SCALE  # the threshold as set
   font = ImageFont.truetype(sans.path, _fonts.RENDER_SCALE * size,
                             layout_engine=ImageFont.Layout.BASIC)
   left, top, right, bottom = font.getbbox('.')
@@ -234,52 +333,29 @@ def test_almost_inkless_renders_are_blank(dejavu, monkeypatch):
   assert glyphs.render_glyph(sans, ord('A'), image_size=size) is not None
 
 
-def test_identical_faces_count_once(dejavu, tmp_path):
-  original = dejavu['DejaVuSans.ttf'].path
-  copy = tmp_path / 'fonts' / 'copy.ttf'
-  copy.parent.mkdir()
-  shutil.copy(original, copy)
-  data = _render(tmp_path / 'cache', fonts=[original, str(copy)], min_faces=1)
-  first = min(data.faces, key=lambda f: f.path)
-  assert len(data.faces) == 2 and data.faces[0] == first
-  assert np.all(data.face_ids == 0)
-  np.testing.assert_array_equal(data.code_points, glyphs.CHARACTER_SETS['latin'])
-  assert data.manifest['faces'][1]['duplicates'] == 52
-  with pytest.raises(ValueError, match=r'Only 0 of the 52 .*52 fewer than 2 '
-                     'distinct faces'):
-    _render(tmp_path / 'cache', fonts=[original, str(copy)], min_faces=2)
+def test_the_blank_threshold_scales_with_the_image_size(dejavu):
+  sans = dejavu['DejaVuSans.ttf']
+  for size in (4, 5, 6, 8):  # a dot is a few pixels at 4 x these render sizes
+    for character in '.,\'':
+      image = glyphs.render_glyph(sans, ord(character), image_size=size)
+      assert image is not None and image.any(), (size, character)
+  assert glyphs.render_glyph(sans, ord(' '), image_size=4) is None
+  assert _fonts._min_ink(_fonts.INK_REFERENCE_SIZE) == _fonts.MIN_INK_PIXELS
+  assert _fonts._min_ink(16) == 1
+  assert _fonts._min_ink(4 * _fonts.INK_REFERENCE_SIZE) == 16 * _fonts.MIN_INK_PIXELS
 
 
-def test_min_faces_drops_the_thin_characters(tmp_path):
-  spec = 'latin,U+2C60-U+2C7F,U+0250-U+026F'  # extensions that few faces draw
-  everything = _render(tmp_path, spec, min_faces=1)
-  points, per_class = np.unique(everything.code_points, return_counts=True)
-  threshold = int(per_class.max())
-  thin = set(points[per_class < threshold].tolist())
-  assert thin and len(thin) < len(points)  # the premise: both kinds present
-  data = _render(tmp_path, spec, min_faces=threshold)
-  dropped = {d['code_point']: d for d in data.manifest['dropped']}
-  reason = f'fewer than {threshold} distinct faces'
-  assert {c for c, d in dropped.items() if d['reason'] == reason} == thin
-  assert set(data.code_points.tolist()) == set(points.tolist()) - thin
-  for c, d in dropped.items():
-    if c in thin:
-      assert d['distinct_faces'] == per_class[points == c][0]
-
-
-def test_fewer_than_two_characters_is_an_error(tmp_path):
-  with pytest.raises(ValueError, match=r'Only 1 of the 2 characters .* at least '
-                     r'2\. Dropped: 1 not covered by any face\.'):
-    _render(tmp_path, 'U+0041,U+4E00')
-
-
-def test_no_covering_face_lists_characters_and_fonts(tmp_path):
-  with pytest.raises(glyphs.GlyphFontError) as error:
-    _render(tmp_path, 'U+4E00-U+4E0F')
-  message = str(error.value)
-  assert 'U+4E00 一' in message and '(16 in all)' in message
-  assert 'dejavu' in message and 'DejaVu Sans Bold' in message
-  assert not os.listdir(tmp_path / 'glyphs')  # nothing written
+@pytest.mark.parametrize('size, fraction, message', [
+    (16, 1.5, 'ink_fraction must be in'), (16, 0.0, 'ink_fraction must be in'),
+    (16, 0.01, 'leave at least a pixel'), (16, True, 'ink_fraction must be in'),
+    (2, 0.5, 'image_size must be an int >= 4'), (16.0, 0.5, 'image_size must be'),
+])
+def test_render_parameters_are_checked(dejavu, size, fraction, message):
+  sans = dejavu['DejaVuSans.ttf']
+  with pytest.raises(ValueError, match=message):
+    glyphs.render_glyph(sans, 65, image_size=size, ink_fraction=fraction)
+  with pytest.raises(ValueError, match=message):
+    glyphs.render_chunk(sans.path, 0, [65], size, fraction)
 
 
 def test_cjk_error_says_how_to_install_the_fonts(tmp_path):
@@ -287,226 +363,6 @@ def test_cjk_error_says_how_to_install_the_fonts(tmp_path):
   with pytest.raises(glyphs.GlyphFontError,
                      match='apt-get install fonts-noto-cjk fonts-kouzan-mouhitsu'):
     _render(tmp_path, 'U+10380-U+10381', 'cjk')
-
-
-# --- The cache ------------------------------------------------------------------------------
-
-def test_second_load_reads_the_cache(tmp_path, monkeypatch):
-  first = _render(tmp_path)
-  assert not first.from_cache
-  monkeypatch.setattr(_glyph_cache, 'rasterise', None)  # any render would fail
-  again = _render(tmp_path)
-  assert again.from_cache and again.cache_path == first.cache_path
-  np.testing.assert_array_equal(again.images, first.images)
-  assert sorted(os.listdir(first.cache_path)) == sorted(
-      [*glyphs.FILES, 'manifest.json'])
-  assert os.path.dirname(first.cache_path) == str(tmp_path / 'glyphs')
-  assert again.manifest['files'] == {
-      name: hashlib.sha256(content).hexdigest()
-      for name, content in _npy_bytes(again).items()}
-
-
-def test_default_cache_dir_follows_the_environment(tmp_path, monkeypatch):
-  monkeypatch.setenv('TCM_JAX_CACHE', str(tmp_path / 'env'))
-  assert _render(None).cache_path.startswith(str(tmp_path / 'env' / 'glyphs'))
-  monkeypatch.delenv('TCM_JAX_CACHE')
-  monkeypatch.setenv('XDG_CACHE_HOME', str(tmp_path / 'xdg'))
-  assert _render(None).cache_path.startswith(
-      str(tmp_path / 'xdg' / 'tcm_jax' / 'glyphs'))
-
-
-def test_renders_are_byte_identical_across_caches_and_workers(tmp_path):
-  inline = _render(tmp_path / 'a', 'latin,greek', workers=1)
-  pooled = _render(tmp_path / 'b', 'latin,greek', workers=2, executor='process')
-  assert pooled.manifest['render']['executor'] == 'process'
-  assert os.path.basename(inline.cache_path) == os.path.basename(pooled.cache_path)
-  assert _npy_bytes(inline) == _npy_bytes(pooled)
-  assert inline.manifest['files'] == pooled.manifest['files']
-
-
-def test_changed_font_file_is_not_served_from_the_cache(dejavu, tmp_path):
-  font = tmp_path / 'fonts' / 'font.ttf'
-  font.parent.mkdir()
-  shutil.copy(dejavu['DejaVuSans.ttf'].path, font)
-  fonts = [str(font), dejavu['DejaVuSerif.ttf'].path]
-  before = _render(tmp_path / 'cache', fonts=fonts)
-  shutil.copy(dejavu['DejaVuSans-Bold.ttf'].path, font)
-  after = _render(tmp_path / 'cache', fonts=fonts)
-  assert not after.from_cache and after.cache_path != before.cache_path
-  assert after.faces[0].sha256 != before.faces[0].sha256
-  assert not np.array_equal(after.images, before.images)
-  assert _render(tmp_path / 'cache', fonts=fonts).from_cache
-
-
-@pytest.mark.parametrize('damage', ['flip a byte of images.npy',
-                                    'delete face_ids.npy', 'truncate the manifest',
-                                    'change a parameter in the manifest'])
-def test_damaged_cache_entry_is_rebuilt(tmp_path, caplog, damage):
-  good = _render(tmp_path)
-  original = _npy_bytes(good)
-  path = good.cache_path
-  if damage.startswith('flip'):
-    content = bytearray(original['images.npy'])
-    content[-7] ^= 0xFF
-    open(os.path.join(path, 'images.npy'), 'wb').write(bytes(content))
-  elif damage.startswith('delete'):
-    os.remove(os.path.join(path, 'face_ids.npy'))
-  else:
-    manifest = open(os.path.join(path, 'manifest.json')).read()
-    if damage.startswith('truncate'):
-      manifest = manifest[:len(manifest) // 2]
-    else:
-      manifest = manifest.replace('"min_faces": 2', '"min_faces": 3')
-    open(os.path.join(path, 'manifest.json'), 'w').write(manifest)
-  with caplog.at_level(logging.WARNING):
-    rebuilt = _render(tmp_path)
-  assert 'Rebuilding the glyph cache entry' in caplog.text
-  assert not rebuilt.from_cache and rebuilt.cache_path == path
-  assert _npy_bytes(rebuilt) == original
-  np.testing.assert_array_equal(rebuilt.images, good.images)
-  assert sorted(os.listdir(tmp_path / 'glyphs')) == [os.path.basename(path)]
-  assert _render(tmp_path).from_cache
-
-
-def test_unwritable_cache_dir_fails_first_and_leaves_nothing(tmp_path, monkeypatch):
-  blocker = tmp_path / 'file'
-  blocker.write_text('a regular file')
-  monkeypatch.setattr(_glyph_cache, 'rasterise', None)  # not reached
-  with pytest.raises(glyphs.GlyphCacheError) as error:
-    _render(blocker / 'cache')
-  message = str(error.value)
-  assert str(blocker / 'cache') in message
-  assert 'cache_dir=' in message and '$TCM_JAX_CACHE' in message
-  assert isinstance(error.value, OSError)
-  assert os.listdir(tmp_path) == ['file'] and blocker.read_text() == 'a regular file'
-
-
-def test_concurrent_writers_share_one_entry(tmp_path, monkeypatch):
-  barrier = threading.Barrier(2, timeout=30)
-  build = _glyph_cache.build
-
-  def build_together(*args, **kwargs):
-    result = build(*args, **kwargs)
-    barrier.wait()  # both have rendered before either publishes
-    return result
-
-  monkeypatch.setattr(_glyph_cache, 'build', build_together)
-  results = [None, None]
-
-  def work(i):
-    results[i] = _render(tmp_path)
-
-  threads = [threading.Thread(target=work, args=(i,)) for i in range(2)]
-  for thread in threads:
-    thread.start()
-  for thread in threads:
-    thread.join()
-  assert results[0] is not None and results[1] is not None
-  np.testing.assert_array_equal(results[0].images, results[1].images)
-  assert os.listdir(tmp_path / 'glyphs') == [os.path.basename(results[0].cache_path)]
-  assert _render(tmp_path).from_cache
-
-
-# --- Class splits and the registry ----------------------------------------------------------
-
-def test_split_classes_is_a_pure_function_of_the_code_point():
-  points = np.arange(0x4E00, 0x4E00 + 4000)
-  sides = glyphs.split_classes(points)
-  np.testing.assert_array_equal(sides, glyphs.split_classes(points))
-  assert set(sides) == {'train', 'val', 'test'}
-  # Adding characters (and reordering) never moves the others.
-  more = np.concatenate([np.arange(0xAC00, 0xAC00 + 500), points[::-1]])
-  np.testing.assert_array_equal(glyphs.split_classes(more)[500:], sides[::-1])
-  for side, p in (('test', 0.5), ('val', 0.1), ('train', 0.4)):
-    count = np.sum(sides == side)
-    assert abs(count - p * len(points)) < 4 * np.sqrt(len(points) * p * (1 - p))
-  for code_point, side in zip(points[:300].tolist(), sides[:300]):  # as documented
-    digest = hashlib.sha256(f'tcm_jax-glyphs:{code_point}'.encode()).digest()
-    u = int.from_bytes(digest[:8], 'big') / 2**64
-    assert side == ('test' if u < 0.5 else 'val' if u < 0.6 else 'train')
-  salted = glyphs.split_classes(points, salt='another')
-  assert 0.3 < np.mean(salted == sides) < 0.7
-  all_test = glyphs.split_classes(points[:50], test_fraction=1.0, val_fraction=0.0)
-  assert set(all_test) == {'test'}
-
-
-@pytest.mark.parametrize('kwargs, message', [
-    ({'test_fraction': -0.1}, r'test_fraction must be in \[0, 1\]'),
-    ({'val_fraction': 1.5}, r'val_fraction must be in \[0, 1\]'),
-    ({'test_fraction': 0.6, 'val_fraction': 0.5}, 'at most 1'),
-    ({'test_fraction': 'half'}, 'test_fraction must be'),
-    ({'val_fraction': float('nan')}, 'val_fraction must be'),
-])
-def test_split_classes_checks_its_fractions(kwargs, message):
-  with pytest.raises(ValueError, match=message):
-    glyphs.split_classes([1, 2], **kwargs)
-
-
-def _options(tmp_path, **overrides):
-  return {'characters': 'latin,greek,cyrillic', 'fonts': 'dejavu',
-          'image_size': 12, 'cache_dir': str(tmp_path), **overrides}
-
-
-def test_load_split_gives_disjoint_sides_of_code_points(tmp_path):
-  options = _options(tmp_path)
-  splits = {side: datasets.load_split('glyphs', side, glyphs=options)
-            for side in ('train', 'val', 'test')}
-  data = glyphs.render_dataset('latin,greek,cyrillic', 'dejavu', image_size=12,
-                               cache_dir=tmp_path, progress=False)
-  classes = np.unique(data.code_points)
-  expected = dict(zip(classes.tolist(), glyphs.split_classes(classes)))
-  seen = []
-  for side, split in splits.items():
-    assert split.name == f'glyphs/{side}' and split.labels.dtype == np.int64
-    assert {expected[c] for c in split.labels.tolist()} == {side}
-    image = split.image(len(split) - 1)
-    assert image.shape == (12, 12, 1) and image.dtype == np.uint8
-    seen.append(split.labels)
-  assert sum(len(s) for s in seen) == len(data.code_points)
-  np.testing.assert_array_equal(np.unique(np.concatenate(seen)), classes)
-  # An image is the one rendered for its record.
-  test = splits['test']
-  first = np.flatnonzero(np.isin(data.code_points, test.labels))[0]
-  np.testing.assert_array_equal(test.image(0)[..., 0], data.images[first])
-
-
-def test_pretrain_side_and_its_checks(tmp_path):
-  options = _options(tmp_path, characters='latin,greek',
-                     pretrain_characters='cyrillic')
-  pretrain = datasets.load_split('glyphs', 'pretrain', glyphs=options)
-  assert set(pretrain.labels.tolist()) == set(glyphs.CHARACTER_SETS['cyrillic'].tolist())
-  with pytest.raises(ValueError, match='share 52 characters'):
-    datasets.load_split('glyphs', 'pretrain',
-                        glyphs={**options, 'pretrain_characters': 'latin,cyrillic'})
-  with pytest.raises(ValueError, match='has no pretrain side'):
-    datasets.load_split('glyphs', 'pretrain', glyphs=_options(tmp_path))
-  facts = glyphs.dataset_facts(options)
-  assert 'pretrain: 64 classes' in facts and '(cyrillic;' in facts
-
-
-def test_load_split_rejects_bad_sides_and_options(tmp_path):
-  with pytest.raises(ValueError, match="side must be 'train', 'val', 'test' or "
-                     "'pretrain' for glyphs, got 'validation'"):
-    datasets.load_split('glyphs', 'validation', glyphs=_options(tmp_path))
-  with pytest.raises(ValueError, match="side must be 'train' or 'test' for digits"):
-    datasets.load_split('digits', 'val')
-  with pytest.raises(ValueError, match=r"Unknown glyphs option\(s\) \['size'\]; "
-                     r"the options are \['cache_dir', 'characters'"):
-    datasets.load_split('glyphs', 'train', glyphs={'size': 3})
-  with pytest.raises(ValueError, match="side 'val' has no classes"):
-    datasets.load_split('glyphs', 'val', glyphs=_options(tmp_path, val_fraction=0.0))
-  assert datasets.DATASETS['glyphs'].sides == ('train', 'val', 'test', 'pretrain')
-  assert datasets.DATASETS['digits'].sides == ('train', 'test')
-
-
-def test_dataset_facts_describe_faces_counts_and_sides(tmp_path):
-  facts = glyphs.dataset_facts(_options(tmp_path, characters='latin,U+0020'))
-  assert 'Glyphs: 52 characters (classes) in 14 faces' in facts
-  assert 'DejaVu Serif Italic' in facts and 'DejaVuSerif-Italic.ttf#0' in facts
-  assert 'dropped, blank in every face that covers it: U+0020' in facts
-  for side in ('train', 'val', 'test'):
-    assert re.search(rf'\n  {side}: \d+ classes, \d+ images', facts)
-  assert 'pretrain' not in facts and f'Cache: {tmp_path}' in facts
 
 
 # --- The command ------------------------------------------------------------------------------
@@ -518,7 +374,8 @@ def test_command_prints_the_facts_and_draws_the_figure(tmp_path):
              '12', '--cache_dir', str(tmp_path), '--pretrain_characters',
              'cyrillic', '--figure', str(figure), '--figure_characters', '3'],
       capture_output=True, text=True, check=True)
-  assert 'Glyphs: 101 characters (classes) in 14 faces' in run.stdout
+  assert (f'Glyphs: 101 characters (classes) in {DEJAVU_FACES} faces'
+          in run.stdout)
   assert 'DejaVu Sans Mono Bold' in run.stdout and '  test: ' in run.stdout
   assert '  pretrain: 64 classes' in run.stdout and f'Figure: {figure}' in run.stdout
   assert figure.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
@@ -530,16 +387,54 @@ def test_command_prints_the_facts_and_draws_the_figure(tmp_path):
     (['--image_size', 'big'], "--image_size: expected a positive integer"),
     (['--characters', 'U+4E00'], 'No face covers any of the 1 characters'),
     (['--cache_dir', '{file}/cache'], 'Cannot write the glyph cache'),
+    (['--fonts', '{empty}'], 'holds no .ttf/.otf/.ttc/.otc font file'),
+    (['--ink_fraction', '1.5'], 'ink_fraction must be in (0, 1]'),
 ])
 def test_command_errors_are_one_line(tmp_path, arguments, message):
   (tmp_path / 'file').write_text('')
-  arguments = [a.format(file=tmp_path / 'file') for a in arguments]
+  (tmp_path / 'empty').mkdir()
+  arguments = [a.format(file=tmp_path / 'file', empty=tmp_path / 'empty')
+               for a in arguments]
   defaults = ['--fonts', 'dejavu', '--cache_dir', str(tmp_path)]
   run = subprocess.run(CLI + defaults + arguments, capture_output=True, text=True)
   assert run.returncode != 0
   assert 'Traceback' not in run.stderr and run.stderr.count('\n') == 1
   assert run.stderr.startswith('python -m tcm_jax.data.glyphs: error: ')
   assert message in run.stderr
+
+
+def _run_patched(tmp_path, patch, arguments, **env):
+  """The command, run after the Python statements `patch` (in a fresh process)."""
+  script = ('import sys\nfrom tcm_jax.data import _fonts, glyphs\n' + patch
+            + '\nglyphs.main(sys.argv[1:])\n')
+  return subprocess.run([sys.executable, '-c', script, '--cache_dir', str(tmp_path),
+                         *arguments], capture_output=True, text=True,
+                        env={**os.environ, **env})
+
+
+def test_command_without_the_cjk_fonts_says_so_in_one_line(tmp_path):
+  # fontconfig with an empty configuration lists nothing; the font directories
+  # scanned instead hold no CJK face.
+  config = tmp_path / 'fonts.conf'
+  config.write_text('<?xml version="1.0"?>\n<fontconfig></fontconfig>\n')
+  (tmp_path / 'fonts').mkdir()
+  patch = f"_fonts.SYSTEM_FONT_DIRS = ({str(tmp_path / 'fonts')!r},)"
+  run = _run_patched(tmp_path, patch, [], FONTCONFIG_FILE=str(config))
+  assert run.returncode != 0 and run.stdout == ''
+  assert 'Traceback' not in run.stderr and run.stderr.count('\n') == 1, run.stderr
+  assert run.stderr.startswith("python -m tcm_jax.data.glyphs: error: No font of "
+                               "the set 'cjk' is installed (searched the font files "
+                               f"under {tmp_path / 'fonts'} for Noto Sans CJK JP")
+  assert 'apt-get install fonts-noto-cjk' in run.stderr
+
+
+def test_command_turns_any_error_into_one_line(tmp_path):
+  patch = ('def fail(*args, **kwargs):\n  raise RuntimeError("a worker broke")\n'
+           'glyphs.dataset_facts = fail')
+  run = _run_patched(tmp_path, patch, ['--fonts', 'dejavu'])
+  assert run.returncode == 1 and 'Traceback' not in run.stderr
+  assert run.stderr == ('python -m tcm_jax.data.glyphs: error: RuntimeError: a '
+                        'worker broke\n')
 
 
 # --- The CJK set, where its fonts are installed -------------------------------------------

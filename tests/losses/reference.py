@@ -1,6 +1,7 @@
 """Independent NumPy references for the loss tests: loops over pairs, float64.
 
-Written straight from ../shared/spec/tcm_opis.md, sharing no code with tcm_jax.
+Written straight from the definitions (README, "What `tcm_loss` computes"),
+sharing no code with tcm_jax.
 """
 
 import numpy as np

@@ -1,6 +1,6 @@
 """Independent NumPy references for the metric tests: full matrix, loops.
 
-Written straight from ../shared/spec/tcm_opis.md, sharing no code with
+Written straight from the definitions (README, "What is computed"), sharing no code with
 tcm_jax. Distances are `1 - S` in float32, as the library computes them, so
 that counts at the thresholds can be compared exactly.
 """
