@@ -128,7 +128,7 @@ plt.show()
 # digits 5-9 (896 images) as 64-dimensional embeddings: no model at all, a
 # baseline. A trained model's embeddings of unseen classes come from
 # `python -m tcm_jax.main --config configs/glyphs.py --workdir /tmp/glyphs`
-# (1,427 kanji classes never seen in training; 9 minutes on a CPU, with the
+# (1,427 kanji classes never seen in training; 8 minutes on a CPU, with the
 # CJK fonts installed), which leaves them in `/tmp/glyphs/embeddings.npz`;
 # `configs/digits.py` (closed-set digits, a minute) leaves its own the same
 # way, and the notebook `train_on_tfds` does it for the paper's benchmarks.

@@ -43,6 +43,7 @@ def tiny_config(num_steps, checkpoint_every):
   config.input.eval_batch_size = 32
   config.input.num_threads = 1
   config.eval.ks = (1,)
+  config.eval.baselines = False  # tested in test_train_glyphs.py
   # SGD with small steps, not digits' Adam: Adam divides each gradient by its
   # own magnitude, so the rounding of a near-zero gradient (which the device
   # topology changes) moves its weight by a whole learning rate, and

@@ -603,6 +603,7 @@ def _synthetic_config(**train_options):
   config.input.eval_batch_size = 8
   config.input.num_threads = 2
   config.eval.ks = (1,)
+  config.eval.baselines = False  # tested in test_train_glyphs.py
   config.train.progress_bar = False
   for key, value in train_options.items():
     config.train[key] = value
@@ -805,6 +806,7 @@ def _shrink(config, full_size):
   config.train.checkpoint_every_steps = 0
   config.train.progress_bar = False
   config.eval.ks = (1,)
+  config.eval.baselines = False  # tested in test_train_glyphs.py
   dtype = config.model.dtype
   if config.model.name == 'vit_b':
     if not full_size:

@@ -67,6 +67,17 @@ def _recorded_embeddings(monkeypatch):
   return embedded
 
 
+@pytest.fixture(scope='module')
+def latin_run(cache, tmp_path_factory):
+  """One 4-step run evaluated at step 2: (workdir, final metrics, embedded)."""
+  with pytest.MonkeyPatch.context() as monkeypatch:
+    embedded = _recorded_embeddings(monkeypatch)
+    workdir = tmp_path_factory.mktemp('latin') / 'run'
+    final = train.train_and_evaluate(_latin_config(cache), str(workdir),
+                                     devices=jax.devices()[:1])
+  return workdir, final, embedded
+
+
 def _recall_at_1(features, labels):
   """Leave-one-out Recall@1 by cosine, brute force in NumPy."""
   x = features / np.linalg.norm(features, axis=1, keepdims=True)
@@ -78,11 +89,8 @@ def _recall_at_1(features, labels):
 
 
 def test_model_selection_sees_the_validation_classes_and_test_once(
-    cache, tmp_path, monkeypatch):
-  embedded = _recorded_embeddings(monkeypatch)
-  workdir = tmp_path / 'run'
-  final = train.train_and_evaluate(_latin_config(cache),
-                                   str(workdir), devices=jax.devices()[:1])
+    cache, latin_run):
+  workdir, final, embedded = latin_run
   # Steps 2 and 4 are evaluated on val; the test classes once, at the end.
   assert embedded == ['glyphs/val', 'glyphs/test', 'glyphs/val']
   inputs = train.create_inputs(_latin_config(cache))
@@ -133,11 +141,10 @@ def test_final_split_val_without_a_validation_side_fails_before_training(
                              devices=jax.devices()[:1])
 
 
-def test_baselines_in_metrics_json_and_report_are_the_test_pixels(cache, tmp_path):
-  config = _latin_config(cache, eval_every_steps=0)
-  workdir = tmp_path / 'run'
-  final = train.train_and_evaluate(config, str(workdir),
-                                   devices=jax.devices()[:1])
+def test_baselines_in_metrics_json_and_report_are_the_test_pixels(
+    cache, latin_run):
+  workdir, final, _ = latin_run
+  config = _latin_config(cache)
   values, baselines = train.load_results(str(workdir))
   assert set(baselines) == {'pixels', 'pca8'}
   assert values == pytest.approx(final)

@@ -31,6 +31,7 @@ from tcm_jax.data.transforms import _check_range
 from tcm_jax.data.transforms import _check_rng
 from tcm_jax.data.transforms import _check_stats
 from tcm_jax.data.transforms import _freeze
+from tcm_jax.data.transforms import SmallEvalTransform
 from tcm_jax.data.transforms import normalize
 from tcm_jax.data.transforms import resize
 
@@ -348,11 +349,12 @@ class GlyphTrainTransform:
 
 
 @dataclasses.dataclass(frozen=True)
-class GlyphEvalTransform:
+class GlyphEvalTransform(SmallEvalTransform):
   """Evaluation recipe for glyphs: bilinear resize, normalise.
 
   Deterministic, no augmentation: `GlyphTrainTransform` without its random
-  steps. An image already `size x size` passes the resize unchanged.
+  steps; `SmallEvalTransform` with one channel by default. An image already
+  `size x size` passes the resize unchanged.
 
   Args:
     size: side of the output, >= 1.
@@ -376,13 +378,3 @@ class GlyphEvalTransform:
   mean: tuple[float, ...] = (0.5,)
   std: tuple[float, ...] = (0.5,)
   channels: int = 1
-
-  def __post_init__(self):
-    mean, std, channels = _check_stats(self.mean, self.std, self.channels)
-    _freeze(self, size=check_int('size', self.size, 1), mean=mean, std=std,
-            channels=channels)
-
-  def __call__(self, image: np.ndarray) -> np.ndarray:
-    """float32 `[size, size, channels]` view of a uint8 glyph."""
-    return normalize(resize(image, self.size), self.mean, self.std,
-                     self.channels)
