@@ -1022,6 +1022,7 @@ def train_and_evaluate(
     >>> config.model = models.encoder_config(
     ...     'vit_ti', patch_size=4, image_size=8, embedding_size=16)
     >>> config.train.num_steps, config.train.progress_bar = 3, False
+    >>> config.eval.baselines = False  # (they would add a section to report.md)
     >>> workdir = tempfile.mkdtemp()
     >>> final = train.train_and_evaluate(config, workdir)
     >>> 0 <= final['opis'] <= 0.25, 0 < final['recall_at_1'] <= 1
@@ -1164,16 +1165,23 @@ def train_and_evaluate(
                                 *embed(final_split))
       # The last step is scored on the selection split like the others, so
       # that the best-checkpoint policy and the eval curve never see test.
-      selected = final if final_split is inputs.selection else (
-          _evaluation_metrics(metrics_lib.evaluate_embeddings(
-              *embed(inputs.selection), **_eval_kwargs(config))))
+      selected = final
+      if final_split is not inputs.selection:
+        try:
+          selected = _evaluation_metrics(metrics_lib.evaluate_embeddings(
+              *embed(inputs.selection), **_eval_kwargs(config)))
+        except ValueError as e:  # as at the other steps: the run goes on
+          logging.warning('Step %d: the evaluation of %s failed: %s',
+                          num_steps, inputs.selection.name, e)
+          selected = None
     finally:
       # Saved with the metrics, or without them when the evaluation fails
       # (an untrained model whose embeddings all coincide has no threshold
       # range): the trained state is kept either way.
       checkpoints.save(num_steps, state, data_state=batches.get_state(),
                        config=config_dict, metrics=selected)
-    writer.write(num_steps, 'eval', selected)
+    if selected is not None:
+      writer.write(num_steps, 'eval', selected)
     if selected is not final:
       writer.write(num_steps, 'test', final)
   finally:
