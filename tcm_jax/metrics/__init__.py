@@ -1,8 +1,13 @@
-"""Pure metric functions: threshold consistency (OPIS), retrieval, calibration.
+"""Pure metric functions: threshold consistency (OPIS), retrieval, calibration,
+and bootstrap confidence intervals over classes.
 
 Importing this package pulls in only jax and numpy.
 """
 
+from tcm_jax.metrics.bootstrap import bootstrap_indices
+from tcm_jax.metrics.bootstrap import bootstrap_interval
+from tcm_jax.metrics.bootstrap import class_bootstrap
+from tcm_jax.metrics.bootstrap import Interval
 from tcm_jax.metrics.evaluation import evaluate_embeddings
 from tcm_jax.metrics.evaluation import evaluate_similarity
 from tcm_jax.metrics.evaluation import Evaluation
@@ -25,11 +30,15 @@ from tcm_jax.metrics.threshold import ThresholdCalibration
 __all__ = [
     'CalibrationRange',
     'Evaluation',
+    'Interval',
     'RetrievalMetrics',
     'ThresholdCalibration',
     'UtilityCurves',
+    'bootstrap_indices',
+    'bootstrap_interval',
     'calibrate_threshold',
     'calibration_range',
+    'class_bootstrap',
     'eps_opis',
     'eps_opis_from_utility',
     'evaluate_embeddings',

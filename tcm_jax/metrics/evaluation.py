@@ -1,6 +1,7 @@
 """Every metric of an evaluation set in two streamed passes over its pairs.
 
-Pass 1 ranks each query block (Recall@K, MAP@R, R-precision) and histograms
+Pass 1 ranks each query block (Recall@K, MAP@R, R-precision, in total and
+summed by query class for per-class results and `bootstrap`) and histograms
 its negative-pair distances (the calibration range and the global threshold);
 pass 2 counts every pair by class against the thresholds (utility curves,
 OPIS, eps-OPIS, per-class FAR/FRR). Only `[block, N]` similarities and
@@ -33,8 +34,16 @@ from tcm_jax.metrics.opis import UtilityCurves
 class Evaluation:
   """Every metric of an evaluation set.
 
+  OPIS and eps-OPIS measure how much the classes' utility curves differ, not
+  how high they are: a model whose every class has a utility of 0.1 is as
+  "consistent" (OPIS 0) as one whose every class has 0.9. `mean_utility` and
+  `mean_tpr` give the level that OPIS leaves out, over the same classes and
+  thresholds, so that a low OPIS can be told apart from a uniformly poor
+  model.
+
   Attributes:
-    retrieval: Recall@K, MAP@R, R-precision and the excluded queries.
+    retrieval: Recall@K, MAP@R, R-precision and the excluded queries, with
+      the per-class sums behind them.
     curves: per-class utility curves over the calibration range.
     opis: OPIS over the calibration range.
     eps_opis: eps-OPIS.
@@ -59,10 +68,50 @@ class Evaluation:
   num_queries: int
   num_references: int
 
-  def to_dict(self) -> dict[str, Any]:
-    """The scalar metrics, range and spreads as JSON-ready Python values."""
+  @property
+  def class_mean_utility(self) -> np.ndarray:
+    """`[T]` each evaluated class's mean utility over the thresholds."""
+    return np.mean(np.asarray(self.curves.utility, np.float64), axis=1)
+
+  @property
+  def class_mean_tpr(self) -> np.ndarray:
+    """`[T]` each evaluated class's mean TPR over the thresholds."""
+    return np.mean(np.asarray(self.curves.tpr, np.float64), axis=1)
+
+  @property
+  def mean_utility(self) -> float:
+    """Mean utility over the evaluated classes and the range's thresholds.
+
+    Each class weighs the same (as in OPIS), whatever its number of pairs.
+    OPIS is the spread around this level and says nothing of the level
+    itself: report the two together.
+    """
+    return float(np.mean(self.class_mean_utility))
+
+  @property
+  def mean_tpr(self) -> float:
+    """Mean TPR (1 - FRR) over the evaluated classes and the thresholds.
+
+    The thresholds span a range of global FAR, so this is the fraction of
+    its genuine pairs a class accepts, on average over the operating range,
+    each class weighing the same: with `mean_utility`, the level that OPIS (a spread)
+    cannot show.
+    """
+    return float(np.mean(self.class_mean_tpr))
+
+  def to_dict(self, per_class: bool = False) -> dict[str, Any]:
+    """The scalar metrics, range and spreads as JSON-ready Python values.
+
+    Args:
+      per_class: also include `'per_class'`, each class's retrieval metrics
+        and mean utility and TPR (lists as long as the number of classes:
+        large for large sets, hence off by default).
+
+    Returns:
+      A dict of Python scalars, lists and dicts.
+    """
     calibration_range = self.curves.calibration_range
-    return {
+    result = {
         'num_queries': self.num_queries,
         'num_references': self.num_references,
         'num_classes_evaluated': len(self.curves.classes),
@@ -74,6 +123,8 @@ class Evaluation:
         'r_precision': self.retrieval.r_precision,
         'opis': self.opis,
         'eps_opis': self.eps_opis,
+        'mean_utility': self.mean_utility,
+        'mean_tpr': self.mean_tpr,
         'epsilon': self.epsilon,
         'beta': self.beta,
         'num_thresholds': len(self.curves.thresholds),
@@ -92,18 +143,37 @@ class Evaluation:
             'class_frr': self.calibration.frr_spread,
         },
     }
+    if per_class:
+      retrieval_rows = self.retrieval.per_class()
+      result['per_class'] = {
+          'retrieval': {
+              'classes': self.retrieval.classes.tolist(),
+              'num_queries': retrieval_rows.pop('num_queries').tolist(),
+              **{name: values.tolist()
+                 for name, values in retrieval_rows.items()},
+          },
+          'utility': {
+              'classes': self.curves.classes.tolist(),
+              'mean_utility': self.class_mean_utility.tolist(),
+              'mean_tpr': self.class_mean_tpr.tolist(),
+          },
+      }
+    return result
 
 
 @functools.partial(
-    jax.jit, static_argnames=('num_neighbours', 'ks', 'exclude_self'))
+    jax.jit,
+    static_argnames=('num_neighbours', 'ks', 'exclude_self', 'num_classes'))
 def _first_pass_block(queries, refs, query_ids, ref_ids, row_valid, offset,
-                      num_relevant, *, num_neighbours, ks, exclude_self):
+                      num_relevant, *, num_neighbours, ks, exclude_self,
+                      num_classes):
   histogram = pair_counts.negative_histogram_block(
       queries, refs, query_ids, ref_ids, row_valid, offset,
       exclude_self=exclude_self)
   sums = retrieval.retrieval_block(
       queries, refs, query_ids, ref_ids, row_valid, offset, num_relevant,
-      num_neighbours=num_neighbours, ks=ks, exclude_self=exclude_self)
+      num_neighbours=num_neighbours, ks=ks, exclude_self=exclude_self,
+      num_classes=num_classes)
   return histogram, sums
 
 
@@ -136,14 +206,16 @@ def evaluate(source: pair_counts.PairSource, *, far_range=(1e-3, 1e-1),
   ref_ids = jnp.asarray(source.ref_ids)
   histogram = np.zeros(pair_counts.FINE_BINS, np.int64)
   sums = np.zeros(len(retrieval_plan.ks) + 3, np.float64)
+  class_sums = np.zeros((source.num_classes, len(sums)), np.float64)
   for block in pair_counts.blocks(source, first_progress):
-    block_histogram, block_sums = _first_pass_block(
+    block_histogram, (block_sums, block_class_sums) = _first_pass_block(
         block.queries, block.refs, block.query_ids, ref_ids, block.row_valid,
         block.offset, retrieval_plan.block_relevant(block),
         num_neighbours=retrieval_plan.num_neighbours, ks=retrieval_plan.ks,
-        exclude_self=source.exclude_self)
+        exclude_self=source.exclude_self, num_classes=source.num_classes)
     histogram += np.asarray(block_histogram)
     sums += np.asarray(block_sums, np.float64)
+    class_sums += np.asarray(block_class_sums, np.float64)
 
   calibration_range = threshold_lib.resolve_range(far_range, distance_range,
                                                   histogram)
@@ -158,7 +230,8 @@ def evaluate(source: pair_counts.PairSource, *, far_range=(1e-3, 1e-1),
   query_classes = np.zeros(source.num_classes, bool)
   query_classes[source.query_ids] = True
   return Evaluation(
-      retrieval=retrieval.summarize(source, retrieval_plan, sums),
+      retrieval=retrieval.summarize(source, retrieval_plan, sums,
+                                    class_sums),
       curves=curves,
       opis=float(opis_from_utility(curves.utility)),
       eps_opis=float(eps_opis_from_utility(curves.utility, epsilon=epsilon)),

@@ -32,29 +32,85 @@ from tcm_jax.metrics import pair_counts
 class RetrievalMetrics:
   """Retrieval accuracy over the queries that have a same-class reference.
 
+  The scalar metrics are means over the evaluated queries. `class_sums`
+  holds the same per-query sums split by the query's class, so that per-class
+  results (`per_class`) and resamples of the classes (`metrics.class_bootstrap`)
+  are ratios of its column sums: summed over all its rows they give the
+  scalar metrics (exactly for Recall@K and the counts; MAP@R and R-precision
+  within float32 rounding, about 1e-7, as the blocks' sums are grouped
+  differently).
+
   Attributes:
-    recall_at_k: `{K: Recall@K}`.
+    recall_at_k: `{K: Recall@K}`, K increasing.
     map_at_r: MAP@R.
     r_precision: R-precision.
     num_queries: queries evaluated.
     num_excluded_queries: queries left out: no other reference of their class.
+    classes: `[C]` labels of the classes with at least one query evaluated,
+      increasing.
+    class_sums: `[C, len(ks) + 3]` float64 sums over each class's evaluated
+      queries: hits at each K of `ks` (a hit: a same-class reference among
+      the K nearest), then AP@R, then R-precision, then the number of
+      queries evaluated.
+
+  Examples:
+    >>> import numpy as np
+    >>> from tcm_jax import metrics
+    >>> s = np.array([[1.0, 0.9, 0.4, 0.3, 0.2], [0.9, 1.0, 0.2, 0.1, 0.6],
+    ...               [0.4, 0.2, 1.0, 0.3, 0.1], [0.3, 0.1, 0.3, 1.0, 0.5],
+    ...               [0.2, 0.6, 0.1, 0.5, 1.0]])
+    >>> r = metrics.evaluate_similarity(s, [0, 0, 1, 1, 2], ks=(1, 2),
+    ...                                 distance_range=(0.2, 0.6)).retrieval
+    >>> r.classes, r.ks  # class 2 has no other sample: left out
+    (array([0, 1]), (1, 2))
+    >>> r.class_sums  # R@1 hits, R@2 hits, AP@R, R-precision, queries
+    array([[2., 2., 2., 2., 2.],
+           [0., 1., 0., 0., 2.]])
+    >>> r.per_class()['recall_at_2'], r.recall_at_k[2]
+    (array([1. , 0.5]), 0.75)
   """
   recall_at_k: dict[int, float]
   map_at_r: float
   r_precision: float
   num_queries: int
   num_excluded_queries: int
+  classes: np.ndarray
+  class_sums: np.ndarray
+
+  @property
+  def ks(self) -> tuple[int, ...]:
+    """The Ks of `recall_at_k`, in the order of `class_sums`' columns."""
+    return tuple(self.recall_at_k)
+
+  def per_class(self) -> dict[str, np.ndarray]:
+    """Each class's metrics: means over its own evaluated queries.
+
+    Returns:
+      `{'recall_at_<K>': [C] for each K, 'map_at_r': [C], 'r_precision': [C],
+      'num_queries': [C] int64}`, rows aligned with `classes`.
+    """
+    count = self.class_sums[:, -1]
+    columns = [f'recall_at_{k}' for k in self.ks] + ['map_at_r',
+                                                     'r_precision']
+    result = {name: self.class_sums[:, i] / count
+              for i, name in enumerate(columns)}
+    result['num_queries'] = np.round(count).astype(np.int64)
+    return result
 
 
 @functools.partial(
-    jax.jit, static_argnames=('num_neighbours', 'ks', 'exclude_self'))
+    jax.jit,
+    static_argnames=('num_neighbours', 'ks', 'exclude_self', 'num_classes'))
 def retrieval_block(queries, refs, query_ids, ref_ids, row_valid, offset,
-                    num_relevant, *, num_neighbours, ks, exclude_self):
+                    num_relevant, *, num_neighbours, ks, exclude_self,
+                    num_classes):
   """Sums of the retrieval metrics over one block's valid queries.
 
   Returns:
-    `[len(ks) + 3]` float32: hits at each K, then the sums of AP@R and
-    R-precision, then the number of queries evaluated.
+    `(sums, class_sums)`: `[len(ks) + 3]` float32 hits at each K, then the
+    sums of AP@R and R-precision, then the number of queries evaluated; and
+    `[num_classes, len(ks) + 3]` float32, the same sums by query class id (a
+    segment sum over the block's queries, not its pairs).
   """
   similarity = pair_counts.block_similarity(queries, refs)
   # top_k ranks -0.0 below +0.0; they tie, and ties go to the lowest index.
@@ -80,7 +136,10 @@ def retrieval_block(queries, refs, query_ids, ref_ids, row_valid, offset,
   per_query = jnp.stack(
       recall + [average_precision, r_precision, jnp.ones_like(r_precision)],
       axis=1)
-  return jnp.sum(jnp.where(evaluated[:, None], per_query, 0.0), axis=0)
+  per_query = jnp.where(evaluated[:, None], per_query, 0.0)
+  class_sums = jax.ops.segment_sum(per_query, query_ids,
+                                   num_segments=num_classes)
+  return jnp.sum(per_query, axis=0), class_sums
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,9 +170,21 @@ def plan(source: pair_counts.PairSource, ks: Sequence[int]) -> RetrievalPlan:
 
 
 def summarize(source: pair_counts.PairSource, retrieval_plan: RetrievalPlan,
-              sums: np.ndarray) -> RetrievalMetrics:
-  """Means of the per-query sums accumulated over the blocks."""
+              sums: np.ndarray, class_sums: np.ndarray) -> RetrievalMetrics:
+  """Means of the per-query sums accumulated over the blocks.
+
+  Args:
+    source: the pair source ranked.
+    retrieval_plan: its plan.
+    sums: `[len(ks) + 3]` float64 sums over all blocks.
+    class_sums: `[source.num_classes, len(ks) + 3]` float64 sums by class.
+
+  Returns:
+    `RetrievalMetrics`, with the rows of the classes that have a query
+    evaluated.
+  """
   ks = retrieval_plan.ks
+  has_queries = class_sums[:, -1] > 0
   evaluated = int(round(sums[-1]))
   mean = lambda total: float(total / evaluated) if evaluated else float('nan')
   return RetrievalMetrics(
@@ -121,7 +192,9 @@ def summarize(source: pair_counts.PairSource, retrieval_plan: RetrievalPlan,
       map_at_r=mean(sums[len(ks)]),
       r_precision=mean(sums[len(ks) + 1]),
       num_queries=evaluated,
-      num_excluded_queries=source.num_queries - evaluated)
+      num_excluded_queries=source.num_queries - evaluated,
+      classes=source.classes[has_queries],
+      class_sums=np.asarray(class_sums[has_queries], np.float64))
 
 
 def retrieval_metrics(source: pair_counts.PairSource, ks: Sequence[int],
@@ -131,13 +204,16 @@ def retrieval_metrics(source: pair_counts.PairSource, ks: Sequence[int],
   retrieval_plan = plan(source, ks)
   ref_ids = jnp.asarray(source.ref_ids)
   sums = np.zeros(len(retrieval_plan.ks) + 3, np.float64)
+  class_sums = np.zeros((source.num_classes, len(sums)), np.float64)
   for block in pair_counts.blocks(source, progress):
-    sums += np.asarray(retrieval_block(
+    block_sums, block_class_sums = retrieval_block(
         block.queries, block.refs, block.query_ids, ref_ids, block.row_valid,
         block.offset, retrieval_plan.block_relevant(block),
         num_neighbours=retrieval_plan.num_neighbours, ks=retrieval_plan.ks,
-        exclude_self=source.exclude_self), np.float64)
-  return summarize(source, retrieval_plan, sums)
+        exclude_self=source.exclude_self, num_classes=source.num_classes)
+    sums += np.asarray(block_sums, np.float64)
+    class_sums += np.asarray(block_class_sums, np.float64)
+  return summarize(source, retrieval_plan, sums, class_sums)
 
 
 def _matrix_metrics(similarity, labels, ref_labels, ks, block_size):

@@ -1,5 +1,7 @@
 """The streamed evaluation of embeddings against the matrix functions."""
 
+import json
+
 import jax
 import numpy as np
 import pytest
@@ -149,3 +151,67 @@ def test_default_block_follows_the_backend(monkeypatch, backend, refs, rows):
       np.ones((4_000, 2), np.float32), np.arange(4_000) % 7,
       np.ones((refs, 2), np.float32), np.arange(refs) % 7)
   assert source.rows_per_block == rows
+
+
+def test_class_sums_add_up_and_match_the_utility_classes(matrix_result):
+  retrieval = matrix_result.retrieval
+  # Every class with a query evaluated is an evaluated (utility) class.
+  np.testing.assert_array_equal(retrieval.classes,
+                                matrix_result.curves.classes)
+  assert retrieval.class_sums.shape == (len(retrieval.classes), 3 + 3)
+  assert np.all(retrieval.class_sums[:, -1] >= 1)
+  totals = retrieval.class_sums.sum(axis=0)
+  assert totals[-1] == retrieval.num_queries
+  for i, k in enumerate((1, 4, 16)):
+    assert totals[i] / totals[-1] == retrieval.recall_at_k[k]
+  assert totals[3] / totals[-1] == pytest.approx(retrieval.map_at_r, abs=1e-6)
+  assert totals[4] / totals[-1] == pytest.approx(retrieval.r_precision,
+                                                 abs=1e-6)
+
+
+def test_streamed_class_sums_equal_the_matrix_ones(two_thousand,
+                                                   matrix_result):
+  z, labels = two_thousand
+  streamed = metrics.evaluate_embeddings(z, labels, ks=(1, 4, 16),
+                                         block_size=333).retrieval
+  expected = matrix_result.retrieval
+  np.testing.assert_array_equal(streamed.classes, expected.classes)
+  np.testing.assert_array_equal(streamed.class_sums[:, [0, 1, 2, 5]],
+                                expected.class_sums[:, [0, 1, 2, 5]])
+  np.testing.assert_allclose(streamed.class_sums, expected.class_sums,
+                             rtol=0, atol=1e-4)
+
+
+def test_mean_utility_and_tpr_over_classes_and_thresholds(matrix_result):
+  curves = matrix_result.curves
+  utility = np.asarray(curves.utility, np.float64)
+  assert matrix_result.mean_utility == pytest.approx(utility.mean(), abs=1e-12)
+  assert matrix_result.mean_tpr == pytest.approx(curves.tpr.mean(), abs=1e-12)
+  np.testing.assert_allclose(matrix_result.class_mean_utility,
+                             utility.mean(axis=1), atol=1e-12)
+  assert 0.0 < matrix_result.mean_tpr < 1.0
+  report = matrix_result.to_dict()
+  assert report['mean_utility'] == matrix_result.mean_utility
+  assert report['mean_tpr'] == matrix_result.mean_tpr
+  assert 'per_class' not in report
+
+
+def test_per_class_report_is_behind_a_flag_and_json_ready(matrix_result):
+  report = matrix_result.to_dict(per_class=True)
+  json.dumps(report, allow_nan=False)
+  rows = report['per_class']
+  retrieval = matrix_result.retrieval
+  assert rows['retrieval']['classes'] == retrieval.classes.tolist()
+  assert rows['retrieval']['num_queries'] == (
+      retrieval.class_sums[:, -1].astype(int).tolist())
+  np.testing.assert_array_equal(
+      rows['retrieval']['recall_at_4'],
+      retrieval.class_sums[:, 1] / retrieval.class_sums[:, -1])
+  assert set(rows['retrieval']) == {'classes', 'num_queries', 'recall_at_1',
+                                    'recall_at_4', 'recall_at_16', 'map_at_r',
+                                    'r_precision'}
+  assert rows['utility']['classes'] == matrix_result.curves.classes.tolist()
+  np.testing.assert_allclose(rows['utility']['mean_tpr'],
+                             matrix_result.curves.tpr.mean(axis=1))
+  without = {k: v for k, v in report.items() if k != 'per_class'}
+  assert without == matrix_result.to_dict()
