@@ -312,3 +312,110 @@ class Checkpointer:
 
   def __exit__(self, *exc_info) -> None:
     self.close()
+
+
+class RunWeights(NamedTuple):
+  """An earlier run's encoder, read back by `load_run_weights`.
+
+  Attributes:
+    params: the encoder's parameters, `{'backbone': ..., 'head': ...}`, as
+      nested dicts of NumPy arrays (the head only if it was asked for).
+    model_state: the encoder's other state (BatchNorm statistics), likewise.
+    config: the run's config (JSON).
+    step: the step of the checkpoint read.
+    directory: the step directory read.
+  """
+  params: dict
+  model_state: dict
+  config: dict
+  step: int
+  directory: str
+
+
+def _checkpoint_step(path: str) -> tuple[str, int | None]:
+  """`(checkpoints directory, step or None)` of a workdir, a checkpoints
+  directory or one step's directory."""
+  path = os.path.abspath(path)
+  if os.path.isdir(os.path.join(path, 'checkpoints')):
+    return os.path.join(path, 'checkpoints'), None
+  name = os.path.basename(path.rstrip(os.sep))
+  if name.isdigit() and os.path.isdir(os.path.join(path, 'state')):
+    return os.path.dirname(path), int(name)
+  return path, None
+
+
+def _unboxed(tree: Any) -> Any:
+  """Nested dicts with nnx's `{'value': array}` leaves as plain arrays."""
+  if isinstance(tree, Mapping):
+    if set(tree) == {'value'} and not isinstance(tree['value'], Mapping):
+      return np.asarray(tree['value'])
+    return {key: _unboxed(value) for key, value in tree.items()}
+  return np.asarray(tree)
+
+
+def load_run_weights(path: str, *, head: bool = False) -> RunWeights:
+  """The encoder of an earlier tcm_jax run, to start another run from.
+
+  Args:
+    path: the run's workdir, its `checkpoints/` directory, or one step's
+      directory in it. For a workdir or `checkpoints/`, the best checkpoint
+      by the run's `train.best_metric` is read when its checkpoints recorded
+      metrics, else the latest.
+    head: also return the embedding head (pooling, normalisation,
+      projection); without it only the backbone is returned.
+
+  Returns:
+    `RunWeights`. The class proxies and optimizer state are never read: the
+    new run has its own objective.
+
+  Raises:
+    FileNotFoundError: no tcm_jax checkpoint at `path`.
+    ValueError: the checkpoint holds no encoder.
+
+  Examples:
+    >>> import os, tempfile
+    >>> import numpy as np
+    >>> workdir = tempfile.mkdtemp()
+    >>> params = {'encoder': {'backbone': {'w': {'value': np.ones(2)}},
+    ...                       'head': {'b': {'value': np.zeros(3)}}}}
+    >>> with Checkpointer(os.path.join(workdir, 'checkpoints')) as ckpt:
+    ...   _ = ckpt.save(7, {'params': params, 'model_state': {}},
+    ...                 data_state={'step': 7}, config={'seed': 0})
+    >>> weights = load_run_weights(workdir)
+    >>> weights.step, weights.params
+    (7, {'backbone': {'w': array([1., 1.])}})
+  """
+  directory, step = _checkpoint_step(path)
+  manager = _Manager(epath.Path(directory), item_names=ITEMS) if (
+      os.path.isdir(directory)) else None
+  steps = [] if manager is None else list(manager.all_steps())
+  if not steps or (step is not None and step not in steps):
+    raise FileNotFoundError(
+        f'No tcm_jax checkpoint at {path!r} (expected a run\'s workdir, its '
+        f'checkpoints/ directory or one step\'s directory in it).')
+  if step is None:
+    step = steps[-1]
+    config = manager.restore(step, args=ocp.args.Composite(
+        config=ocp.args.JsonRestore())).config
+    metric = (config.get('train') or {}).get('best_metric')
+    scored = {s: (manager.metrics(s) or {}).get(metric) for s in steps}
+    scored = {s: v for s, v in scored.items() if v is not None}
+    if scored:
+      pick = min if 'opis' in str(metric) else max
+      step = pick(scored, key=scored.get)
+  restored = manager.restore(step, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(), config=ocp.args.JsonRestore()))
+  manager.close()
+  state = restored.state
+  encoder = (state.get('params') or {}).get('encoder') if isinstance(
+      state, Mapping) else None
+  if not isinstance(encoder, Mapping) or 'backbone' not in encoder:
+    raise ValueError(f'The checkpoint at step {step} in {directory} holds no '
+                     'encoder parameters (params.encoder.backbone).')
+  parts = ('backbone', 'head') if head else ('backbone',)
+  model_state = _unboxed(state.get('model_state') or {})
+  return RunWeights(
+      params={k: _unboxed(encoder[k]) for k in parts if k in encoder},
+      model_state={k: v for k, v in model_state.items() if k in parts},
+      config=restored.config, step=int(step),
+      directory=os.path.join(directory, str(step)))

@@ -34,6 +34,7 @@ import numpy as np
 import optax
 
 from tcm_jax import checkpoint as checkpoint_lib
+from tcm_jax import losses
 from tcm_jax import metrics as metrics_lib
 from tcm_jax import models
 from tcm_jax import parallel
@@ -52,7 +53,10 @@ def default_config() -> ml_collections.ConfigDict:
   Sections: `dataset`, `input`, `model` (an `encoder_config` section),
   `loss` (`name` from the loss registry, `hyper` its hyperparameters, `tcm`),
   `optimizer`, `train`, `eval`; and `seed`, `pretrained` (a timm
-  `.safetensors` or big_vision `.npz` file for the backbone, '' for none).
+  `.safetensors` or big_vision `.npz` file for the backbone, or an earlier
+  tcm_jax run: its workdir, `checkpoints/` or one step's directory; '' for
+  none) and `pretrained_head` (from a tcm_jax run, load the embedding head
+  too, not only the backbone).
 
   Examples:
     >>> from tcm_jax import train
@@ -63,12 +67,16 @@ def default_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.seed = 0
   config.pretrained = ''
+  config.pretrained_head = False
 
   config.dataset = ml_collections.ConfigDict()
   config.dataset.name = 'cub200'
   config.dataset.data_dir = ''          # '' : $TFDS_DATA_DIR or ~/tensorflow_datasets
   config.dataset.train_class_list = ''  # inat2018 only: the Smooth-AP class lists
   config.dataset.test_class_list = ''
+  # The side the model trains on: 'train', or for glyphs 'pretrain' (the
+  # level-2 kanji, disjoint from every other side: a backbone to fine-tune).
+  config.dataset.train_side = 'train'
   config.dataset.synthetic = ml_collections.ConfigDict(dict(
       num_classes=20, images_per_class=10, image_size=32, channels=3,
       jpeg=False))
@@ -99,6 +107,15 @@ def default_config() -> ml_collections.ConfigDict:
   config.loss.tcm = ml_collections.ConfigDict(dict(
       enabled=True, margin_pos=0.9, margin_neg=0.5, lambda_pos=1.0,
       lambda_neg=1.0))
+  # TCM's margins from the data instead of margin_pos / margin_neg: those at
+  # which these fractions of the positive / negative pairs of the validation
+  # classes (the training classes' images where the dataset has no
+  # validation side; never the test classes) are hard, measured with the
+  # model being trained on at most `max_samples` of their images: before the
+  # first step, then every `every_steps` steps (0: once).
+  config.loss.tcm_from_data = ml_collections.ConfigDict(dict(
+      enabled=False, hard_pos_fraction=0.2, hard_neg_fraction=0.01,
+      every_steps=0, max_samples=2048))
 
   config.optimizer = ml_collections.ConfigDict()
   config.optimizer.name = 'adam'          # adam (L2 in the gradient), adamw, sgd
@@ -130,7 +147,10 @@ def default_config() -> ml_collections.ConfigDict:
       baselines=True, baseline_pca_components=64,
       # The split of the final evaluation: 'test', or 'val' for the runs that
       # choose hyperparameters, so that the test classes are seen once.
-      final_split='test'))
+      final_split='test',
+      # Confidence intervals of the final metrics over classes (seeded
+      # bootstrap, tcm_jax.metrics.class_bootstrap); 0 resamples: none.
+      bootstrap_resamples=1000, bootstrap_confidence=0.95))
   return config
 
 
@@ -299,7 +319,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   _check_choice('optimizer.name', config.optimizer.name, _OPTIMIZERS)
   _check_choice('eval.final_split', config.eval.final_split, ('test', 'val'))
   create_objective(config)  # the loss's name and hyperparameters
-  o, t = config.optimizer, config.train
+  o, t, m = config.optimizer, config.train, config.loss.tcm_from_data
   for key, value, ok, expected in (
       ('optimizer.learning_rate', o.learning_rate, o.learning_rate > 0, '> 0'),
       ('optimizer.decay_factor', o.decay_factor, 0 < o.decay_factor <= 1,
@@ -313,6 +333,22 @@ def check_config(config: ml_collections.ConfigDict) -> None:
        and config.eval.baseline_pca_components >= 1, 'an int >= 1'),
       ('train.num_epochs', t.num_epochs, t.num_epochs > 0 or t.num_steps > 0,
        '> 0 (or train.num_steps > 0)'),
+      ('loss.tcm_from_data.hard_pos_fraction', m.hard_pos_fraction,
+       0 < m.hard_pos_fraction < 1, 'in (0, 1)'),
+      ('loss.tcm_from_data.hard_neg_fraction', m.hard_neg_fraction,
+       0 < m.hard_neg_fraction < 1, 'in (0, 1)'),
+      ('loss.tcm_from_data.every_steps', m.every_steps,
+       isinstance(m.every_steps, int) and m.every_steps >= 0, 'an int >= 0'),
+      ('loss.tcm_from_data.max_samples', m.max_samples,
+       isinstance(m.max_samples, int) and m.max_samples >= 4, 'an int >= 4'),
+      ('loss.tcm_from_data.enabled', m.enabled,
+       not m.enabled or config.loss.tcm.enabled,
+       'False when loss.tcm.enabled is False (no TCM, no margins)'),
+      ('eval.bootstrap_resamples', config.eval.bootstrap_resamples,
+       isinstance(config.eval.bootstrap_resamples, int)
+       and config.eval.bootstrap_resamples >= 0, 'an int >= 0'),
+      ('eval.bootstrap_confidence', config.eval.bootstrap_confidence,
+       0 < config.eval.bootstrap_confidence < 1, 'in (0, 1)'),
   ):
     if not ok:
       raise ValueError(f'{key} must be {expected}, got {value!r}.')
@@ -399,10 +435,17 @@ def create_inputs(config: ml_collections.ConfigDict, *, num_devices: int = 1,
   class_lists = ((d.train_class_list, d.test_class_list)
                  if d.train_class_list or d.test_class_list else None)
   sides = datasets.DATASETS[d.name].sides if d.name in datasets.DATASETS else ()
+  trainable = [side for side in sides or ('train',)
+               if side not in ('val', 'test')]
+  if d.train_side not in trainable:
+    raise ValueError(
+        f'dataset.train_side must be one of {trainable} for {d.name} (never '
+        f'the classes it is evaluated on), got {d.train_side!r}.')
+  names = {'train': d.train_side, 'test': 'test', 'val': 'val'}
   split = {side: datasets.load_split(
-      d.name, side, data_dir=d.data_dir or None, class_lists=class_lists,
-      seed=config.seed, synthetic=d.synthetic.to_dict(),
-      glyphs=d.glyphs.to_dict())
+      d.name, names[side], data_dir=d.data_dir or None,
+      class_lists=class_lists, seed=config.seed,
+      synthetic=d.synthetic.to_dict(), glyphs=d.glyphs.to_dict())
            for side in ('train', 'test') + (('val',) if 'val' in sides else ())}
   i = config.input
   train_transform, eval_transform = _transforms(
@@ -498,17 +541,67 @@ def create_model(config: ml_collections.ConfigDict, num_classes: int,
     options['batch_norm_axis_name'] = parallel.AXIS
   rngs = nnx.Rngs(config.seed)
   encoder = models.create_encoder(options, rngs=rngs)
-  if config.pretrained:
+  if config.pretrained and not os.path.isdir(config.pretrained):
+    if config.pretrained_head:
+      raise ValueError(
+          'pretrained_head=True needs a tcm_jax run as pretrained (a '
+          f'directory); {config.pretrained!r} is a weight file, which has no '
+          'embedding head.')
     from tcm_jax.models import pretrained  # pylint: disable=import-outside-toplevel
     load = (pretrained.load_big_vision_npz if config.pretrained.endswith('.npz')
             else pretrained.load_timm)
     load(encoder, config.pretrained)
   graphdef, params, model_state = models.split(encoder)
+  if config.pretrained and os.path.isdir(config.pretrained):
+    _load_run(config, params, model_state)
   params = {'encoder': params}
   if uses_proxies:
     params['proxies'] = jax.random.normal(
         rngs.params(), (num_classes, options['embedding_size']), jnp.float32)
   return graphdef, params, model_state
+
+
+def _paths(tree: Any, prefix: str = '') -> dict[str, tuple[int, ...]]:
+  """`{'a/b/0/kernel': shape}` of nested dicts (keys compared as strings)."""
+  if isinstance(tree, dict):
+    found = {}
+    for key, value in tree.items():
+      found.update(_paths(value, f'{prefix}{key}/'))
+    return found
+  return {prefix[:-1]: tuple(np.shape(tree))}
+
+
+def _take(ours: Any, theirs: Any) -> Any:
+  """`ours`'s structure (its own key types) holding `theirs`'s arrays."""
+  if isinstance(ours, dict):
+    return {key: _take(value, theirs[str(key)]) for key, value in ours.items()}
+  return np.asarray(theirs, dtype=np.asarray(ours).dtype)
+
+
+def _load_run(config: ml_collections.ConfigDict, params, model_state) -> None:
+  """Loads `config.pretrained`, an earlier run, into the new encoder's parts.
+
+  The backbone always (and the head with `pretrained_head`), parameters and
+  BatchNorm statistics; their names and shapes must match exactly.
+  """
+  weights = checkpoint_lib.load_run_weights(config.pretrained,
+                                            head=config.pretrained_head)
+  for what, ours, theirs in (('parameters', params, weights.params),
+                             ('state', model_state, weights.model_state)):
+    ours_pure = ours.to_pure_dict()
+    for part, loaded in theirs.items():
+      want, have = _paths(ours_pure.get(part, {})), _paths(loaded)
+      if want != have:
+        diff = sorted(set(want.items()) ^ set(have.items()))[:4]
+        raise ValueError(
+            f'pretrained: the {part} {what} of {weights.directory} do not '
+            f'match this model (first differing paths and shapes: {diff}); '
+            f'that run trained model {weights.config.get("model")}, this one '
+            f'is {config.model.to_dict()}.')
+      ours_pure[part] = _take(ours_pure[part], loaded)
+    ours.replace_by_pure_dict(ours_pure)
+  logging.info('Loaded the %s of %s (step %d) into the encoder.',
+               ' and '.join(weights.params), weights.directory, weights.step)
 
 
 def _leaf_name(path) -> str:
@@ -689,7 +782,10 @@ def make_train_step(graphdef, objective, uses_proxies: bool,
 
   Per device: embed its rows, take the objective's value and gradients over
   the global batch (`objective.sharded`; JAX sums the replicated
-  parameters' gradients over devices), update. A step whose loss or
+  parameters' gradients over devices), update. TCM's margins are an
+  argument, `step(state, batch, tcm_margins=(m_pos, m_neg))` (default: the
+  objective's), so that margins re-estimated during training cost no
+  recompilation. A step whose loss or
   gradient norm is not finite leaves the state as it was and reports
   `finite = False`; the host stops the run. Metrics: `loss`, the
   objective's parts (`base`, `tcm`, hard-pair fractions), `grad_norm`,
@@ -717,14 +813,17 @@ def make_train_step(graphdef, objective, uses_proxies: bool,
     >>> int(state.step), sorted(metrics)
     (1, ['base', 'finite', 'grad_norm', 'hard_neg_fraction', 'hard_pos_fraction', 'learning_rate', 'loss', 'tcm', 'tcm_neg', 'tcm_pos'])
   """
-  def step(state: TrainState, batch):
+  def step(state: TrainState, batch, tcm_margins):
+    step_objective = registry.with_tcm_margins(objective, tcm_margins[0],
+                                               tcm_margins[1])
+
     def loss_fn(params):
       z, model_state = models.apply(graphdef, params['encoder'],
                                     state.model_state, batch['image'],
                                     train=True)
       extra = (params['proxies'],) if uses_proxies else ()
-      loss, parts = objective.sharded(z, batch['label'], *extra,
-                                      axis_name=parallel.AXIS)
+      loss, parts = step_objective.sharded(z, batch['label'], *extra,
+                                           axis_name=parallel.AXIS)
       return loss, (parts, model_state)
 
     (loss, (parts, model_state)), grads = jax.value_and_grad(
@@ -741,8 +840,20 @@ def make_train_step(graphdef, objective, uses_proxies: bool,
     return new, {'loss': loss, **parts, 'grad_norm': grad_norm,
                  'learning_rate': schedule(state.step), 'finite': finite}
 
-  return parallel.data_parallel(step, mesh, in_specs=(P(), P(parallel.AXIS)),
-                                out_specs=(P(), P()), donate_argnums=0)
+  compiled = parallel.data_parallel(
+      step, mesh, in_specs=(P(), P(parallel.AXIS), P()),
+      out_specs=(P(), P()), donate_argnums=0)
+  tcm = {**registry.LOSSES['tcm'].hyperparameters(),
+         **dict(objective.frozen_tcm_hyper or ())}
+  default_margins = np.array([tcm['margin_pos'], tcm['margin_neg']],
+                             np.float32)
+
+  def train_step(state: TrainState, batch, tcm_margins=None):
+    margins = default_margins if tcm_margins is None else np.asarray(
+        tcm_margins, np.float32)
+    return compiled(state, batch, parallel.replicate(margins, mesh))
+
+  return train_step
 
 
 def make_embed_fn(graphdef, mesh):
@@ -927,12 +1038,28 @@ def load_results(workdir: str) -> tuple[dict[str, float],
   path = os.path.join(workdir, 'metrics.json')
   with open(path) as f:
     saved = json.load(f)
+  return load_results_dict(saved, path)
+
+
+def load_results_dict(saved: dict, source: str = 'metrics.json'
+                      ) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+  """`load_results` of an already-read `metrics.json` dict (`source`: for
+  the error message).
+
+  Examples:
+    >>> from tcm_jax import train
+    >>> values, _ = train.load_results_dict(
+    ...     {'recall_at_k': {'1': 0.9}, 'map_at_r': 0.5, 'r_precision': 0.6,
+    ...      'opis': 0.01, 'eps_opis': 0.02})
+    >>> values['recall_at_1'], values['opis']
+    (0.9, 0.01)
+  """
   try:
     values = {f'recall_at_{k}': v for k, v in saved['recall_at_k'].items()}
     values.update({k: saved[k] for k in ('map_at_r', 'r_precision', 'opis',
                                          'eps_opis')})
   except (KeyError, AttributeError, TypeError) as e:
-    raise ValueError(f'{path} is not the metrics.json of a finished run: '
+    raise ValueError(f'{source} is not the metrics.json of a finished run: '
                      f'{type(e).__name__} {e}.') from None
   return values, saved.get('baselines', {})
 
@@ -969,6 +1096,117 @@ def _baseline_metrics(config, train_split: datasets.Split,
 
 
 _PCA_SAMPLE = 10000
+
+
+def _margin_sample(config, inputs: Inputs) -> datasets.Split | None:
+  """The images TCM's margins are estimated on (`loss.tcm_from_data`).
+
+  The validation classes, or the training classes' images where the
+  dataset has no validation side; never the test classes. A seeded sample
+  of at most `max_samples` images, the same at every estimate.
+  """
+  options = config.loss.tcm_from_data
+  if not options.enabled:
+    return None
+  source = inputs.train if inputs.val is None else inputs.val
+  if inputs.val is None:
+    logging.info('%s has no validation side: TCM\'s margins come from its '
+                 'training classes.', config.dataset.name)
+  rows = np.arange(len(source))
+  if len(rows) > options.max_samples:
+    rows = np.sort(np.random.default_rng(config.seed).choice(
+        rows, options.max_samples, replace=False))
+  return source.subset(rows)
+
+
+def _unit_rows(z: np.ndarray) -> np.ndarray:
+  """Rows scaled to unit length (scaled down first: no overflow)."""
+  z = np.asarray(z, np.float64)
+  z = z / np.maximum(np.max(np.abs(z), axis=1, keepdims=True), 1e-300)
+  return z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-300)
+
+
+def margins_from_embeddings(embeddings: np.ndarray, labels: np.ndarray, *,
+                            hard_pos_fraction: float,
+                            hard_neg_fraction: float) -> tuple[float, float]:
+  """TCM's `(m+, m-)` from a set of embeddings, as `loss.tcm_from_data` does.
+
+  `losses.margins_from_similarity` of their cosine similarities, every
+  ordered pair of distinct rows taking part.
+
+  Examples:
+    >>> import numpy as np
+    >>> from tcm_jax import train
+    >>> z = np.array([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9]])
+    >>> m_pos, m_neg = train.margins_from_embeddings(
+    ...     z, np.array([0, 0, 1, 1]), hard_pos_fraction=0.5,
+    ...     hard_neg_fraction=0.25)
+    >>> round(m_pos, 4), m_neg > 0.1
+    (0.9939, True)
+  """
+  z = _unit_rows(embeddings)
+  margins = losses.margins_from_similarity(
+      jnp.asarray(z @ z.T, jnp.float32), jnp.asarray(labels),
+      hard_pos_fraction=hard_pos_fraction,
+      hard_neg_fraction=hard_neg_fraction)
+  return float(margins.margin_pos), float(margins.margin_neg)
+
+
+def hard_pair_fractions(embeddings: np.ndarray, labels: np.ndarray,
+                        margin_pos: float, margin_neg: float,
+                        block: int = 2048) -> dict[str, float]:
+  """The fractions of pairs TCM counts as hard at these margins.
+
+  Over every ordered pair of distinct rows, in blocks (never `N x N`):
+  positive pairs with cosine similarity <= `margin_pos`, negative pairs
+  with similarity >= `margin_neg`.
+
+  Examples:
+    >>> import numpy as np
+    >>> from tcm_jax import train
+    >>> z = np.array([[1.0, 0.0], [0.6, 0.8], [0.0, 1.0], [0.0, 2.0]])
+    >>> train.hard_pair_fractions(z, np.array([0, 0, 1, 1]), 0.9, 0.5)
+    {'hard_pos_fraction': 0.5, 'hard_neg_fraction': 0.5}
+  """
+  z = _unit_rows(embeddings)
+  labels = np.asarray(labels)
+  counts = np.zeros(4)  # hard pos, pos, hard neg, neg
+  for start in range(0, len(z), block):
+    s = z[start:start + block] @ z.T
+    same = labels[start:start + block, None] == labels[None, :]
+    rows = np.arange(s.shape[0])
+    same[rows, rows + start] = False  # self pairs take no part
+    other = labels[start:start + block, None] != labels[None, :]
+    counts += [np.sum(same & (s <= margin_pos)), np.sum(same),
+               np.sum(other & (s >= margin_neg)), np.sum(other)]
+  return {'hard_pos_fraction': float(counts[0] / max(counts[1], 1)),
+          'hard_neg_fraction': float(counts[2] / max(counts[3], 1))}
+
+
+_ALMOST_NONE, _ALMOST_ALL = 0.001, 0.95
+
+
+def _warn_hard_fractions(step: int, values: dict[str, float]) -> None:
+  """Warns when a TCM part has almost no hard pair or almost only hard ones.
+
+  With almost none the part does nothing; with almost all it pulls on every
+  pair instead of correcting the hard ones (a run can collapse that way,
+  e.g. with margins from a trained model applied to an untrained one).
+  """
+  for part in ('pos', 'neg'):
+    fraction = values.get(f'hard_{part}_fraction')
+    if fraction is None:
+      continue
+    if fraction < _ALMOST_NONE or fraction > _ALMOST_ALL:
+      logging.warning(
+          'Step %d: %.1f%% of the batch\'s %s pairs are hard for TCM (%s): '
+          'its %s part %s. Check the margins (loss.tcm, or '
+          'loss.tcm_from_data).', step, 100 * fraction,
+          'positive' if part == 'pos' else 'negative',
+          f'm{"+" if part == "pos" else "-"}',
+          'positive' if part == 'pos' else 'negative',
+          'does almost nothing' if fraction < _ALMOST_NONE else
+          'acts on nearly every pair, not on the hard ones')
 
 
 # --- The run ---------------------------------------------------------------------
@@ -1056,11 +1294,13 @@ def train_and_evaluate(
       keep=config.train.keep_checkpoints,
       best_metric=config.train.best_metric,
       best_mode='min' if 'opis' in config.train.best_metric else 'max')
-  start = 0
+  start, saved_margins = 0, None
   restored = checkpoints.restore_latest(state)
   if restored is not None:
     state, start = restored.state, restored.step
-    if restored.data_state != {'step': start}:
+    data_state = dict(restored.data_state)
+    saved_margins = data_state.pop('tcm_margins', None)
+    if data_state != {'step': start}:
       raise ValueError(f'checkpoint {start} holds data state '
                        f'{restored.data_state}, not {{"step": {start}}}.')
     changed = _changed_keys(with_default_keys(restored.config), config_dict)
@@ -1086,6 +1326,7 @@ def train_and_evaluate(
   batches = pipeline.TrainBatches(inputs.train, inputs.sampler,
                                   inputs.train_transform, start_step=start,
                                   options=loader_options(config))
+  from_data = config.loss.tcm_from_data
 
   def device_batch(batch):
     labels = np.searchsorted(inputs.classes, batch['label']).astype(np.int32)
@@ -1110,6 +1351,29 @@ def train_and_evaluate(
         f'Non-finite loss at step {step}: {parts}. Training stopped; the '
         f'state was not updated by this step, and {kept}.')
 
+  margin_sample = _margin_sample(config, inputs)
+
+  def estimate_margins(step):
+    margins = margins_from_embeddings(
+        *embed(margin_sample),
+        hard_pos_fraction=from_data.hard_pos_fraction,
+        hard_neg_fraction=from_data.hard_neg_fraction)
+    values = {'margin_pos': margins[0], 'margin_neg': margins[1],
+              'num_samples': len(margin_sample)}
+    writer.write(step, 'margins', values)
+    logging.info('Step %d: TCM margins from %s: m+ %.4f, m- %.4f.', step,
+                 margin_sample.name, *margins)
+    return margins
+
+  def data_state():
+    extra = {} if tcm_margins is None else {'tcm_margins': tcm_margins}
+    return {**batches.get_state(), **extra}
+
+  tcm_margins = None  # (m+, m-) when they come from the data
+  if from_data.enabled:
+    tcm_margins = (tuple(saved_margins) if saved_margins is not None
+                   else estimate_margins(start))
+
   import tqdm  # pylint: disable=import-outside-toplevel
   bar = tqdm.tqdm(total=num_steps, initial=start, unit='step', disable=(
       None if config.train.progress_bar and jax.process_index() == 0
@@ -1118,7 +1382,8 @@ def train_and_evaluate(
   log_start, log_images = time.perf_counter(), 0
   try:
     for step in range(start + 1, num_steps + 1):
-      state, step_metrics = train_step(state, device_batch(next(batches)))
+      state, step_metrics = train_step(state, device_batch(next(batches)),
+                                       tcm_margins)
       if pending is not None:
         check(*pending)
       pending = (step, step_metrics)
@@ -1141,6 +1406,7 @@ def train_and_evaluate(
         values['images_per_second'] = log_images / (now - log_start)
         log_start, log_images = now, 0
         writer.write(step, 'train', values)
+        _warn_hard_fractions(step, values)
         bar.set_postfix(loss=f'{values["loss"]:.4f}')
         logging.info('step %d: %s', step, ', '.join(
             f'{k} {v:.4g}' for k, v in values.items()))
@@ -1154,15 +1420,19 @@ def train_and_evaluate(
         else:
           writer.write(step, 'eval', eval_values)
           logging.info('step %d eval: %s', step, eval_values)
+      if (tcm_margins is not None and not at_end
+          and due(from_data.every_steps)):
+        check(*pending)
+        tcm_margins = estimate_margins(step)  # for the steps after this one
       # Every evaluated step is saved too, for the best-checkpoint policy.
       if save_now or eval_values is not None:
-        checkpoints.save(step, state, data_state=batches.get_state(),
+        checkpoints.save(step, state, data_state=data_state(),
                          config=config_dict, metrics=eval_values)
     bar.close()
     final = selected = None
     try:
       final = _final_evaluation(config, workdir, final_split,
-                                *embed(final_split))
+                                *embed(final_split), tcm_margins=tcm_margins)
       # The last step is scored on the selection split like the others, so
       # that the best-checkpoint policy and the eval curve never see test.
       selected = final
@@ -1178,7 +1448,7 @@ def train_and_evaluate(
       # Saved with the metrics, or without them when the evaluation fails
       # (an untrained model whose embeddings all coincide has no threshold
       # range): the trained state is kept either way.
-      checkpoints.save(num_steps, state, data_state=batches.get_state(),
+      checkpoints.save(num_steps, state, data_state=data_state(),
                        config=config_dict, metrics=selected)
     if selected is not None:
       writer.write(num_steps, 'eval', selected)
@@ -1196,9 +1466,15 @@ def train_and_evaluate(
 
 
 def _final_evaluation(config, workdir: str, split: datasets.Split,
-                      embeddings: np.ndarray,
-                      labels: np.ndarray) -> dict[str, float]:
-  """Every metric of `split`; process 0 writes the report and figure."""
+                      embeddings: np.ndarray, labels: np.ndarray, *,
+                      tcm_margins: tuple[float, float] | None
+                      ) -> dict[str, float]:
+  """Every metric of `split`; process 0 writes the report and figure.
+
+  `metrics.json` also gets the bootstrap intervals over classes
+  (`bootstrap`) and the fractions of `split`'s pairs that TCM would count
+  as hard at the run's margins (`tcm_pairs`, for runs without TCM too).
+  """
   kwargs = _eval_kwargs(config)
   if jax.process_index() != 0:
     return _evaluation_metrics(
@@ -1208,16 +1484,39 @@ def _final_evaluation(config, workdir: str, split: datasets.Split,
   with open(path + '.tmp', 'wb') as f:  # whole or absent, never cut short
     np.savez(f, embeddings=embeddings, labels=labels)
   os.replace(path + '.tmp', path)
-  return _evaluation_metrics(evaluate_lib.evaluate_arrays(
+  evaluation = evaluate_lib.evaluate_arrays(
       {'embeddings': embeddings, 'labels': labels}, workdir,
-      source_name=f'the {split.name} split', show_progress=False, **kwargs))
+      source_name=f'the {split.name} split', show_progress=False, **kwargs)
+  if tcm_margins is None:
+    tcm_margins = (config.loss.tcm.margin_pos, config.loss.tcm.margin_neg)
+  metrics_path = os.path.join(workdir, 'metrics.json')
+  _write_json_key(metrics_path, 'tcm_pairs', {
+      'margin_pos': float(tcm_margins[0]),
+      'margin_neg': float(tcm_margins[1]),
+      'from_data': bool(config.loss.tcm_from_data.enabled),
+      **hard_pair_fractions(embeddings, labels, *tcm_margins)})
+  if config.eval.bootstrap_resamples:
+    intervals = metrics_lib.class_bootstrap(
+        evaluation, num_resamples=config.eval.bootstrap_resamples,
+        confidence=config.eval.bootstrap_confidence, seed=0)
+    _write_json_key(metrics_path, 'bootstrap', {
+        'num_resamples': config.eval.bootstrap_resamples,
+        'confidence': config.eval.bootstrap_confidence, 'seed': 0,
+        'over': 'classes',
+        'intervals': {name: {'low': i.low, 'high': i.high, 'std': i.std}
+                      for name, i in intervals.items()}})
+  return _evaluation_metrics(evaluation)
 
 
 def _write_report_sections(config, workdir: str, inputs: Inputs,
                            split: datasets.Split, num_steps: int) -> None:
   """Adds the baselines, the training and the dataset to `report.md`."""
   final, _ = load_results(workdir)
-  sections = [_training_section(config, inputs, num_steps)]
+  margins = logged_margins(workdir)
+  if margins:
+    _write_json_key(os.path.join(workdir, 'metrics.json'), 'tcm_margins',
+                    margins)
+  sections = [_training_section(config, inputs, num_steps, margins)]
   if config.dataset.name == 'glyphs':
     from tcm_jax.data import glyphs  # pylint: disable=import-outside-toplevel
     sections.append('\n## Dataset\n\n```\n' + glyphs.dataset_facts(
@@ -1257,12 +1556,66 @@ def _baseline_section(final: dict[str, float],
       + results_table(final, baselines) + '\n')
 
 
-def _training_section(config, inputs: Inputs, num_steps: int) -> str:
+def logged_margins(workdir: str) -> list[dict[str, float]]:
+  """The TCM margins a run estimated from the data, from its metrics.jsonl.
+
+  One `{'step', 'margin_pos', 'margin_neg', 'num_samples'}` per estimate
+  (empty for margins fixed in the config).
+
+  Examples:
+    >>> import json, os, tempfile
+    >>> from tcm_jax import train
+    >>> workdir = tempfile.mkdtemp()
+    >>> with open(os.path.join(workdir, 'metrics.jsonl'), 'w') as f:
+    ...   for record in ({'step': 0, 'kind': 'margins', 'margin_pos': 0.6,
+    ...                   'margin_neg': 0.4, 'num_samples': 100},
+    ...                  {'step': 5, 'kind': 'train', 'loss': 1.0}):
+    ...     _ = f.write(json.dumps(record) + '\\n')
+    >>> train.logged_margins(workdir)
+    [{'step': 0, 'margin_pos': 0.6, 'margin_neg': 0.4, 'num_samples': 100}]
+  """
+  path = os.path.join(workdir, 'metrics.jsonl')
+  if not os.path.exists(path):
+    return []
+  found = []
+  with open(path) as f:
+    for line in f:
+      try:
+        record = json.loads(line)
+      except ValueError:  # a line cut short by a kill
+        continue
+      if record.get('kind') == 'margins':
+        found.append({k: v for k, v in record.items() if k != 'kind'})
+  return found
+
+
+def _margins_text(config, margins: list[dict[str, float]]) -> str:
+  tcm, from_data = config.loss.tcm, config.loss.tcm_from_data
+  if not from_data.enabled:
+    return f'm+ {tcm.margin_pos:g}, m- {tcm.margin_neg:g}'
+  rule = (f'from the data: {100 * from_data.hard_pos_fraction:g}% of '
+          f'positive and {100 * from_data.hard_neg_fraction:g}% of negative '
+          'pairs hard, ' + (f're-estimated every {from_data.every_steps} steps'
+                            if from_data.every_steps else 'estimated once'))
+  if not margins:
+    return rule
+  steps = ', '.join(f'step {m["step"]}: {m["margin_pos"]:.3f}/'
+                    f'{m["margin_neg"]:.3f}' for m in margins[:3])
+  more = (f', ..., step {margins[-1]["step"]}: '
+          f'{margins[-1]["margin_pos"]:.3f}/{margins[-1]["margin_neg"]:.3f}'
+          if len(margins) > 3 else '')
+  return f'{rule}; m+/m- {steps}{more}'
+
+
+def _training_section(config, inputs: Inputs, num_steps: int,
+                      margins: list[dict[str, float]] = ()) -> str:
   tcm = config.loss.tcm
   objective = config.loss.name + (
-      f' + TCM (m+ {tcm.margin_pos:g}, m- {tcm.margin_neg:g}, lambda '
+      f' + TCM ({_margins_text(config, list(margins))}, lambda '
       f'{tcm.lambda_pos:g}/{tcm.lambda_neg:g})' if tcm.enabled else
       ' (no TCM)')
+  start = (f', starting from {config.pretrained}' if config.pretrained
+           else ', from a random initialisation')
   batch = config.input.classes_per_batch * config.input.samples_per_class
   sides = ', '.join(
       f'{split.name} {split.num_classes} classes / {len(split)} images'
@@ -1273,8 +1626,8 @@ def _training_section(config, inputs: Inputs, num_steps: int) -> str:
       f'The dataset has no validation side: periodic evaluation, if any, '
       f'used {inputs.selection.name}.')
   return (
-      f'\n## Training\n\n{config.model.name} on {config.dataset.name} '
-      f'({sides}), {objective}, {config.optimizer.name} at learning rate '
+      f'\n## Training\n\n{config.model.name}{start}, on '
+      f'{config.dataset.name} ({sides}), {objective}, {config.optimizer.name} at learning rate '
       f'{config.optimizer.learning_rate:g}; {num_steps} steps of '
       f'{batch} images ({config.input.classes_per_batch} classes x '
       f'{config.input.samples_per_class}). {selection} The whole config is in '

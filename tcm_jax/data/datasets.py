@@ -115,6 +115,19 @@ class Split:
     """The `i`-th record's image, uint8 `[height, width, channels]`."""
     return self._image(self._records[int(self._positions[i])])
 
+  def subset(self, rows: np.ndarray) -> Split:
+    """The records at positions `rows` of this split, in that order.
+
+    Examples:
+      >>> split = load_split('digits', 'test')
+      >>> part = split.subset(np.array([0, 5]))
+      >>> len(part), part.labels.tolist() == split.labels[[0, 5]].tolist()
+      (2, True)
+    """
+    rows = np.asarray(rows, np.int64)
+    return dataclasses.replace(self, labels=self.labels[rows],
+                               _positions=self._positions[rows])
+
 
 def _as_hwc(image: Any) -> np.ndarray:
   """A decoded image as uint8 HWC; JPEG/PNG bytes are decoded with Pillow."""

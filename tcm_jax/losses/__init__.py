@@ -35,6 +35,7 @@ from tcm_jax.losses._similarity import cosine_similarity
 from tcm_jax.losses._similarity import l2_normalize
 from tcm_jax.losses.registry import objective
 from tcm_jax.losses.registry import proxy_objective
+from tcm_jax.losses.tcm import margins_from_similarity
 from tcm_jax.losses.tcm import sharded_tcm_loss
 from tcm_jax.losses.tcm import sharded_tcm_statistics
 from tcm_jax.losses.tcm import tcm_diagnostics
@@ -42,6 +43,7 @@ from tcm_jax.losses.tcm import tcm_loss
 from tcm_jax.losses.tcm import tcm_loss_from_embeddings
 from tcm_jax.losses.tcm import tcm_loss_from_statistics
 from tcm_jax.losses.tcm import tcm_statistics
+from tcm_jax.losses.tcm import TCMMargins
 from tcm_jax.losses.tcm import TCMStatistics
 
 __all__ = [
@@ -50,12 +52,14 @@ __all__ = [
     'PairMasks',
     'RankingStatistics',
     'References',
+    'TCMMargins',
     'TCMStatistics',
     'contrastive_loss',
     'contrastive_statistics',
     'cosine_similarity',
     'gather_references',
     'l2_normalize',
+    'margins_from_similarity',
     'multi_similarity_loss',
     'multi_similarity_statistics',
     'normalized_softmax_loss',

@@ -296,3 +296,31 @@ def proxy_objective(base: str, *, tcm: dict[str, Any] | None = None,
     LOSSES['tcm'].split(tcm)
   return ProxyObjective(base, _frozen(base_hyper),
                         None if tcm is None else _frozen(tcm))
+
+
+def with_tcm_margins(objective_: Objective | ProxyObjective, margin_pos,
+                     margin_neg) -> Objective | ProxyObjective:
+  """The same objective with TCM's margins replaced.
+
+  The margins may be traced values: a train step that takes them as
+  arguments builds its objective with this inside the step, so that margins
+  re-estimated during training cost no recompilation. An objective without
+  TCM is returned unchanged.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from tcm_jax.losses import registry
+    >>> fn = registry.objective('contrastive', tcm={})
+    >>> moved = registry.with_tcm_margins(fn, 0.7, 0.3)
+    >>> moved.tcm_hyper['margin_pos'], moved.tcm_hyper['margin_neg']
+    (0.7, 0.3)
+    >>> registry.with_tcm_margins(registry.objective('contrastive'), 0.7,
+    ...                           0.3).tcm_hyper is None
+    True
+  """
+  if objective_.frozen_tcm_hyper is None:
+    return objective_
+  hyper = dict(objective_.frozen_tcm_hyper)
+  hyper.update(margin_pos=margin_pos, margin_neg=margin_neg)
+  return dataclasses.replace(objective_, frozen_tcm_hyper=tuple(
+      sorted(hyper.items())))
