@@ -48,6 +48,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import hashlib
 import json
 import logging
 import math
@@ -73,7 +74,9 @@ RESULT_FILE = 'result.json'
 VARIANTS = ('none', 'paper', 'data')
 VARIANT_NAMES = {'none': 'no TCM', 'paper': 'TCM, paper margins',
                  'data': 'TCM, margins from data'}
-REGIMES = ('scratch', 'finetune')
+VARIANT_PHRASES = {'paper': "At the paper's margins",
+                   'data': 'At margins from the data'}
+REGIMES = ('finetune', 'scratch')  # the paper's regime first
 PAPER_MARGINS = (0.9, 0.5)
 METRICS = (('recall_at_1', 'R@1', 4), ('map_at_r', 'MAP@R', 4),
            ('opis', 'OPIS', 5), ('eps_opis', 'eps-OPIS', 5),
@@ -114,37 +117,55 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
   parser.add_argument('--variants', nargs='+', default=list(VARIANTS),
                       choices=VARIANTS)
   parser.add_argument('--seeds', type=int, default=3)
-  parser.add_argument('--steps', type=int, default=500,
+  parser.add_argument('--steps', type=int, default=600,
                       help='steps of every from-scratch run.')
   parser.add_argument('--finetune_steps', type=int, default=300)
-  parser.add_argument('--pretrain_steps', type=int, default=1500)
+  parser.add_argument('--finetune_lr_scale', type=float, default=0.1,
+                      help='fine-tuning: the config\'s learning rate times '
+                      'this (fixed a priori, as is usual for a pretrained '
+                      'backbone).')
+  parser.add_argument('--pretrain_steps', type=int, default=2000)
   parser.add_argument('--pretrain_loss', default='multi_similarity')
   parser.add_argument('--hard_pos_fraction', type=float, default=0.2)
   parser.add_argument('--hard_neg_fraction', type=float, default=0.01)
   parser.add_argument('--margin_every', type=int, default=100,
                       help='from scratch: re-estimate the margins every '
                       'this many steps.')
-  parser.add_argument('--curves_loss', default='multi_similarity',
-                      help='the loss whose utility curves are drawn.')
+  parser.add_argument('--curves_loss', default=None,
+                      help='the loss whose utility curves are drawn '
+                      '(default: multi_similarity if studied, else the '
+                      'first of --losses).')
   parser.add_argument('--max_minutes', type=float, default=math.inf,
                       help='start no run after this many minutes; write the '
                       'report of what is finished.')
   parser.add_argument('--report_only', action='store_true',
                       help='train nothing; report the finished runs.')
+  parser.add_argument('--appendix', nargs='*', default=[],
+                      help='reports of other studies (written by this '
+                      'script) whose summaries end this one, each linked.')
   args = parser.parse_args(argv)
+  args.losses = list(dict.fromkeys(args.losses))
+  if args.curves_loss is None:
+    args.curves_loss = ('multi_similarity' if 'multi_similarity' in args.losses
+                        else args.losses[0])
+  args.variants = list(dict.fromkeys(args.variants))
+  args.regimes = list(dict.fromkeys(args.regimes))
   unknown = sorted(set(args.losses) - set(registered_losses()))
   if unknown:
     parser.error(f'--losses: unknown {unknown}; registered: '
                  f'{registered_losses()}.')
+  if args.curves_loss not in args.losses:
+    parser.error(f'--curves_loss must be one of --losses {args.losses}, got '
+                 f'{args.curves_loss!r}.')
   for name in ('seeds', 'steps', 'finetune_steps', 'pretrain_steps'):
     if getattr(args, name) < 1:
       parser.error(f'--{name} must be >= 1, got {getattr(args, name)}.')
   for name in ('hard_pos_fraction', 'hard_neg_fraction'):
     if not 0 < getattr(args, name) < 1:
       parser.error(f'--{name} must be in (0, 1), got {getattr(args, name)}.')
+  args.name = os.path.splitext(os.path.basename(args.config.split(':')[0]))[0]
   if args.workdir is None:
-    name = os.path.splitext(os.path.basename(args.config.split(':')[0]))[0]
-    args.workdir = f'/tmp/tcm_reproduce_{name}'
+    args.workdir = f'/tmp/tcm_reproduce_{args.name}'
   return args
 
 
@@ -166,12 +187,27 @@ class Run:
     return f'{self.regime}/{self.loss}-{self.variant}-seed{self.seed}'
 
 
-def _milestones_at(config, steps: int) -> tuple[float, ...]:
-  """The config's milestones at the same fractions of a `steps`-step run."""
-  per_epoch = train.create_inputs(config).steps_per_epoch
-  total = train._num_steps(config, per_epoch)  # pylint: disable=protected-access
-  return tuple(round(m * per_epoch / total * steps / per_epoch, 6)
-               for m in config.optimizer.milestones)
+_STEPS_PER_EPOCH: dict[str, int] = {}
+
+
+def _steps_per_epoch(config) -> int:
+  """Steps an epoch of `config`'s training side (read once per side)."""
+  key = json.dumps(checkpoint_lib.json_safe(
+      {'dataset': config.dataset.to_dict(), 'input': config.input.to_dict()}),
+                   sort_keys=True)
+  if key not in _STEPS_PER_EPOCH:
+    _STEPS_PER_EPOCH[key] = train.create_inputs(config).steps_per_epoch
+  return _STEPS_PER_EPOCH[key]
+
+
+def _milestones_at(base, config, steps: int) -> tuple[float, ...]:
+  """`base`'s milestones at the same fractions of a `steps`-step run of
+  `config` (in epochs of `config`'s training side, which may be another)."""
+  base_per_epoch = _steps_per_epoch(base)
+  total = train._num_steps(base, base_per_epoch)  # pylint: disable=protected-access
+  per_epoch = _steps_per_epoch(config)
+  return tuple(round(m * base_per_epoch / total * steps / per_epoch, 6)
+               for m in base.optimizer.milestones)
 
 
 def base_config(args) -> ml_collections.ConfigDict:
@@ -210,7 +246,9 @@ def run_config(base: ml_collections.ConfigDict, run: Run, args,
     data.enabled = run.variant == 'data'
     data.every_steps = args.margin_every if run.regime == 'scratch' else 0
     config.pretrained = pretrained
-  config.optimizer.milestones = _milestones_at(base, steps)
+    if run.regime == 'finetune':
+      config.optimizer.learning_rate *= args.finetune_lr_scale
+  config.optimizer.milestones = _milestones_at(base, config, steps)
   config.train.num_steps = steps
   return config
 
@@ -225,10 +263,24 @@ def _flat(d: dict[str, Any], prefix: str = '') -> dict[str, Any]:
   return out
 
 
-def read_result(path: str, config: ml_collections.ConfigDict) -> dict:
-  """A finished run's `result.json`, checked to be of this very config."""
+def _identity(path: str) -> str:
+  """The sha256 of a finished run's `result.json` (its times included: a
+  retrained run has another)."""
+  with open(path, 'rb') as f:
+    return hashlib.sha256(f.read()).hexdigest()
+
+
+def read_result(path: str, config: ml_collections.ConfigDict,
+                pretrained_from: str | None = None) -> dict:
+  """A finished run's `result.json`, checked to be of this very config and,
+  for a fine-tuning run, of this very pretraining run (`pretrained_from`)."""
   with open(path) as f:
     result = json.load(f)
+  if result.get('pretrained_from') != pretrained_from:
+    raise ValueError(
+        f'{path} was fine-tuned from another pretraining run than the one now '
+        f'in {config.pretrained}; delete the fine-tuning runs of that seed '
+        'to train them again.')
   saved = _flat(train.with_default_keys(result['config']))
   now = _flat(checkpoint_lib.json_safe(config.to_dict()))
   changed = sorted(k for k in set(saved) | set(now)
@@ -239,8 +291,8 @@ def read_result(path: str, config: ml_collections.ConfigDict) -> dict:
   return result
 
 
-def train_run(run: Run, config: ml_collections.ConfigDict,
-              run_dir: str) -> dict[str, Any]:
+def train_run(run: Run, config: ml_collections.ConfigDict, run_dir: str,
+              pretrained_from: str | None = None) -> dict[str, Any]:
   """Trains and evaluates one run; writes and returns its `result.json`."""
   start = time.perf_counter()
   try:
@@ -252,8 +304,11 @@ def train_run(run: Run, config: ml_collections.ConfigDict,
   result = dict(regime=run.regime, loss=run.loss, variant=run.variant,
                 seed=run.seed, seconds=time.perf_counter() - start,
                 metrics=_run_metrics(saved), tcm_pairs=saved.get('tcm_pairs'),
+                num_classes=saved.get('num_classes_evaluated'),
+                num_images=saved.get('num_queries'),
                 tcm_margins=saved.get('tcm_margins', []),
                 bootstrap=saved.get('bootstrap'),
+                pretrained_from=pretrained_from,
                 config=checkpoint_lib.json_safe(config.to_dict()))
   path = os.path.join(run_dir, RESULT_FILE)
   with open(path + '.tmp', 'w') as f:
@@ -295,14 +350,17 @@ def run_all(args, base) -> tuple[dict[Run, dict], bool]:
                   else '')
     config = run_config(base, run, args, pretrained)
     path = os.path.join(run_dir, RESULT_FILE)
+    pretrained_result = os.path.join(pretrained, RESULT_FILE)
+    pretrained_from = (_identity(pretrained_result) if pretrained
+                       and os.path.exists(pretrained_result) else None)
     if os.path.exists(path):
-      results[run] = read_result(path, config)
+      results[run] = read_result(path, config, pretrained_from)
       how = 'read back'
     elif args.report_only or (
         time.perf_counter() - started) / 60 > args.max_minutes:
       continue
     else:
-      results[run] = train_run(run, config, run_dir)
+      results[run] = train_run(run, config, run_dir, pretrained_from)
       trained_seconds.append(results[run]['seconds'])
       left = todo - len(trained_seconds)
       how = (f'{results[run]["seconds"]:5.1f} s, ETA '
@@ -446,9 +504,26 @@ def _names(items: Sequence[Comparison]) -> str:
   return ', '.join(c.loss for c in items) or 'none'
 
 
+def _test_set(results) -> tuple[int | None, int | None]:
+  """(classes, images) of the test set, from a finished non-pretraining run."""
+  for run, r in results.items():
+    if run.loss != 'pretrain' and r.get('num_classes'):
+      return r['num_classes'], r.get('num_images')
+  return None, None
+
+
 def regime_summary(results, regime: str, args) -> str:
   """The regime's conclusion, computed from the numbers."""
-  sentences = []
+  classes, images = _test_set(results)
+  where = 'from scratch' if regime == 'scratch' else 'fine-tuning'
+  sentences = [f'{where.capitalize()}, on {classes} test classes '
+               f'({images} images), {args.seeds} seeds:' if classes else
+               f'{where.capitalize()}:']
+  if classes and classes < 50:
+    sentences.append(
+        f'(with {classes} test classes OPIS is a variance over {classes} '
+        'curves: single runs are noisy, and few changes can exceed their '
+        'uncertainty)')
   for variant in [v for v in args.variants if v != 'none']:
     found = comparisons(results, regime, args.losses, variant)
     if not found:
@@ -461,7 +536,7 @@ def regime_summary(results, regime: str, args) -> str:
     changes = [c.change('opis') for c in found]
     recall = [c.points('recall_at_1') for c in found]
     sentences.append(
-        f'With {VARIANT_NAMES[variant]}, TCM lowered the mean OPIS for '
+        f'{VARIANT_PHRASES[variant]}, TCM lowered the mean OPIS for '
         f'{len(lower)} of {len(found)} base losses (median change '
         f'{np.median(changes):+.1f}%, from {min(changes):+.1f}% to '
         f'{max(changes):+.1f}%); beyond its uncertainty for {len(clearly)} '
@@ -474,6 +549,26 @@ def regime_summary(results, regime: str, args) -> str:
   return ' '.join(sentences)
 
 
+def conclusion_lines(results, args) -> list[str]:
+  """Per regime and margin choice: for how many losses TCM lowered OPIS."""
+  lines = ['| regime | TCM margins | losses | OPIS lower (mean) | OPIS lower '
+           'beyond uncertainty, R@1 not lower beyond it | OPIS higher beyond '
+           'uncertainty | R@1 lower beyond uncertainty |',
+           '|---|---|---:|---:|---:|---:|---:|']
+  for regime in args.regimes:
+    for variant in [v for v in args.variants if v != 'none']:
+      found = comparisons(results, regime, args.losses, variant)
+      if not found:
+        continue
+      lines.append(
+          f'| {regime} | {variant} | {len(found)} | '
+          f'{sum(c.change("opis") < 0 for c in found)} | '
+          f'{sum(c.lowers_opis and c.equal_recall for c in found)} | '
+          f'{sum(c.change("opis") > 0 and c.clear("opis") for c in found)} | '
+          f'{sum(not c.equal_recall for c in found)} |')
+  return lines
+
+
 def _figure_runs(results, regime: str, variant: str) -> list[dict]:
   return [dict(loss=run.loss, tcm=run.variant != 'none',
                recall_at_1=r['metrics']['recall_at_1'],
@@ -481,6 +576,11 @@ def _figure_runs(results, regime: str, variant: str) -> list[dict]:
           for run, r in results.items()
           if run.regime == regime and run.variant in ('none', variant)
           and run.loss != 'pretrain']
+
+
+def _link(path: str, args) -> str:
+  """`path` as the report at `args.out` links to it."""
+  return os.path.relpath(path, os.path.dirname(os.path.abspath(args.out)))
 
 
 def write_figures(results, regime: str, args) -> list[str]:
@@ -498,10 +598,10 @@ def write_figures(results, regime: str, args) -> list[str]:
     for ax, variant in zip(axes, variants):
       plots.plot_opis_vs_recall(_figure_runs(results, regime, variant), ax=ax,
                                 title=f'{regime}: {VARIANT_NAMES[variant]}')
-    path = os.path.join(args.figures, f'reproduction_{regime}.png')
+    path = os.path.join(args.figures, f'reproduction_{args.name}_{regime}.png')
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    lines += [f'![OPIS against Recall@1, {regime}]({path})', '',
+    lines += [f'![OPIS against Recall@1, {regime}]({_link(path, args)})', '',
               'Each point is one run (circles without TCM, stars with it); '
               'each arrow goes from a loss\'s mean without TCM to its mean '
               'with TCM. Lower is more threshold-consistent, further right '
@@ -521,15 +621,32 @@ def write_figures(results, regime: str, args) -> list[str]:
           evaluation.curves, evaluation.curves.calibration_range, ax=ax,
           title=f'{run.loss}, {VARIANT_NAMES[run.variant]}: OPIS '
           f'{evaluation.opis:.4f}')
-    path = os.path.join(args.figures, f'reproduction_{regime}_curves.png')
+    path = os.path.join(args.figures, f'reproduction_{args.name}_{regime}_curves.png')
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    lines += [f'![utility curves, {regime}]({path})', '',
+    lines += [f'![utility curves, {regime}]({_link(path, args)})', '',
               f'Per-class utility curves of {args.curves_loss} (seed 0) on '
               'the test classes, without TCM and with it: the shaded band is '
               'the calibration range; OPIS is the spread of the curves '
               'inside it.', '']
   return lines
+
+
+SUMMARY_START, SUMMARY_END = '<!-- summary -->', '<!-- /summary -->'
+
+
+def appendix_lines(path: str, args) -> list[str]:
+  """A section with the title and summaries of another study's report."""
+  with open(path) as f:
+    text = f.read()
+  title = text.splitlines()[0].lstrip('# ').strip() if text else path
+  summaries = [part.split(SUMMARY_END)[0].strip()
+               for part in text.split(SUMMARY_START)[1:]]
+  if not summaries:
+    raise ValueError(f'--appendix {path}: no summary in it (not a report of '
+                     'scripts/reproduce.py?).')
+  return [f'## Appendix: {title}', '', f'From [{path}]({_link(path, args)}), '
+          'where its tables, budget and caveats are:', '', *summaries, '']
 
 
 def budget_lines(base, args) -> list[str]:
@@ -548,7 +665,8 @@ def budget_lines(base, args) -> list[str]:
       'the same fractions of each run.',
       f'- From scratch: {args.steps} steps. Fine-tuning: {args.pretrain_steps}'
       f' steps of {args.pretrain_loss} (no TCM) on the `pretrain` side, then '
-      f'{args.finetune_steps} steps.',
+      f'{args.finetune_steps} steps at {args.finetune_lr_scale:g} x the '
+      'learning rate.',
       f'- TCM at the paper\'s margins: m+ {PAPER_MARGINS[0]}, m- '
       f'{PAPER_MARGINS[1]}. From the data: {100 * args.hard_pos_fraction:g}% '
       f'of positive and {100 * args.hard_neg_fraction:g}% of negative pairs '
@@ -617,8 +735,13 @@ def write_report(args, command: str, base, results, complete: bool,
         'over seeds. Each run\'s bootstrap intervals over test classes are in '
         'its `metrics.json` and in the per-run list below.', '',
         *regime_table(results, regime, args), '',
-        regime_summary(results, regime, args), '',
+        SUMMARY_START, regime_summary(results, regime, args), SUMMARY_END, '',
         *write_figures(results, regime, args)]
+  lines += ['## Conclusion', '', 'Counts of base losses, from the tables '
+            'above (uncertainty: twice the standard error over seeds):', '',
+            *conclusion_lines(results, args), '']
+  for path in args.appendix:
+    lines += appendix_lines(path, args)
   lines += ['## Every run', '',
             '95% bootstrap intervals over the test classes (1,000 resamples, '
             'seed 0).', '',
@@ -642,9 +765,37 @@ def main(argv: Sequence[str] | None = None) -> str:
   argv = sys.argv[1:] if argv is None else list(argv)
   args = parse_args(argv)
   logging.getLogger('absl').setLevel(logging.WARNING)
-  command = 'python scripts/reproduce.py ' + shlex.join(argv)
+  # The command that remakes the study (not the flags of this sitting).
+  shown, skip = [], False
+  for arg in argv:
+    if skip:
+      skip = False
+      continue
+    if arg == '--report_only' or arg.startswith('--max_minutes='):
+      continue
+    if arg == '--max_minutes':
+      skip = True
+      continue
+    shown.append(arg)
+  command = 'python scripts/reproduce.py ' + shlex.join(shown)
   started = time.perf_counter()
+  # Runs of one loss compile the same programs (the margins are arguments):
+  # a persistent cache spares the recompilation across runs and sittings.
+  jax.config.update('jax_compilation_cache_dir',
+                    os.path.join(args.workdir, 'jax_cache'))
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', 1.0)
   base = base_config(args)
+  sides = train.datasets.DATASETS[base.dataset.name].sides if (
+      base.dataset.name in train.datasets.DATASETS) else ()
+  if 'finetune' in args.regimes and 'pretrain' not in sides:
+    raise ValueError(
+        f'--regimes finetune pretrains on the dataset\'s pretrain side, and '
+        f'{base.dataset.name} has none (its sides: {list(sides)}); use '
+        '--regimes scratch.')
+  out_dir = os.path.dirname(os.path.abspath(args.out))
+  os.makedirs(out_dir, exist_ok=True)  # before hours of training, not after
+  if not os.access(out_dir, os.W_OK):
+    raise ValueError(f'--out {args.out}: {out_dir} is not writable.')
   results, complete = run_all(args, base)
   if not results:
     raise SystemExit(f'reproduce.py: no finished run in {args.workdir}.')

@@ -344,6 +344,9 @@ def check_config(config: ml_collections.ConfigDict) -> None:
       ('loss.tcm_from_data.enabled', m.enabled,
        not m.enabled or config.loss.tcm.enabled,
        'False when loss.tcm.enabled is False (no TCM, no margins)'),
+      ('pretrained_head', config.pretrained_head,
+       not config.pretrained_head or bool(config.pretrained),
+       'False without pretrained (there is no head to load)'),
       ('eval.bootstrap_resamples', config.eval.bootstrap_resamples,
        isinstance(config.eval.bootstrap_resamples, int)
        and config.eval.bootstrap_resamples >= 0, 'an int >= 0'),
@@ -541,6 +544,11 @@ def create_model(config: ml_collections.ConfigDict, num_classes: int,
     options['batch_norm_axis_name'] = parallel.AXIS
   rngs = nnx.Rngs(config.seed)
   encoder = models.create_encoder(options, rngs=rngs)
+  if config.pretrained and not os.path.exists(config.pretrained):
+    raise FileNotFoundError(
+        f'pretrained: {config.pretrained!r} does not exist (expected a timm '
+        '.safetensors or big_vision .npz file, or an earlier tcm_jax run: its '
+        'workdir, checkpoints/ or one step\'s directory).')
   if config.pretrained and not os.path.isdir(config.pretrained):
     if config.pretrained_head:
       raise ValueError(
@@ -588,7 +596,7 @@ def _load_run(config: ml_collections.ConfigDict, params, model_state) -> None:
                                             head=config.pretrained_head)
   for what, ours, theirs in (('parameters', params, weights.params),
                              ('state', model_state, weights.model_state)):
-    ours_pure = ours.to_pure_dict()
+    ours_pure = nnx.to_pure_dict(ours)
     for part, loaded in theirs.items():
       want, have = _paths(ours_pure.get(part, {})), _paths(loaded)
       if want != have:
@@ -599,7 +607,7 @@ def _load_run(config: ml_collections.ConfigDict, params, model_state) -> None:
             f'that run trained model {weights.config.get("model")}, this one '
             f'is {config.model.to_dict()}.')
       ours_pure[part] = _take(ours_pure[part], loaded)
-    ours.replace_by_pure_dict(ours_pure)
+    nnx.replace_by_pure_dict(ours, ours_pure)
   logging.info('Loaded the %s of %s (step %d) into the encoder.',
                ' and '.join(weights.params), weights.directory, weights.step)
 
