@@ -20,8 +20,8 @@ same budget:
   `--pretrain_steps` steps with `--pretrain_loss` (no TCM) on the dataset's
   disjoint `pretrain` side (for glyphs the level-2 kanji), one pretraining
   run per seed shared by every loss of that seed, then `--finetune_steps`
-  steps; the margins from the data are estimated once, from the pretrained
-  model, before the first step.
+  steps of the whole pretrained model (its head included); the margins
+  from the data are estimated once, from it, before the first step.
 
 The learning-rate milestones stay at the config's fractions of the run.
 Every run trains in its own folder under `--workdir`
@@ -232,6 +232,9 @@ def run_config(base: ml_collections.ConfigDict, run: Run, args,
   """The config of one run."""
   config = ml_collections.ConfigDict(base.to_dict())
   config.seed = run.seed
+  config.loss.hyper = ml_collections.ConfigDict()  # registry defaults
+  config.eval.final_split = 'test'
+  config.pretrained, config.pretrained_head = '', False
   if run.loss == 'pretrain':
     steps = args.pretrain_steps
     config.dataset.train_side = 'pretrain'
@@ -245,8 +248,10 @@ def run_config(base: ml_collections.ConfigDict, run: Run, args,
     data = config.loss.tcm_from_data
     data.enabled = run.variant == 'data'
     data.every_steps = args.margin_every if run.regime == 'scratch' else 0
-    config.pretrained = pretrained
     if run.regime == 'finetune':
+      # The whole pretrained model, head too: the margins from the data are
+      # measured on it before the first step.
+      config.pretrained, config.pretrained_head = pretrained, True
       config.optimizer.learning_rate *= args.finetune_lr_scale
   config.optimizer.milestones = _milestones_at(base, config, steps)
   config.train.num_steps = steps
@@ -295,6 +300,19 @@ def train_run(run: Run, config: ml_collections.ConfigDict, run_dir: str,
               pretrained_from: str | None = None) -> dict[str, Any]:
   """Trains and evaluates one run; writes and returns its `result.json`."""
   start = time.perf_counter()
+  # Which pretraining the run starts from, written before it trains: a run
+  # resumed after its pretraining was redone is refused, not mislabelled.
+  marker = os.path.join(run_dir, 'pretrained_from')
+  if pretrained_from is not None:
+    if os.path.exists(marker):
+      with open(marker) as f:
+        if f.read().strip() != pretrained_from:
+          raise ValueError(
+              f'{run_dir} was started from another pretraining run than the '
+              f'one now in {config.pretrained}; delete it to train it again.')
+    os.makedirs(run_dir, exist_ok=True)
+    with open(marker, 'w') as f:
+      f.write(pretrained_from + '\n')
   try:
     train.train_and_evaluate(config, run_dir, devices=jax.local_devices()[:1])
   except (ValueError, train.NonFiniteLossError) as e:
@@ -673,8 +691,8 @@ def budget_lines(base, args) -> list[str]:
       'of the validation classes hard (at most '
       f'{base.loss.tcm_from_data.max_samples} images), re-estimated every '
       f'{args.margin_every} steps from scratch, once (from the pretrained '
-      'model) when fine-tuning. These fractions were fixed before any run, '
-      'not tuned.',
+      'model, its head included) when fine-tuning. These fractions were '
+      'fixed before any run, not tuned.',
       f'- Seeds: 0-{args.seeds - 1} (initialisation, batch order, '
       'pretraining); one CPU device; base losses at their registry defaults.',
   ]
@@ -742,9 +760,12 @@ def write_report(args, command: str, base, results, complete: bool,
             *conclusion_lines(results, args), '']
   for path in args.appendix:
     lines += appendix_lines(path, args)
+  boot = next((r['bootstrap'] for r in results.values() if r.get('bootstrap')),
+              None)
   lines += ['## Every run', '',
-            '95% bootstrap intervals over the test classes (1,000 resamples, '
-            'seed 0).', '',
+            (f'{100 * boot["confidence"]:g}% bootstrap intervals over the test '
+             f'classes ({boot["num_resamples"]} resamples of the classes, seed '
+             f'{boot["seed"]}).' if boot else 'No bootstrap intervals.'), '',
             '| run | R@1 | OPIS | eps-OPIS | seconds |', '|---|---|---|---|---:|']
   for run, r in results.items():
     if run.loss == 'pretrain':
@@ -809,6 +830,6 @@ def main(argv: Sequence[str] | None = None) -> str:
 if __name__ == '__main__':
   try:
     main()
-  except (RuntimeError, ValueError, FileNotFoundError) as error:
+  except (RuntimeError, ValueError, OSError, KeyError, TypeError) as error:
     print(f'reproduce.py: {error}', file=sys.stderr)
     sys.exit(1)

@@ -357,16 +357,18 @@ def load_run_weights(path: str, *, head: bool = False) -> RunWeights:
   """The encoder of an earlier tcm_jax run, to start another run from.
 
   Args:
-    path: the run's workdir, its `checkpoints/` directory, or one step's
-      directory in it. For a workdir or `checkpoints/`, the best checkpoint
-      by the run's `train.best_metric` is read when its checkpoints recorded
-      metrics, else the latest.
+    path: the run's workdir, its `checkpoints/` directory (both: the latest
+      checkpoint, where the run ended), or one step's directory in it (that
+      step; e.g. the run's best, which `report.md` and the log name). The
+      latest, not the best by the checkpoints' metrics: for a dataset
+      without validation classes those metrics are the test classes', which
+      must not choose a model.
     head: also return the embedding head (pooling, normalisation,
       projection); without it only the backbone is returned.
 
   Returns:
-    `RunWeights`. The class proxies and optimizer state are never read: the
-    new run has its own objective.
+    `RunWeights`. The class proxies and optimizer state are not returned:
+    the new run has its own objective.
 
   Raises:
     FileNotFoundError: no tcm_jax checkpoint at `path`.
@@ -395,14 +397,6 @@ def load_run_weights(path: str, *, head: bool = False) -> RunWeights:
         f'checkpoints/ directory or one step\'s directory in it).')
   if step is None:
     step = steps[-1]
-    config = manager.restore(step, args=ocp.args.Composite(
-        config=ocp.args.JsonRestore())).config
-    metric = (config.get('train') or {}).get('best_metric')
-    scored = {s: (manager.metrics(s) or {}).get(metric) for s in steps}
-    scored = {s: v for s, v in scored.items() if v is not None}
-    if scored:
-      pick = min if 'opis' in str(metric) else max
-      step = pick(scored, key=scored.get)
   restored = manager.restore(step, args=ocp.args.Composite(
       state=ocp.args.StandardRestore(), config=ocp.args.JsonRestore()))
   manager.close()

@@ -1128,10 +1128,12 @@ def _margin_sample(config, inputs: Inputs) -> datasets.Split | None:
 
 
 def _unit_rows(z: np.ndarray) -> np.ndarray:
-  """Rows scaled to unit length (scaled down first: no overflow)."""
+  """Rows scaled to unit length (scaled down first: no overflow), float32
+  as in training, for float32 products."""
   z = np.asarray(z, np.float64)
   z = z / np.maximum(np.max(np.abs(z), axis=1, keepdims=True), 1e-300)
-  return z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-300)
+  z = z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-300)
+  return z.astype(np.float32)
 
 
 def margins_from_embeddings(embeddings: np.ndarray, labels: np.ndarray, *,
@@ -1167,7 +1169,7 @@ def hard_pair_fractions(embeddings: np.ndarray, labels: np.ndarray,
 
   Over every ordered pair of distinct rows, in blocks (never `N x N`):
   positive pairs with cosine similarity <= `margin_pos`, negative pairs
-  with similarity >= `margin_neg`.
+  with similarity >= `margin_neg`, compared in float32 as in training.
 
   Examples:
     >>> import numpy as np
@@ -1185,8 +1187,8 @@ def hard_pair_fractions(embeddings: np.ndarray, labels: np.ndarray,
     rows = np.arange(s.shape[0])
     same[rows, rows + start] = False  # self pairs take no part
     other = labels[start:start + block, None] != labels[None, :]
-    counts += [np.sum(same & (s <= margin_pos)), np.sum(same),
-               np.sum(other & (s >= margin_neg)), np.sum(other)]
+    counts += [np.sum(same & (s <= np.float32(margin_pos))), np.sum(same),
+               np.sum(other & (s >= np.float32(margin_neg))), np.sum(other)]
   return {'hard_pos_fraction': float(counts[0] / max(counts[1], 1)),
           'hard_neg_fraction': float(counts[2] / max(counts[3], 1))}
 
@@ -1320,8 +1322,15 @@ def train_and_evaluate(
     if changed:
       logging.warning('Resuming from step %d with a config that differs in: '
                       '%s', start, ', '.join(changed))
+    if start > num_steps:
+      raise ValueError(
+          f'{workdir} holds a checkpoint at step {start}, past this run\'s '
+          f'{num_steps} steps (train.num_steps / train.num_epochs); evaluate '
+          'it with python -m tcm_jax.evaluate, or use a new --workdir.')
     logging.info('Resumed from step %d in %s.', start, workdir)
-  writer = _Writer(workdir, start)
+  # Without a checkpoint the run starts afresh: an earlier attempt's lines
+  # (step 0's margins included) are dropped.
+  writer = _Writer(workdir, start if restored is not None else -1)
   if jax.process_index() == 0:
     with open(os.path.join(workdir, 'config.json'), 'w') as f:
       json.dump(config_dict, f, indent=2)

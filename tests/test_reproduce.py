@@ -37,7 +37,9 @@ def _load_script():
 
 reproduce = _load_script()
 
-LOSSES = ('contrastive', 'arcface')  # one pair-based, one proxy-based
+# One loss (the trainer's tests train the proxy losses with TCM's margins as
+# step arguments too): 4 runs.
+LOSSES = ('contrastive',)
 # The paper's margins are the trainer's plain TCM path, tested there.
 VARIANTS = ('none', 'data')
 SEEDS = 2
@@ -47,7 +49,7 @@ def _study_argv(root, *extra):
   return ['--config', CONFIG, '--regimes', 'scratch', '--losses', *LOSSES,
           '--seeds', str(SEEDS), '--steps', '3', '--margin_every', '2',
           '--variants', *VARIANTS,
-          '--curves_loss', 'arcface',  # a loss of the study: both figures
+          '--curves_loss', LOSSES[-1],  # a loss of the study: both figures
           '--workdir', str(root / 'runs'),
           '--out', str(root / 'REPRODUCTION.md'),
           '--figures', str(root / 'docs'), *extra]
@@ -210,7 +212,7 @@ def test_report_tables_come_from_the_results(study):
     lower = sum(means[loss, variant]['opis'].mean
                 < means[loss, 'none']['opis'].mean for loss in LOSSES)
     assert (f'{reproduce.VARIANT_PHRASES[variant]}, TCM lowered the mean OPIS '
-            f'for {lower} of 2 base losses (median change') in text
+            f'for {lower} of {len(LOSSES)} base losses (median change') in text
 
 
 @pytest.mark.slow
@@ -256,7 +258,8 @@ def test_a_second_invocation_reads_every_run_back(study, monkeypatch):
 def test_report_only_reports_the_finished_runs_as_partial(
     study, tmp_path, monkeypatch):
   root = _copy_runs(study, tmp_path)
-  (root / 'runs' / 'scratch' / 'arcface-data-seed1' / 'result.json').unlink()
+  (root / 'runs' / 'scratch' / 'contrastive-data-seed1' / 'result.json'
+   ).unlink()
   monkeypatch.setattr(reproduce.train, 'train_and_evaluate', _no_training)
   printed = _main(_study_argv(root, '--report_only'))
   assert printed.count('read back') == len(_run_names()) - 1
@@ -266,12 +269,13 @@ def test_report_only_reports_the_finished_runs_as_partial(
       'finished') in text
   assert '--report_only' not in text  # the command remakes the whole study
   # The cell with one seed left has no standard deviation.
-  seed0 = study.results['scratch/arcface-data-seed0']['metrics']
-  assert _row(text, 'arcface', 'data')[2] == f'{seed0["recall_at_1"]:.4f}'
-  assert _row(text, 'contrastive', 'data') == _row(study.text, 'contrastive',
-                                                   'data')
-  assert '| scratch/arcface-data-seed0 |' in text
-  assert '| scratch/arcface-data-seed1 |' not in text
+  seed0 = study.results['scratch/contrastive-data-seed0']['metrics']
+  assert _row(text, 'contrastive', 'data')[2] == (
+      f'{seed0["recall_at_1"]:.4f}')
+  assert _row(text, 'contrastive', 'none') == _row(study.text, 'contrastive',
+                                                   'none')
+  assert '| scratch/contrastive-data-seed0 |' in text
+  assert '| scratch/contrastive-data-seed1 |' not in text
 
 
 @pytest.mark.slow
@@ -377,7 +381,7 @@ def test_run_all_gives_every_run_its_config(tmp_path, monkeypatch):
   monkeypatch.setattr(reproduce, 'train_run', fake_train_run)
   with contextlib.redirect_stdout(io.StringIO()):
     results, complete = reproduce.run_all(args, base)
-  assert complete and len(results) == 2 + 2 * 2 * 3 * 2
+  assert complete and len(results) == 2 + 2 * len(LOSSES) * 3 * 2
   assert [run for run, _, _ in trained] == reproduce.study_runs(args)
   assert trained[0][0].name == 'finetune/pretrain-seed0'
   assert base.to_dict() == base_before  # every run's config is a copy
@@ -585,3 +589,35 @@ def test_bad_arguments_are_one_line_errors_without_traceback():
 def test_doctests():
   import doctest  # pylint: disable=import-outside-toplevel
   assert doctest.testmod(reproduce).failed == 0
+
+
+def test_a_fine_tuning_run_of_another_pretraining_is_refused(tmp_path):
+  args = _args(tmp_path)
+  base = reproduce.base_config(args)
+  run = reproduce.Run('scratch', 'contrastive', 'none', 0)
+  config = reproduce.run_config(base, run, args)
+  path = tmp_path / 'result.json'
+  path.write_text(json.dumps({'config': reproduce.checkpoint_lib.json_safe(
+      config.to_dict()), 'pretrained_from': 'aaa'}))
+  assert reproduce.read_result(str(path), config, 'aaa')['pretrained_from'] == (
+      'aaa')
+  with pytest.raises(ValueError, match='another pretraining run'):
+    reproduce.read_result(str(path), config, 'bbb')
+  # A run started from one pretraining is not resumed from another: refused
+  # before anything trains.
+  run_dir = tmp_path / 'run'
+  run_dir.mkdir()
+  (run_dir / 'pretrained_from').write_text('aaa\n')
+  with pytest.raises(ValueError, match='another pretraining run'):
+    reproduce.train_run(run, config, str(run_dir), 'bbb')
+
+
+def test_pretraining_identity_is_the_hash_of_its_result(tmp_path):
+  path = tmp_path / 'result.json'
+  path.write_text('{"seconds": 1.0}')
+  first = reproduce._identity(str(path))  # pylint: disable=protected-access
+  path.write_text('{"seconds": 2.0}')
+  assert reproduce._identity(str(path)) != first  # pylint: disable=protected-access
+  import hashlib  # pylint: disable=import-outside-toplevel
+  assert reproduce._identity(str(path)) == hashlib.sha256(  # pylint: disable=protected-access
+      b'{"seconds": 2.0}').hexdigest()

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import pathlib
+import shutil
 
 from flax import nnx
 import jax
@@ -836,3 +837,70 @@ def test_bootstrap_intervals_are_seeded_and_hold_the_estimate(full, resumed):
         intervals[name]['high'], abs=1e-9)
   assert any(other[n].low != again_intervals[n].low
              or other[n].high != again_intervals[n].high for n in values)
+
+
+# --- From the review: the margins' source, restarts, the checkpoint read ------
+
+
+def test_margins_come_from_the_validation_classes_when_there_are_some():
+  config = _run_config()
+  train_split, val_split, test_split = (
+      datasets.Split(name, labels, list(range(len(labels))),
+                           np.arange(len(labels)), lambda record: record)
+      for name, labels in (('x/train', np.repeat(np.arange(5), 30)),
+                           ('x/val', np.repeat(np.arange(5, 8), 40)),
+                           ('x/test', np.repeat(np.arange(8, 10), 4))))
+  inputs = train.Inputs(train_split, test_split, val_split,
+                        np.arange(5), None, None, None, 1)
+  config.loss.tcm_from_data.max_samples = 50
+  sample = train._margin_sample(config, inputs)  # pylint: disable=protected-access
+  assert sample.name == 'x/val' and len(sample) == 50
+  assert set(sample.labels.tolist()) <= {5, 6, 7}
+  # Without validation classes, the training classes; never the test ones.
+  sample = train._margin_sample(config, inputs._replace(val=None))  # pylint: disable=protected-access
+  assert sample.name == 'x/train' and set(sample.labels.tolist()) <= set(
+      range(5))
+  # The same seeded rows at every estimate.
+  again = train._margin_sample(config, inputs)  # pylint: disable=protected-access
+  np.testing.assert_array_equal(again.labels, train._margin_sample(  # pylint: disable=protected-access
+      config, inputs).labels)
+
+
+def test_a_restart_without_checkpoint_drops_the_earlier_attempts_lines(
+    tmp_path):
+  with open(tmp_path / 'metrics.jsonl', 'w') as f:
+    f.write(json.dumps({'step': 0, 'kind': 'margins', 'margin_pos': 0.6,
+                        'margin_neg': 0.4, 'num_samples': 9}) + '\n')
+  writer = train._Writer(str(tmp_path), -1)  # pylint: disable=protected-access
+  writer.write(0, 'margins', {'margin_pos': 0.7, 'margin_neg': 0.3,
+                              'num_samples': 9})
+  writer.close()
+  assert train.logged_margins(str(tmp_path)) == [
+      {'step': 0, 'margin_pos': 0.7, 'margin_neg': 0.3, 'num_samples': 9}]
+
+
+def test_resuming_past_the_runs_last_step_is_an_error(full, tmp_path):
+  workdir = tmp_path / 'copy'
+  shutil.copytree(full.workdir, workdir)
+  config = _run_config()
+  config.train.num_steps = NUM_STEPS - 2
+  with pytest.raises(ValueError, match=f'checkpoint at step {NUM_STEPS}, '
+                     f'past this run\'s {NUM_STEPS - 2} steps'):
+    train.train_and_evaluate(config, str(workdir),
+                             devices=jax.local_devices()[:1])
+
+
+def test_a_workdir_gives_its_latest_checkpoint_not_the_best_scored(tmp_path):
+  state = lambda w: {'params': {'encoder': {'backbone': {'w': np.full(2, w)}}},
+                     'model_state': {}}
+  with checkpoint_lib.Checkpointer(str(tmp_path / 'checkpoints'), keep=5,
+                                   best_metric='recall_at_1') as ckpt:
+    for step, recall in ((1, 0.9), (2, 0.1)):
+      ckpt.save(step, state(float(step)), data_state={'step': step},
+                config={'train': {'best_metric': 'recall_at_1'}},
+                metrics={'recall_at_1': recall})
+  weights = checkpoint_lib.load_run_weights(str(tmp_path))
+  assert weights.step == 2
+  np.testing.assert_array_equal(weights.params['backbone']['w'], [2.0, 2.0])
+  one = checkpoint_lib.load_run_weights(str(tmp_path / 'checkpoints' / '1'))
+  assert one.step == 1

@@ -37,10 +37,13 @@ class LoaderOptions:
   """Parallelism of the host-side pipeline.
 
   Attributes:
-    num_threads: threads reading and transforming records (per process).
+    num_threads: threads reading and transforming records (per process);
+      each makes whole batches.
     worker_count: separate processes doing the same (0: none, the threads
       run in the training process).
-    prefetch: batches prepared ahead of the one being consumed.
+    prefetch: batches prepared ahead of the one being consumed. In the
+      threads' path at least `num_threads` (one for each thread to make):
+      host memory holds up to `max(prefetch, num_threads)` batches.
   """
   num_threads: int = 8
   worker_count: int = 0
