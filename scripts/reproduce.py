@@ -727,8 +727,9 @@ def write_report(args, command: str, base, results, complete: bool,
       f'- Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M}'
       ' UTC.',
       f'- Time: {sum(seconds) / 60:.1f} min of training and evaluation over '
-      f'{len(results)} runs ({np.mean(seconds) if seconds else 0:.1f} s a '
-      f'run); this invocation {wall / 60:.1f} min.', '',
+      f'{len(results)} runs (median {np.median(seconds) if seconds else 0:.1f}'
+      ' s a run; a run paused or on a busy machine counts its whole wall '
+      f'time); this invocation {wall / 60:.1f} min.', '',
       'The budget, the same for every run of a regime:', '',
       *budget_lines(base, args), '',
   ]
@@ -737,7 +738,9 @@ def write_report(args, command: str, base, results, complete: bool,
       continue
     pre = [r for run, r in results.items()
            if run.regime == regime and run.loss == 'pretrain']
-    lines += [f'## {"From scratch" if regime == "scratch" else "Fine-tuning a pretrained backbone"}', '']
+    title = ('From scratch' if regime == 'scratch' else
+             'Fine-tuning a pretrained model')
+    lines += [f'## {title}', '']
     if pre:
       lines += [f'Pretrained backbones ({args.pretrain_loss}, evaluated on the '
                 'validation classes): R@1 ' + ', '.join(
