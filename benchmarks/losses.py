@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from tcm_jax import losses
+from tcm_jax import similarity
 from tcm_loss import median_seconds  # benchmarks/ is the script's folder
 
 # The ranking losses score at most the 3 positives of a 4-per-class batch.
@@ -41,11 +42,11 @@ PROXIES = {
 
 
 def proxy_step(name, with_tcm):
-  objective = losses.proxy_objective(name, tcm={} if with_tcm else None,
-                                     **PROXIES[name])
+  objective = losses.objective(name, tcm={} if with_tcm else None,
+                               **PROXIES[name])
 
   def loss(z, labels, proxies):
-    total, _ = objective(z, labels, proxies)
+    total, _ = objective(z, labels, {'proxies': proxies})
     return total
 
   return jax.jit(jax.value_and_grad(loss, argnums=(0, 2)))
@@ -60,7 +61,7 @@ def step(label, with_tcm):
                                tcm={} if with_tcm else None, **BASES[label])
 
   def loss(z, labels):
-    total, _ = objective(losses.cosine_similarity(z), labels)
+    total, _ = objective(similarity.cosine_similarity(z), labels)
     return total
 
   return jax.jit(jax.value_and_grad(loss))

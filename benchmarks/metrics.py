@@ -22,9 +22,9 @@ import time
 import jax
 import numpy as np
 
-from tcm_jax import losses
 from tcm_jax import metrics
-from tcm_jax.metrics import pair_counts
+from tcm_jax import similarity
+from tcm_jax.metrics import advanced
 
 FAR_RANGE = (1e-3, 1e-1)
 KS = (1, 2, 4, 8)
@@ -46,11 +46,11 @@ def timed(fn):
 
 def matmul_pass(z, labels, block_size):
   """The blockwise similarity matmuls alone, over the evaluation's blocks."""
-  source = pair_counts.source_from_embeddings(z, labels, block_size=block_size)
-  cosine = jax.jit(lambda q, r: losses.cosine_similarity(
+  source = advanced.source_from_embeddings(z, labels, block_size=block_size)
+  cosine = jax.jit(lambda q, r: similarity.cosine_similarity(
       q, r, precision=jax.lax.Precision.HIGHEST))
   out = None
-  for block in pair_counts.blocks(source):
+  for block in advanced.blocks(source):
     out = cosine(block.queries, block.refs)
   return jax.block_until_ready(out)
 
@@ -91,7 +91,7 @@ def numpy_evaluation(z, labels, num_thresholds=101):
 
 def part_matmul(n, dim, repeats, block_size=None):
   z, labels = clustered(n, dim)
-  source = pair_counts.source_from_embeddings(z, labels, block_size=block_size)
+  source = advanced.source_from_embeddings(z, labels, block_size=block_size)
   block = source.rows_per_block
   matmul_pass(z, labels, block)  # compile
   evaluate = lambda: metrics.evaluate_embeddings(  # pylint: disable=g-long-lambda

@@ -1,7 +1,7 @@
 """The cost of TCM in a training step: the trainer's step with and without it.
 
 For each model this builds the trainer's own data-parallel step
-(`train.make_train_step`: forward, base loss + TCM through
+(`train.create_training`: forward, base loss + TCM through
 `Objective.sharded`, backward, optimizer update) from its config twice, with
 `loss.tcm.enabled` True and False, and times both on the same synthetic
 batches, made on the device up front so that no input loading is timed. The
@@ -26,18 +26,17 @@ bfloat16 with batch 128 per device over every device. Flags override each.
 """
 
 import argparse
-import importlib.util
 import math
 import os
 import statistics
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from _machine import cpu_name  # pylint: disable=g-bad-import-order
 from encoders import PEAK_TFLOPS  # pylint: disable=g-bad-import-order
+from tcm_jax import config as config_lib
 from tcm_jax import parallel
 from tcm_jax import train
 
@@ -52,11 +51,8 @@ CPU_SIZES = {'resnet50': (64, 32), 'vit_b16': (64, 16)}
 
 def load_config(model):
   file, args = MODELS[model]
-  spec = importlib.util.spec_from_file_location(
-      file, os.path.join(CONFIGS, f'{file}.py'))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(*args)
+  return config_lib.load_config(
+      os.path.join(CONFIGS, f'{file}.py') + ''.join(f':{a}' for a in args))
 
 
 def model_config(model, *, pixels, batch, dtype):
@@ -70,23 +66,17 @@ def model_config(model, *, pixels, batch, dtype):
     config.input.classes_per_batch = batch // config.input.samples_per_class
   if dtype:
     config.model.dtype = dtype
-  train.check_config(config)
+  config_lib.check_config(config)
   return config
 
 
 def make_step(config, mesh, batch):
-  """The trainer's compiled step and a fresh state on `mesh`."""
-  objective, uses_proxies = train.create_objective(config)
-  graphdef, params, model_state = train.create_model(
-      config, config.input.classes_per_batch, uses_proxies)
-  schedule = train.learning_rate_schedule(config, steps_per_epoch=100)
-  optimizer = train.create_optimizer(config, schedule)
-  state = parallel.replicate(
-      train.TrainState(jnp.int32(0), params, model_state,
-                       optimizer.init(params)), mesh)
-  step = train.make_train_step(graphdef, objective, uses_proxies, optimizer,
-                               schedule, mesh)
-  return step.lower(state, batch).compile(), state
+  """The trainer's compiled step, a fresh state on `mesh`, and the step's
+  FLOPs (XLA's count of the program `batch` runs)."""
+  state, step, _ = train.create_training(
+      config, num_classes=config.input.classes_per_batch,
+      steps_per_epoch=100, mesh=mesh)
+  return step, state, compiled_flops(step.lower(state, batch).compile())
 
 
 def synthetic_batches(config, mesh, count=4):
@@ -135,8 +125,8 @@ def measure(config, mesh, *, repeats, min_sample_seconds):
   runners, flops = [], []
   for enabled in (False, True):
     config.loss.tcm.enabled = enabled
-    step, state = make_step(config, mesh, batches[0])
-    flops.append(compiled_flops(step))
+    step, state, step_flops = make_step(config, mesh, batches[0])
+    flops.append(step_flops)
     runners.append(Runner(step, state, batches))
   calls = []
   for runner in runners:

@@ -60,6 +60,7 @@ import numpy as np
 
 import tcm_jax
 from tcm_jax import metrics
+from tcm_jax import config as config_lib
 from tcm_jax import plots
 from tcm_jax import train
 
@@ -69,7 +70,7 @@ VARIANTS = {'base': 'ArcFace', 'tcm': 'ArcFace + TCM'}
 # %% [markdown]
 # ## Train both
 #
-# `train.load_config` reads a config file the way
+# `config_lib.load_config` reads a config file the way
 # `python -m tcm_jax.main --config configs/digits_toy.py:tcm` does;
 # `train.train_and_evaluate` trains, evaluates the test split and writes a
 # report, the metrics and the test embeddings (`embeddings.npz`) into the
@@ -78,7 +79,7 @@ VARIANTS = {'base': 'ArcFace', 'tcm': 'ArcFace + TCM'}
 # %%
 results = {}
 for variant in VARIANTS:
-  config = train.load_config(f'configs/digits_toy.py:{variant}')
+  config = config_lib.load_config(f'configs/digits_toy.py:{variant}')
   config.seed = SEED
   config.train.num_steps = NUM_STEPS
   config.train.log_every_steps = 100
@@ -141,9 +142,9 @@ for variant, name in VARIANTS.items():
 # %%
 for variant, name in VARIANTS.items():
   z, labels = embeddings[variant]
-  stats = tcm_jax.losses.tcm_statistics(tcm_jax.cosine_similarity(z, z),
-                                        labels)  # the paper's margins
-  fractions = tcm_jax.losses.tcm_diagnostics(stats)
+  stats = tcm_jax.losses.advanced.tcm_statistics(
+      tcm_jax.cosine_similarity(z, z), labels)  # the paper's margins
+  fractions = tcm_jax.losses.advanced.tcm_diagnostics(stats)
   print(f'{name}: hard positives {float(fractions["hard_pos_fraction"]):.1%} '
         f'of {int(stats.pos_count)} positive pairs, hard negatives '
         f'{float(fractions["hard_neg_fraction"]):.1%} of '

@@ -58,9 +58,9 @@ from IPython.display import Image, display
 import matplotlib.pyplot as plt
 import numpy as np
 
-from tcm_jax import evaluate
 from tcm_jax import metrics
 from tcm_jax import plots
+from tcm_jax import report
 from tcm_jax.data import datasets
 
 # %% [markdown]
@@ -143,7 +143,7 @@ if EMBEDDINGS_NPZ is None:
   np.savez(EMBEDDINGS_NPZ, embeddings=pixels.reshape(len(pixels), -1) / 255.0,
            labels=test_split.labels)
 
-arrays = evaluate.load_npz(EMBEDDINGS_NPZ)  # checks the keys it needs
+arrays = report.load_npz(EMBEDDINGS_NPZ)  # checks the keys it needs
 for key, value in arrays.items():
   print(f'{key}: {value.shape} {value.dtype}')
 print(f'{len(np.unique(arrays["labels"]))} classes')
@@ -151,7 +151,7 @@ print(f'{len(np.unique(arrays["labels"]))} classes')
 # %% [markdown]
 # ## Every metric in one call
 #
-# `evaluate.evaluate_arrays` computes everything (it streams blocks of queries
+# `report.evaluate_arrays` computes everything (it streams blocks of queries
 # against all references, so the `N x N` similarity is never built) and writes
 # the report that `python -m tcm_jax.evaluate` writes: `report.md`,
 # `metrics.json` and `utility_curves.png`. It returns the `Evaluation`, whose
@@ -160,7 +160,7 @@ print(f'{len(np.unique(arrays["labels"]))} classes')
 
 # %%
 report_dir = os.path.join(workdir, 'report')
-result = evaluate.evaluate_arrays(
+result = report.evaluate_arrays(
     arrays, report_dir, source_name=os.path.basename(EMBEDDINGS_NPZ),
     show_progress=False, far_range=FAR_RANGE, target_far=TARGET_FAR,
     epsilon=EPSILON)
@@ -192,7 +192,7 @@ print(f'calibration range: distance {low:.4f} to {high:.4f}, where the global '
 # trade-off.
 
 # %%
-worst = evaluate.worst_classes(result)  # indices into result.curves.classes
+worst = report.worst_classes(result)  # indices into result.curves.classes
 plots.plot_utility_curves(result.curves, result.curves.calibration_range,
                           worst_classes=result.curves.classes[worst])
 plt.show()

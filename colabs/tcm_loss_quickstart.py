@@ -88,7 +88,7 @@ rng = np.random.default_rng(SEED)
 labels = np.repeat(np.arange(4), 5)
 z = (0.8 + rng.normal(size=(4, 8)))[labels] + 0.4 * rng.normal(size=(20, 8))
 s = tcm_jax.cosine_similarity(z)                 # [20, 20], float32
-masks = tcm_jax.losses.pair_masks(s, labels)     # float 0/1, self pairs excluded
+masks = tcm_jax.losses.advanced.pair_masks(s, labels)  # 0/1, no self pairs
 hard_pos = (masks.positive > 0) & (s <= MARGIN_POS)
 hard_neg = (masks.negative > 0) & (s >= MARGIN_NEG)
 
@@ -108,13 +108,14 @@ plt.show()
 
 # %% [markdown]
 # The loss, its two parts and the fraction of pairs that are hard come from
-# the library's sufficient statistics (`tcm_statistics`: sums and counts over
-# the hard pairs; `tcm_diagnostics`: what a trainer logs):
+# the library's sufficient statistics (`tcm_jax.losses.advanced`:
+# `tcm_statistics`, sums and counts over the hard pairs; `tcm_diagnostics`,
+# what a trainer logs):
 
 # %%
-stats = tcm_jax.losses.tcm_statistics(s, labels, margin_pos=MARGIN_POS,
-                                      margin_neg=MARGIN_NEG)
-parts = tcm_jax.losses.tcm_diagnostics(stats)
+stats = tcm_jax.losses.advanced.tcm_statistics(
+    s, labels, margin_pos=MARGIN_POS, margin_neg=MARGIN_NEG)
+parts = tcm_jax.losses.advanced.tcm_diagnostics(stats)
 loss = tcm_jax.tcm_loss(s, labels, margin_pos=MARGIN_POS, margin_neg=MARGIN_NEG)
 print(f'hard positives: {int(stats.hard_pos_count)} of {int(stats.pos_count)} '
       f'positive pairs ({float(parts["hard_pos_fraction"]):.0%})')
@@ -272,8 +273,9 @@ plt.show()
 #
 # - Other base losses: `tcm_jax.losses.objective(name, tcm={})` with `name`
 #   one of `contrastive`, `triplet`, `multi_similarity`, `smooth_ap`,
-#   `recall_at_k`; proxy losses (`arcface`, `cosface`, `normalized_softmax`,
-#   `proxy_anchor`) through `tcm_jax.losses.proxy_objective`.
+#   `recall_at_k`, or a proxy loss (`arcface`, `cosface`,
+#   `normalized_softmax`, `proxy_anchor`), whose class proxies the objective
+#   makes itself (`objective.init_params`).
 # - Several devices: `tcm_jax.losses.sharded_tcm_loss` inside `jax.shard_map`
 #   gives the loss of the global batch (all pairs across devices).
 # - The paper's experiments, with encoders, data and checkpoints: the notebook

@@ -82,17 +82,19 @@ from IPython.display import Image, display
 import jax
 import matplotlib.pyplot as plt
 
+from tcm_jax import config as config_lib
+from tcm_jax import report
 from tcm_jax import train
 from tcm_jax.data import datasets
 
 # %% [markdown]
 # ## The config
 #
-# `train.load_config` reads a file of `configs/` as the command line's
+# `config_lib.load_config` reads a file of `configs/` as the command line's
 # `--config=FILE:ARG` does: its `get_config(ARG)`, which starts from
-# `train.default_config()` (every key, with its meaning) and sets the paper's
-# recipe for the dataset and backbone. Any key can then be changed; a key
-# that does not exist fails in `check_config`, before anything is built.
+# `config_lib.default_config()` (every key, with its meaning) and sets the
+# paper's recipe for the dataset and backbone. Any key can then be changed; a
+# key that does not exist fails in `check_config`, before anything is built.
 #
 # The backbone starts from ImageNet weights, as in the paper: timm's
 # `model.safetensors` from the Hugging Face Hub, `timm/resnet50.tv_in1k` for
@@ -101,7 +103,7 @@ from tcm_jax.data import datasets
 # Colab has; elsewhere `pip install huggingface_hub`).
 
 # %%
-config = train.load_config(f'{CONFIG_FILE}:{CONFIG_ARG}')
+config = config_lib.load_config(f'{CONFIG_FILE}:{CONFIG_ARG}')
 config.dataset.data_dir = DATA_DIR
 config.update_from_flattened_dict(OVERRIDES)
 DEFAULT_PRETRAINED = {'resnet50': 'timm/resnet50.tv_in1k',  # by model.name
@@ -116,7 +118,7 @@ if pretrained_repo:
                       'huggingface_hub: pip install huggingface_hub (or set '
                       "PRETRAINED_REPO = '' for random weights)") from error
   config.pretrained = hf_hub_download(pretrained_repo, 'model.safetensors')
-train.check_config(config)
+config_lib.check_config(config)
 print(f'{config.model.name} on {config.dataset.name}: {config.loss.name}'
       f'{" + TCM" if config.loss.tcm.enabled else ""}, batches of '
       f'{config.input.classes_per_batch} classes x '
@@ -208,7 +210,7 @@ if jax.default_backend() == 'cpu':
 workdir = WORKDIR or tempfile.mkdtemp(prefix='tcm_run_')
 print(f'the run writes into {workdir}')
 final = train.train_and_evaluate(config, workdir)
-print(train.results_table(final))
+print(report.results_table(final))
 print(f'everything is in {workdir}: {sorted(os.listdir(workdir))}')
 
 # %% [markdown]

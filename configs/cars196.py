@@ -11,7 +11,7 @@ Variants by override: `--config.loss.name=recall_at_k`,
 the manual download when the original host is unavailable).
 """
 
-from tcm_jax import train
+from tcm_jax import config as config_lib
 
 RECIPES = {  # batch 392, x0.3 at each milestone
     'resnet50': dict(learning_rate=1e-4, epochs=170, milestones=(80, 140)),
@@ -21,5 +21,5 @@ ARGUMENTS = tuple(RECIPES)  # the backbones
 
 
 def get_config(backbone: str = 'resnet50'):
-  return train.recipe_config('cars196', backbone, batch_size=392,
-                             **RECIPES[backbone])
+  return config_lib.recipe_config('cars196', backbone, batch_size=392,
+                                  **RECIPES[backbone])

@@ -12,7 +12,7 @@ TensorFlow; training does not). Pretrained weights: a timm `.safetensors`
 (e.g. huggingface.co/timm/resnet50.tv_in1k) or an AugReg/big_vision `.npz`.
 """
 
-from tcm_jax import train
+from tcm_jax import config as config_lib
 
 RECIPES = {  # batch 400, 40 epochs, x0.3 at epochs 10, 20, 30
     'resnet50': dict(learning_rate=1e-4, epochs=40, milestones=(10, 20, 30)),
@@ -22,5 +22,5 @@ ARGUMENTS = tuple(RECIPES)  # the backbones
 
 
 def get_config(backbone: str = 'resnet50'):
-  return train.recipe_config('cub200', backbone, batch_size=400,
-                             **RECIPES[backbone])
+  return config_lib.recipe_config('cub200', backbone, batch_size=400,
+                                  **RECIPES[backbone])

@@ -25,12 +25,11 @@ Without TCM, for comparison:
       --config.loss.tcm.enabled=False
 """
 
-from tcm_jax import models
-from tcm_jax import train
+from tcm_jax import config as config_lib
 
 
 def get_config():
-  config = train.default_config()
+  config = config_lib.default_config()
   config.dataset.name = 'digits_closed'
 
   config.input.recipe = 'small'       # resize to 16 px, random shifts
@@ -40,7 +39,7 @@ def get_config():
   config.input.eval_batch_size = 128
   config.input.num_threads = 2
 
-  config.model = models.encoder_config(
+  config.model = config_lib.model_config(
       'resnet18', width=0.25, small_images=True, embedding_size=64)
 
   config.loss.name = 'smooth_ap'

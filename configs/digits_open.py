@@ -12,12 +12,12 @@ variance over five curves, and noisy; the glyph benchmark
 
 import os
 
-from tcm_jax import train
+from tcm_jax import config as config_lib
 
 
 def get_config():
-  config = train.load_config(
-      os.path.join(os.path.dirname(os.path.abspath(__file__)), 'digits.py'))
+  config = config_lib.load_module(os.path.join(
+      os.path.dirname(os.path.abspath(__file__)), 'digits.py')).get_config()
   config.dataset.name = 'digits'
   config.input.image_size = 12
   config.input.classes_per_batch = 5  # all five training digits

@@ -12,8 +12,7 @@ training, each class's images split in halves for training and test.
 circle side by side, with the utility curves before and after.
 """
 
-from tcm_jax import models
-from tcm_jax import train
+from tcm_jax import config as config_lib
 
 ARGUMENTS = ('tcm', 'base')
 
@@ -21,7 +20,7 @@ ARGUMENTS = ('tcm', 'base')
 def get_config(variant: str = 'tcm'):
   if variant not in ARGUMENTS:
     raise ValueError(f"digits_toy takes 'tcm' or 'base', got {variant!r}.")
-  config = train.default_config()
+  config = config_lib.default_config()
   config.dataset.name = 'digits_closed'
 
   config.input.recipe = 'small'
@@ -31,7 +30,7 @@ def get_config(variant: str = 'tcm'):
   config.input.eval_batch_size = 128
   config.input.num_threads = 2
 
-  config.model = models.encoder_config(
+  config.model = config_lib.model_config(
       'resnet18', width=0.25, small_images=True, embedding_size=2)
 
   config.loss.name = 'arcface'

@@ -36,12 +36,11 @@ The recipe (stem, width, steps, loss) was chosen on the validation classes
 the test classes); the test classes were evaluated once.
 """
 
-from tcm_jax import models
-from tcm_jax import train
+from tcm_jax import config as config_lib
 
 
 def get_config():
-  config = train.default_config()
+  config = config_lib.default_config()
   config.dataset.name = 'glyphs'
   config.dataset.glyphs.image_size = 32
   config.dataset.glyphs.min_faces = 4
@@ -55,7 +54,7 @@ def get_config():
 
   # The standard stem (stride 2 and a max-pool) keeps a 32 px step ~9x
   # cheaper than the small-image stem: more steps in the time, and better.
-  config.model = models.encoder_config(
+  config.model = config_lib.model_config(
       'resnet18', width=0.25, embedding_size=128, in_channels=1)
 
   config.loss.name = 'multi_similarity'

@@ -12,7 +12,7 @@ supplied as files. Variants by override: `--config.loss.name=recall_at_k`,
 `tfds build i_naturalist2018 --file_format=array_record`.
 """
 
-from tcm_jax import train
+from tcm_jax import config as config_lib
 
 RECIPES = {  # batch 4000, 90 epochs, x0.3 at each milestone
     'resnet50': dict(learning_rate=1e-4, epochs=90, milestones=(40, 70)),
@@ -22,7 +22,7 @@ ARGUMENTS = tuple(RECIPES)  # the backbones
 
 
 def get_config(backbone: str = 'resnet50'):
-  config = train.recipe_config('inat2018', backbone, batch_size=4000,
-                               **RECIPES[backbone])
+  config = config_lib.recipe_config('inat2018', backbone, batch_size=4000,
+                                    **RECIPES[backbone])
   config.train.log_every_steps = 20
   return config

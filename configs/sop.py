@@ -11,7 +11,7 @@ Variants by override: `--config.loss.name=recall_at_k`,
 4000 are meant for a multi-accelerator host or a pod slice.
 """
 
-from tcm_jax import train
+from tcm_jax import config as config_lib
 
 RECIPES = {  # batch 4000, 55 epochs, x0.3 at epochs 25, 50
     'resnet50': dict(learning_rate=2e-4, epochs=55, milestones=(25, 50)),
@@ -21,7 +21,7 @@ ARGUMENTS = tuple(RECIPES)  # the backbones
 
 
 def get_config(backbone: str = 'resnet50'):
-  config = train.recipe_config('sop', backbone, batch_size=4000,
-                               **RECIPES[backbone])
+  config = config_lib.recipe_config('sop', backbone, batch_size=4000,
+                                    **RECIPES[backbone])
   config.train.log_every_steps = 20
   return config

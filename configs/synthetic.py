@@ -10,15 +10,16 @@ pipeline costs little; `--config.dataset.synthetic.jpeg=True` adds JPEG
 decoding. Model compute runs in bfloat16.
 """
 
-from tcm_jax import train
+from tcm_jax import config as config_lib
 
 BATCH = 128
-ARGUMENTS = tuple(train.BACKBONES)
+ARGUMENTS = tuple(config_lib.BACKBONES)
 
 
 def get_config(backbone: str = 'resnet50'):
-  config = train.recipe_config('synthetic', backbone, batch_size=BATCH,
-                               learning_rate=1e-4, epochs=1, milestones=())
+  config = config_lib.recipe_config('synthetic', backbone, batch_size=BATCH,
+                                    learning_rate=1e-4, epochs=1,
+                                    milestones=())
   config.dataset.synthetic.num_classes = 400
   config.dataset.synthetic.images_per_class = 8
   config.dataset.synthetic.image_size = 256

@@ -65,9 +65,14 @@ import ml_collections
 import numpy as np
 
 from tcm_jax import checkpoint as checkpoint_lib
+from tcm_jax import config as config_lib
+from tcm_jax import evaluator as evaluator_lib
 from tcm_jax import metrics as metrics_lib
 from tcm_jax import plots
+from tcm_jax import report as report_lib
 from tcm_jax import train
+from tcm_jax.data import datasets
+from tcm_jax.data import inputs as inputs_lib
 from tcm_jax.losses import registry
 
 RESULT_FILE = 'result.json'
@@ -196,7 +201,7 @@ def _steps_per_epoch(config) -> int:
       {'dataset': config.dataset.to_dict(), 'input': config.input.to_dict()}),
                    sort_keys=True)
   if key not in _STEPS_PER_EPOCH:
-    _STEPS_PER_EPOCH[key] = train.create_inputs(config).steps_per_epoch
+    _STEPS_PER_EPOCH[key] = inputs_lib.create_inputs(config).steps_per_epoch
   return _STEPS_PER_EPOCH[key]
 
 
@@ -204,7 +209,7 @@ def _milestones_at(base, config, steps: int) -> tuple[float, ...]:
   """`base`'s milestones at the same fractions of a `steps`-step run of
   `config` (in epochs of `config`'s training side, which may be another)."""
   base_per_epoch = _steps_per_epoch(base)
-  total = train._num_steps(base, base_per_epoch)  # pylint: disable=protected-access
+  total = inputs_lib.num_steps(base, base_per_epoch)
   per_epoch = _steps_per_epoch(config)
   return tuple(round(m * base_per_epoch / total * steps / per_epoch, 6)
                for m in base.optimizer.milestones)
@@ -216,7 +221,7 @@ def base_config(args) -> ml_collections.ConfigDict:
   No evaluation or checkpoint before the end, no raw-input baselines (the
   study compares losses), no progress bar.
   """
-  config = train.load_config(args.config)
+  config = config_lib.load_config(args.config)
   config.train.eval_every_steps = 0
   config.train.checkpoint_every_steps = 0
   config.train.progress_bar = False
@@ -286,7 +291,7 @@ def read_result(path: str, config: ml_collections.ConfigDict,
         f'{path} was fine-tuned from another pretraining run than the one now '
         f'in {config.pretrained}; delete the fine-tuning runs of that seed '
         'to train them again.')
-  saved = _flat(train.with_default_keys(result['config']))
+  saved = _flat(config_lib.with_default_keys(result['config']))
   now = _flat(checkpoint_lib.json_safe(config.to_dict()))
   changed = sorted(k for k in set(saved) | set(now)
                    if saved.get(k) != now.get(k))
@@ -313,12 +318,28 @@ def train_run(run: Run, config: ml_collections.ConfigDict, run_dir: str,
     os.makedirs(run_dir, exist_ok=True)
     with open(marker, 'w') as f:
       f.write(pretrained_from + '\n')
+  config_lib.check_config(config)  # a bad config stops the study, not one run
   try:
     train.train_and_evaluate(config, run_dir, devices=jax.local_devices()[:1])
-  except (ValueError, train.NonFiniteLossError) as e:
-    raise RuntimeError(f'Run {run.name} failed: {e}') from e
-  with open(os.path.join(run_dir, 'metrics.json')) as f:
-    saved = json.load(f)
+  except (train.NonFiniteLossError, metrics_lib.CalibrationRangeError) as e:
+    # What training did, not a mistake of the study: a loss that diverges,
+    # or embeddings collapsed so that the calibration range is empty. The
+    # run is kept as failed (and reported), the study goes on; any other
+    # error (fonts, checkpoints, config) stops it.
+    if run.loss == 'pretrain':
+      raise RuntimeError(f'Run {run.name} failed: {e}') from e
+    saved = None
+    failure = f'{type(e).__name__}: {e}'
+  else:
+    with open(os.path.join(run_dir, 'metrics.json')) as f:
+      saved = json.load(f)
+    failure = None
+  if saved is None:
+    result = dict(regime=run.regime, loss=run.loss, variant=run.variant,
+                  seed=run.seed, seconds=time.perf_counter() - start,
+                  failed=failure, metrics=None, pretrained_from=pretrained_from,
+                  config=checkpoint_lib.json_safe(config.to_dict()))
+    return _write_result(run_dir, result)
   result = dict(regime=run.regime, loss=run.loss, variant=run.variant,
                 seed=run.seed, seconds=time.perf_counter() - start,
                 metrics=_run_metrics(saved), tcm_pairs=saved.get('tcm_pairs'),
@@ -328,6 +349,11 @@ def train_run(run: Run, config: ml_collections.ConfigDict, run_dir: str,
                 bootstrap=saved.get('bootstrap'),
                 pretrained_from=pretrained_from,
                 config=checkpoint_lib.json_safe(config.to_dict()))
+  return _write_result(run_dir, result)
+
+
+def _write_result(run_dir: str, result: dict[str, Any]) -> dict[str, Any]:
+  os.makedirs(run_dir, exist_ok=True)
   path = os.path.join(run_dir, RESULT_FILE)
   with open(path + '.tmp', 'w') as f:
     json.dump(result, f, indent=2)
@@ -335,8 +361,13 @@ def train_run(run: Run, config: ml_collections.ConfigDict, run_dir: str,
   return result
 
 
+def failed(result: dict[str, Any]) -> bool:
+  """Whether a run stopped without test metrics (see `train_run`)."""
+  return bool(result.get('failed'))
+
+
 def _run_metrics(saved: dict[str, Any]) -> dict[str, float]:
-  values, _ = train.load_results_dict(saved)
+  values, _ = report_lib.load_results_dict(saved)
   values.update(mean_utility=saved['mean_utility'],
                 mean_tpr=saved['mean_tpr'])
   return values
@@ -384,8 +415,9 @@ def run_all(args, base) -> tuple[dict[Run, dict], bool]:
       how = (f'{results[run]["seconds"]:5.1f} s, ETA '
              f'{left * np.mean(trained_seconds) / 60:.0f} min')
     m = results[run]['metrics']
-    print(f'[{i:3d}/{len(runs)}] {run.name:45s} R@1 {m["recall_at_1"]:.4f} '
-          f'OPIS {m["opis"]:.5f}  {how}', flush=True)
+    scores = (f'FAILED ({results[run]["failed"][:60]})' if failed(results[run])
+              else f'R@1 {m["recall_at_1"]:.4f} OPIS {m["opis"]:.5f}')
+    print(f'[{i:3d}/{len(runs)}] {run.name:45s} {scores}  {how}', flush=True)
   return results, len(results) == len(runs)
 
 
@@ -431,7 +463,8 @@ def cell_stats(results: dict[Run, dict], regime: str, loss: str,
   """Per metric (and margins, hard fractions), the Stat over seeds."""
   cell = [r for run, r in results.items() if (run.regime, run.loss,
                                               run.variant) == (regime, loss,
-                                                               variant)]
+                                                               variant)
+          and not failed(r)]
   if not cell:
     return None
   stats = {key: Stat.of([r['metrics'][key] for r in cell])
@@ -500,7 +533,12 @@ def regime_table(results, regime: str, args) -> list[str]:
     without = cell_stats(results, regime, loss, 'none')
     for variant in args.variants:
       s = cell_stats(results, regime, loss, variant)
+      lost = failures(results, regime, loss, variant)
+      name = VARIANT_NAMES[variant] + (f' ({len(lost)} failed)' if lost else '')
       if s is None:
+        if lost:
+          lines.append(f'| {loss} | {name} | every run failed |'
+                       + ' |' * 9)
         continue
       cells = [s[k].format(d) for k, _, d in METRICS]
       margins = ('' if variant == 'none' else
@@ -513,9 +551,26 @@ def regime_table(results, regime: str, args) -> list[str]:
         change = [f'{c.change("opis"):+.1f}%{_star(c, "opis")}',
                   f'{c.points("recall_at_1"):+.2f} pt'
                   f'{_star(c, "recall_at_1")}']
-      lines.append(f'| {loss} | {VARIANT_NAMES[variant]} | '
+      lines.append(f'| {loss} | {name} | '
                    + ' | '.join(cells + [margins, hard] + change) + ' |')
   return lines
+
+
+def failures(results, regime: str, loss: str | None = None,
+             variant: str | None = None) -> list[tuple[Run, str]]:
+  """The failed runs of a regime (of one cell, given loss and variant)."""
+  return [(run, r['failed']) for run, r in results.items()
+          if run.regime == regime and failed(r)
+          and loss in (None, run.loss) and variant in (None, run.variant)]
+
+
+def failure_lines(results, regime: str) -> list[str]:
+  lost = failures(results, regime)
+  if not lost:
+    return []
+  return ['Failed runs (left out of the means above; a cell\'s standard '
+          'deviation is then over its other seeds):', '',
+          *[f'- `{run.name}`: {why}' for run, why in lost], '']
 
 
 def _names(items: Sequence[Comparison]) -> str:
@@ -525,7 +580,7 @@ def _names(items: Sequence[Comparison]) -> str:
 def _test_set(results) -> tuple[int | None, int | None]:
   """(classes, images) of the test set, from a finished non-pretraining run."""
   for run, r in results.items():
-    if run.loss != 'pretrain' and r.get('num_classes'):
+    if run.loss != 'pretrain' and not failed(r) and r.get('num_classes'):
       return r['num_classes'], r.get('num_images')
   return None, None
 
@@ -564,6 +619,12 @@ def regime_summary(results, regime: str, args) -> str:
         f'{np.median(recall):+.2f} points in the median (from '
         f'{min(recall):+.2f} to {max(recall):+.2f}); it fell beyond its '
         f'uncertainty for {len(recall_down)} ({_names(recall_down)}).')
+  lost = failures(results, regime)
+  if lost:
+    sentences.append(
+        f'{len(lost)} run(s) failed and are left out of the means: '
+        + ', '.join(f'{run.loss} {VARIANT_NAMES[run.variant]} seed '
+                    f'{run.seed}' for run, _ in lost) + '.')
   return ' '.join(sentences)
 
 
@@ -593,7 +654,7 @@ def _figure_runs(results, regime: str, variant: str) -> list[dict]:
                opis=r['metrics']['opis'])
           for run, r in results.items()
           if run.regime == regime and run.variant in ('none', variant)
-          and run.loss != 'pretrain']
+          and run.loss != 'pretrain' and not failed(r)]
 
 
 def _link(path: str, args) -> str:
@@ -625,7 +686,8 @@ def write_figures(results, regime: str, args) -> list[str]:
               'with TCM. Lower is more threshold-consistent, further right '
               'retrieves better.', '']
   picked = [Run(regime, args.curves_loss, v, 0) for v in args.variants]
-  picked = [run for run in picked if run in results]
+  picked = [run for run in picked if run in results
+            and not failed(results[run])]
   if len(picked) > 1:
     fig = figure.Figure(figsize=(5.5 * len(picked), 4.2))
     axes = fig.subplots(1, len(picked), squeeze=False)[0]
@@ -633,8 +695,8 @@ def write_figures(results, regime: str, args) -> list[str]:
       with np.load(os.path.join(args.workdir, run.name,
                                 'embeddings.npz')) as saved:
         evaluation = metrics_lib.evaluate_embeddings(
-            saved['embeddings'], saved['labels'], **train._eval_kwargs(  # pylint: disable=protected-access
-                train.ml_collections.ConfigDict(results[run]['config'])))
+            saved['embeddings'], saved['labels'], **evaluator_lib.eval_kwargs(
+                ml_collections.ConfigDict(results[run]['config'])))
       plots.plot_utility_curves(
           evaluation.curves, evaluation.curves.calibration_range, ax=ax,
           title=f'{run.loss}, {VARIANT_NAMES[run.variant]}: OPIS '
@@ -756,6 +818,7 @@ def write_report(args, command: str, base, results, complete: bool,
         'over seeds. Each run\'s bootstrap intervals over test classes are in '
         'its `metrics.json` and in the per-run list below.', '',
         *regime_table(results, regime, args), '',
+        *failure_lines(results, regime),
         SUMMARY_START, regime_summary(results, regime, args), SUMMARY_END, '',
         *write_figures(results, regime, args)]
   lines += ['## Conclusion', '', 'Counts of base losses, from the tables '
@@ -772,6 +835,9 @@ def write_report(args, command: str, base, results, complete: bool,
             '| run | R@1 | OPIS | eps-OPIS | seconds |', '|---|---|---|---|---:|']
   for run, r in results.items():
     if run.loss == 'pretrain':
+      continue
+    if failed(r):
+      lines.append(f'| {run.name} | failed | | | {r["seconds"]:.0f} |')
       continue
     b = (r.get('bootstrap') or {}).get('intervals', {})
     cell = lambda key, d: (f'{r["metrics"][key]:.{d}f}' + (
@@ -809,8 +875,8 @@ def main(argv: Sequence[str] | None = None) -> str:
                     os.path.join(args.workdir, 'jax_cache'))
   jax.config.update('jax_persistent_cache_min_compile_time_secs', 1.0)
   base = base_config(args)
-  sides = train.datasets.DATASETS[base.dataset.name].sides if (
-      base.dataset.name in train.datasets.DATASETS) else ()
+  sides = datasets.DATASETS[base.dataset.name].sides if (
+      base.dataset.name in datasets.DATASETS) else ()
   if 'finetune' in args.regimes and 'pretrain' not in sides:
     raise ValueError(
         f'--regimes finetune pretrains on the dataset\'s pretrain side, and '

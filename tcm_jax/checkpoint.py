@@ -23,6 +23,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
+from tcm_jax import config as config_lib
+
 ITEMS = ('state', 'data_state', 'config')
 
 
@@ -413,3 +415,60 @@ def load_run_weights(path: str, *, head: bool = False) -> RunWeights:
       model_state={k: v for k, v in model_state.items() if k in parts},
       config=restored.config, step=int(step),
       directory=os.path.join(directory, str(step)))
+
+
+def resume(checkpoints: Checkpointer, state: Any, config: dict,
+           total_steps: int, workdir: str) -> tuple[Any, int, Any, bool]:
+  """`(state, step, saved TCM margins or None, resumed)` of a run's workdir.
+
+  The latest readable checkpoint of `checkpoints` restored onto `state`'s
+  shardings, or `state` itself at step 0 (`resumed` False) without one.
+
+  Args:
+    checkpoints: the run's checkpoints.
+    state: the initial train state (the restore target).
+    config: the run's config, as JSON (`json_safe(config.to_dict())`).
+    total_steps: the steps the run trains.
+    workdir: the run's folder, for the messages.
+
+  Raises:
+    ValueError: the checkpoint is of another config (a key outside
+      `tcm_jax.config.RESUMABLE` changed) or past the run's last step.
+
+  Examples:
+    >>> import os, tempfile
+    >>> import numpy as np
+    >>> workdir = tempfile.mkdtemp()
+    >>> config = json_safe(config_lib.default_config().to_dict())
+    >>> with Checkpointer(os.path.join(workdir, 'checkpoints')) as ckpt:
+    ...   _ = ckpt.save(2, {'w': np.ones(2)}, data_state={'step': 2},
+    ...                 config=config)
+    ...   state, step, _, resumed = resume(ckpt, {'w': np.zeros(2)}, config,
+    ...                                    5, workdir)
+    >>> step, resumed, state['w'].tolist()
+    (2, True, [1.0, 1.0])
+  """
+  restored = checkpoints.restore_latest(state)
+  if restored is None:
+    return state, 0, None, False
+  start = restored.step
+  data_state = dict(restored.data_state)
+  saved_margins = data_state.pop('tcm_margins', None)
+  if data_state != {'step': start}:
+    raise ValueError(f'checkpoint {start} holds data state '
+                     f'{restored.data_state}, not {{"step": {start}}}.')
+  changed, different_run = config_lib.resume_changes(restored.config, config)
+  if different_run:
+    raise ValueError(
+        f'{workdir} holds a run of another config (it differs in '
+        f'{", ".join(different_run)}); use a new --workdir.')
+  if changed:
+    logging.warning('Resuming from step %d with a config that differs in: '
+                    '%s', start, ', '.join(changed))
+  if start > total_steps:
+    raise ValueError(
+        f'{workdir} holds a checkpoint at step {start}, past this run\'s '
+        f'{total_steps} steps (train.num_steps / train.num_epochs); evaluate '
+        'it with python -m tcm_jax.evaluate, or use a new --workdir.')
+  logging.info('Resumed from step %d in %s.', start, workdir)
+  return restored.state, start, saved_margins, True

@@ -17,6 +17,7 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
+from tcm_jax import report
 from tcm_jax import train
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -65,8 +66,8 @@ def main(argv):
   except train.NonFiniteLossError as e:
     raise SystemExit(f'ERROR: {e}') from e
   if jax.process_index() == 0:
-    _, baselines = train.load_results(_WORKDIR.value)
-    print(train.results_table(final, baselines))
+    _, baselines = report.load_results(_WORKDIR.value)
+    print(report.results_table(final, baselines))
     print(f'Report: {_WORKDIR.value}/report.md')
 
 

@@ -8,7 +8,6 @@ interpreter, with the small settings of `SMALL[name]` injected right after its
 """
 
 import ast
-import importlib.util
 import pathlib
 import re
 import sys
@@ -18,19 +17,11 @@ from IPython.core.inputtransformer2 import TransformerManager
 import nbformat
 import pytest
 
+from tcm_jax import config as config_lib
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 COLABS = REPO / 'colabs'
-
-
-def _load_build():
-  spec = importlib.util.spec_from_file_location('colabs_build',
-                                                COLABS / 'build.py')
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
-build = _load_build()
+build = config_lib.load_module(str(COLABS / 'build.py'), 'colabs_build')
 SOURCES = build.sources(COLABS)
 NAMES = [source.stem for source in SOURCES]
 

@@ -9,6 +9,7 @@ import pytest
 
 from tcm_jax import evaluate
 from tcm_jax import metrics
+from tcm_jax import report
 from tests.metrics.conftest import clustered_set
 
 
@@ -50,8 +51,8 @@ def test_explicit_distance_range_and_separate_gallery(npz_file, tmp_path):
   _, z, labels = npz_file
   arrays = dict(embeddings=z[::2], labels=labels[::2],
                 ref_embeddings=z[1::2], ref_labels=labels[1::2])
-  result = evaluate.evaluate_arrays(arrays, str(tmp_path), show_progress=False,
-                                    distance_range=(0.2, 0.6))
+  result = report.evaluate_arrays(arrays, str(tmp_path), show_progress=False,
+                                  distance_range=(0.2, 0.6))
   assert result.curves.calibration_range.distance == (0.2, 0.6)
   assert result.num_references == len(labels[1::2])
   assert 'Distances 0.20000 to 0.60000 (FAR' in (tmp_path / 'report.md').read_text()
@@ -62,7 +63,7 @@ def test_missing_arrays_are_named(tmp_path):
   np.savez(path, z=np.zeros((3, 2)), labels=np.zeros(3, int))
   with pytest.raises(ValueError, match=r"missing \['embeddings'\], found "
                      r"\['labels', 'z'\]"):
-    evaluate.load_npz(str(path))
+    report.load_npz(str(path))
 
 
 def test_command_rejects_bad_input_clearly(npz_file, tmp_path):
@@ -73,3 +74,14 @@ def test_command_rejects_bad_input_clearly(npz_file, tmp_path):
       capture_output=True, text=True)
   assert run.returncode != 0
   assert 'far_range must satisfy' in run.stderr and 'reversed' in run.stderr
+
+
+@pytest.mark.parametrize('name', ['evaluate_arrays', 'load_npz',
+                                  'worst_classes', 'write_report'])
+def test_old_names_still_work_with_a_warning(name):
+  with pytest.warns(DeprecationWarning,
+                    match=f'tcm_jax.evaluate.{name} has moved to '
+                    f'tcm_jax.report.{name}'):
+    assert getattr(evaluate, name) is getattr(report, name)
+  with pytest.raises(AttributeError, match="has no attribute 'nothing'"):
+    evaluate.nothing  # pylint: disable=pointless-statement

@@ -6,7 +6,6 @@ other tests use hand-made results or a stand-in for the training.
 """
 
 import contextlib
-import importlib.util
 import io
 import json
 import math
@@ -22,20 +21,15 @@ import jax
 import numpy as np
 import pytest
 
+from tcm_jax import config as config_lib
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 CONFIG = str(REPO / 'configs' / 'digits_open.py')
 
 
-def _load_script():
-  spec = importlib.util.spec_from_file_location(
-      'reproduce', REPO / 'scripts' / 'reproduce.py')
-  module = importlib.util.module_from_spec(spec)
-  sys.modules[spec.name] = module  # dataclasses look their module up
-  spec.loader.exec_module(module)
-  return module
-
-
-reproduce = _load_script()
+# Registered in sys.modules: its dataclasses look their module up.
+reproduce = config_lib.load_module(str(REPO / 'scripts' / 'reproduce.py'),
+                                   'reproduce', register=True)
 
 # One loss (the trainer's tests train the proxy losses with TCM's margins as
 # step arguments too): 4 runs.
@@ -338,7 +332,7 @@ def _args(tmp_path, *extra):
 
 def test_milestones_stay_at_the_configs_fractions(tmp_path):
   base = reproduce.base_config(_args(tmp_path))
-  assert reproduce.train.create_inputs(base).steps_per_epoch == (
+  assert reproduce.inputs_lib.create_inputs(base).steps_per_epoch == (
       STEPS_PER_EPOCH)
   assert tuple(base.optimizer.milestones) == (15, 22)
   for steps in (3, 30, 297, 1000):
@@ -432,7 +426,7 @@ def test_pretraining_milestones_are_in_epochs_of_the_pretrain_side(
   base = reproduce.base_config(args)
   per_epoch = {'train': 11, 'pretrain': 33}  # as if its side were 3x larger
   monkeypatch.setattr(reproduce, '_STEPS_PER_EPOCH', {})
-  monkeypatch.setattr(reproduce.train, 'create_inputs', lambda config: (
+  monkeypatch.setattr(reproduce.inputs_lib, 'create_inputs', lambda config: (
       types.SimpleNamespace(
           steps_per_epoch=per_epoch[config.dataset.train_side])))
   config = reproduce.run_config(

@@ -1,7 +1,6 @@
 """tcm_jax.train: steps on many devices, optimizer, configs, failures, runs."""
 
 import functools
-import importlib.util
 import json
 import math
 import os
@@ -23,10 +22,17 @@ import orbax.checkpoint as ocp
 import pytest
 
 from tcm_jax import checkpoint as checkpoint_lib
+from tcm_jax import config as config_lib
+from tcm_jax import evaluator as evaluator_lib
+from tcm_jax import margins as margins_lib
 from tcm_jax import metrics as metrics_lib
 from tcm_jax import models
+from tcm_jax import optimizer as optimizer_lib
 from tcm_jax import parallel
+from tcm_jax import report as report_lib
 from tcm_jax import train
+from tcm_jax import writers
+from tcm_jax.data import inputs as inputs_lib
 from tcm_jax.data import pipeline
 from tcm_jax.losses import registry
 
@@ -73,7 +79,7 @@ def _step_config(model, loss, hyper):
   order into differences of the size of the step; SGD's update is linear in
   the gradient, so the comparison stays at float precision.
   """
-  config = train.default_config()
+  config = config_lib.default_config()
   config.model = model
   config.loss.name = loss
   config.loss.tcm.enabled = True
@@ -99,15 +105,14 @@ def _step_batch(seed=0, classes=4, per_class=4, size=16):
 
 def _one_step(config, batch, devices):
   """The initial state and `(state, metrics)` after one step, on the host."""
-  objective, uses_proxies = train.create_objective(config)
-  graphdef, params, model_state = train.create_model(config, 4, uses_proxies)
-  schedule = train.learning_rate_schedule(config, steps_per_epoch=10)
-  optimizer = train.create_optimizer(config, schedule)
+  objective = train.create_objective(config)
+  graphdef, params, model_state = train.create_model(config, 4, objective)
+  schedule = optimizer_lib.learning_rate_schedule(config, steps_per_epoch=10)
+  optimizer = optimizer_lib.create_optimizer(config, schedule)
   initial = train.TrainState(jnp.int32(0), params, model_state,
                              optimizer.init(params))
   mesh = parallel.data_mesh(devices)
-  step = train.make_train_step(graphdef, objective, uses_proxies, optimizer,
-                               schedule, mesh)
+  step = train.make_train_step(graphdef, objective, optimizer, schedule, mesh)
   state, metrics = step(parallel.replicate(initial, mesh),
                         parallel.shard_batch(batch, mesh))
   return jax.device_get(initial), jax.device_get((state, metrics))
@@ -224,14 +229,16 @@ def _check_stem_batch_norm(initial, batch, states):
 @functools.cache
 def _built(name):
   """`(config, module, params)` of a small model of each kind, with proxies."""
-  config = train.default_config()
+  config = config_lib.default_config()
   config.model = {
       'resnet': _tiny_resnet(),
       'resnet_frozen': _tiny_resnet(frozen_batch_norm=True),
       'vit': models.encoder_config('vit_ti', patch_size=4, image_size=8,
                                    embedding_size=16),
   }[name]
-  graphdef, params, model_state = train.create_model(config, 3, True)
+  config.loss.name = 'arcface'  # with class proxies
+  graphdef, params, model_state = train.create_model(
+      config, 3, train.create_objective(config))
   module = models.merge(graphdef, params['encoder'], model_state)
   return config, module, params
 
@@ -250,7 +257,7 @@ def _module_leaf_paths(module, types):
 @pytest.mark.parametrize('name', ['resnet', 'resnet_frozen', 'vit'])
 def test_weight_decay_mask_is_true_exactly_for_kernels(name):
   _, module, params = _built(name)
-  mask = train.weight_decay_mask(params)
+  mask = optimizer_lib.weight_decay_mask(params)
   assert jax.tree.structure(mask) == jax.tree.structure(params)
   decayed = {n for n, m in zip(_leaf_names(params), jax.tree.leaves(mask))
              if m}
@@ -268,7 +275,7 @@ def test_weight_decay_mask_is_true_exactly_for_kernels(name):
 def test_parameter_groups_put_the_embedding_head_in_head(name):
   _, module, params = _built(name)
   groups = dict(zip(_leaf_names(params),
-                    jax.tree.leaves(train.parameter_groups(params))))
+                    jax.tree.leaves(optimizer_lib.parameter_groups(params))))
   head = {f'encoder.head.{n}' for n in _leaf_names(
       nnx.state(module.head, nnx.Param))}
   assert head and {n for n, g in groups.items() if g == 'head'} == head
@@ -279,8 +286,8 @@ def test_parameter_groups_put_the_embedding_head_in_head(name):
 
 
 def _sgd_step(config, params, grads):
-  optimizer = train.create_optimizer(
-      config, train.learning_rate_schedule(config, steps_per_epoch=1))
+  optimizer = optimizer_lib.create_optimizer(
+      config, optimizer_lib.learning_rate_schedule(config, steps_per_epoch=1))
   updates, _ = optimizer.update(grads, optimizer.init(params), params)
   return updates
 
@@ -308,7 +315,7 @@ def test_learning_rate_multiplier_scales_its_group_only(multiplier):
   faster = _sgd_step(config, params, grads)
   group = {'head_lr_multiplier': 'head', 'proxy_lr_multiplier': 'proxies'}[
       multiplier]
-  groups = jax.tree.leaves(train.parameter_groups(params))
+  groups = jax.tree.leaves(optimizer_lib.parameter_groups(params))
   assert group in groups
   leaves = zip(groups, jax.tree.leaves(grads), jax.tree.leaves(plain),
                jax.tree.leaves(faster), _leaf_names(params))
@@ -363,14 +370,14 @@ def _numpy_adam(params, grads_per_step, *, lr, weight_decay, decoupled,
 @pytest.mark.parametrize('name', ['adam', 'adamw'])
 def test_adam_and_adamw_weight_decay_against_numpy(name):
   params = _toy_params()
-  config = train.default_config()
+  config = config_lib.default_config()
   config.optimizer.name = name
   config.optimizer.learning_rate = 0.01
   config.optimizer.weight_decay = 0.3
   config.optimizer.head_lr_multiplier = 2.0
   config.optimizer.milestones = ()
-  optimizer = train.create_optimizer(
-      config, train.learning_rate_schedule(config, steps_per_epoch=1))
+  optimizer = optimizer_lib.create_optimizer(
+      config, optimizer_lib.learning_rate_schedule(config, steps_per_epoch=1))
   grads_per_step = [_random_like(params, seed) for seed in (10, 11, 12)]
   state, current = optimizer.init(params), params
   for grads in grads_per_step:
@@ -401,13 +408,13 @@ def _numpy_schedule(step, *, learning_rate, decay_factor, milestones,
 
 @pytest.mark.parametrize('warmup_steps', [0, 5])
 def test_learning_rate_schedule_against_numpy(warmup_steps):
-  config = train.default_config()
+  config = config_lib.default_config()
   options = dict(learning_rate=0.2, decay_factor=0.3, milestones=(2, 3.5),
                  warmup_steps=warmup_steps)
   for key, value in options.items():
     config.optimizer[key] = value
   steps_per_epoch = 6  # milestones at steps 12 and 21
-  schedule = train.learning_rate_schedule(config, steps_per_epoch)
+  schedule = optimizer_lib.learning_rate_schedule(config, steps_per_epoch)
   steps = np.arange(30)
   expected = [_numpy_schedule(s, steps_per_epoch=steps_per_epoch, **options)
               for s in steps]
@@ -421,7 +428,7 @@ def test_learning_rate_schedule_against_numpy(warmup_steps):
   # The optimizer takes its step sizes from the same schedule, step by step.
   config.optimizer.name, config.optimizer.momentum = 'sgd', 0.0
   config.optimizer.weight_decay = 0.0
-  optimizer = train.create_optimizer(config, schedule)
+  optimizer = optimizer_lib.create_optimizer(config, schedule)
   params = {'encoder': {'backbone': {'w': {'bias': np.zeros(1, np.float32)}}}}
   ones = jax.tree.map(np.ones_like, params)
   state = optimizer.init(params)
@@ -433,9 +440,9 @@ def test_learning_rate_schedule_against_numpy(warmup_steps):
 
 
 def test_learning_rate_schedule_is_fixed_when_made():
-  config = train.default_config()
+  config = config_lib.default_config()
   config.optimizer.milestones = (1,)
-  schedule = train.learning_rate_schedule(config, steps_per_epoch=10)
+  schedule = optimizer_lib.learning_rate_schedule(config, steps_per_epoch=10)
   before = [float(schedule(s)) for s in (0, 10)]
   config.optimizer.learning_rate *= 10  # e.g. the next run of a notebook
   config.optimizer.decay_factor = 0.5
@@ -455,7 +462,7 @@ def _no_compilation(monkeypatch):
 
 
 def _digits_config():
-  config = train.default_config()
+  config = config_lib.default_config()
   config.dataset.name = 'digits'
   config.input.recipe, config.input.image_size = 'small', 8
   config.input.classes_per_batch = 4
@@ -520,7 +527,7 @@ def test_bad_value_fails_before_compiling(case, tmp_path, monkeypatch):
 def test_check_config_finds_bad_values(case):
   """Before the data is read or anything built: what `check_config` promises."""
   with pytest.raises(ValueError) as error:
-    train.check_config(_bad_config(case))
+    config_lib.check_config(_bad_config(case))
   for word in BAD_VALUES[case][2]:
     assert word in str(error.value)
 
@@ -529,8 +536,8 @@ def test_check_config_lists_the_valid_keys():
   config = _digits_config()
   config.train.num_step = 3
   with pytest.raises(ValueError) as error:
-    train.check_config(config)
-  valid = sorted(train.default_config().train)
+    config_lib.check_config(config)
+  valid = sorted(config_lib.default_config().train)
   assert 'train.num_step' in str(error.value)
   assert ', '.join(valid) in str(error.value)
 
@@ -548,11 +555,11 @@ def _run_main(args, workdir, *, log_compiles=False, timeout=120):
 
 
 UNKNOWN_KEY_CONFIG = '''
-from tcm_jax import train
+from tcm_jax import config as config_lib
 
 
 def get_config():
-  config = train.default_config()
+  config = config_lib.default_config()
   config.dataset.name = 'digits'
   config.optimizer.learnig_rate = 0.1
   return config
@@ -571,7 +578,7 @@ def test_unknown_key_fails_fast_from_the_command_line(where, tmp_path):
   run, seconds = _run_main(args, workdir, log_compiles=True)
   assert run.returncode != 0
   if where == 'config_file':
-    keys = ', '.join(sorted(train.default_config().optimizer))
+    keys = ', '.join(sorted(config_lib.default_config().optimizer))
     assert (f'Unknown config key optimizer.learnig_rate; the keys of '
             f'optimizer are: {keys}.') in run.stderr
   else:
@@ -591,7 +598,7 @@ def test_unknown_key_fails_fast_from_the_command_line(where, tmp_path):
 
 def _synthetic_config(**train_options):
   """Synthetic 40 px images, 8 classes (4 to train) x 4, batches of 4 x 2."""
-  config = train.default_config()
+  config = config_lib.default_config()
   config.dataset.name = 'synthetic'
   config.dataset.synthetic.num_classes = 8
   config.dataset.synthetic.images_per_class = 4
@@ -665,10 +672,8 @@ FULL_SIZE = {('cub200', 'resnet50'), ('synthetic', 'vit_b16')}
 
 def _config_arguments(name):
   """The arguments a config file takes (its `ARGUMENTS`), or [None]."""
-  spec = importlib.util.spec_from_file_location(
-      f'_arguments_{name}', REPO / 'configs' / f'{name}.py')
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
+  module = config_lib.load_module(str(REPO / 'configs' / f'{name}.py'),
+                                  f'_arguments_{name}')
   return list(getattr(module, 'ARGUMENTS', [None]))
 
 
@@ -716,7 +721,7 @@ def test_every_config_file_is_covered():
                          ids=[_case_id(c) for c in CONFIG_CASES])
 def test_config_passes_check_config(name, backbone):
   config = _load_config(name, backbone)
-  train.check_config(config)
+  config_lib.check_config(config)
   train.create_objective(config)
   assert config.model.name in models.MODELS
 
@@ -775,7 +780,7 @@ def test_config_carries_the_protocol(name, backbone):
 def test_digits_config_is_the_closed_set_digits():
   config = _load_config('digits', None)
   assert config.dataset.name == 'digits_closed'
-  inputs = train.create_inputs(config)
+  inputs = inputs_lib.create_inputs(config)
   assert inputs.classes.tolist() == list(range(10))
   assert sorted(np.unique(inputs.test.labels).tolist()) == list(range(10))
   # A batch holds every digit; the test images are never evaluated before
@@ -875,14 +880,14 @@ def test_digits_default_run_end_to_end(tmp_path):
     assert rows[metric]['model'] > rows[metric]['pixels'], rows[metric]
     assert rows[metric]['model'] > rows[metric]['pca64'], rows[metric]
   # The printed baselines are those of metrics.json and of the report.
-  _, baselines = train.load_results(str(workdir))
+  _, baselines = report_lib.load_results(str(workdir))
   assert baselines['pixels']['map_at_r'] == pytest.approx(
       rows['map_at_r']['pixels'], abs=1e-4)
   assert '## Against raw-input baselines' in (workdir / 'report.md').read_text()
 
   config = _load_config('digits', None)
   num_steps = math.ceil(config.train.num_epochs
-                        * train.create_inputs(config).steps_per_epoch)
+                        * inputs_lib.create_inputs(config).steps_per_epoch)
   lines = [json.loads(line) for line in
            (workdir / 'metrics.jsonl').read_text().splitlines()]
   final = [line for line in lines if line['kind'] == 'eval'][-1]
@@ -908,9 +913,9 @@ def test_digits_default_run_end_to_end(tmp_path):
 
 def test_load_config_reads_the_file_with_its_argument(monkeypatch):
   monkeypatch.chdir(REPO)
-  config = train.load_config('configs/digits_toy.py:base')
+  config = config_lib.load_config('configs/digits_toy.py:base')
   assert not config.loss.tcm.enabled and config.model.embedding_size == 2
-  assert train.load_config('configs/digits_toy.py').loss.tcm.enabled
+  assert config_lib.load_config('configs/digits_toy.py').loss.tcm.enabled
   assert config.to_dict() == _load_config('digits_toy', 'base').to_dict()
   assert not config.is_locked  # notebooks add keys before training
 
@@ -928,7 +933,7 @@ def test_load_config_reads_the_file_with_its_argument(monkeypatch):
 def test_load_config_errors_name_the_problem(monkeypatch, spec, error, message):
   monkeypatch.chdir(REPO)
   with pytest.raises(error, match=message):
-    train.load_config(spec)
+    config_lib.load_config(spec)
 
 
 def test_load_config_path_may_hold_colons(tmp_path):
@@ -936,24 +941,55 @@ def test_load_config_path_may_hold_colons(tmp_path):
   folder.mkdir()
   (folder / 'c.py').write_text(
       (REPO / 'configs' / 'digits_toy.py').read_text())
-  config = train.load_config(f'{folder}/c.py:base')
+  config = config_lib.load_config(f'{folder}/c.py:base')
   assert not config.loss.tcm.enabled
   with pytest.raises(ValueError, match='needs an argument'):
     (folder / 'd.py').write_text(
-        'from tcm_jax import train\n'
-        'def get_config(x):\n  return train.default_config()\n')
-    train.load_config(f'{folder}/d.py')
+        'from tcm_jax import config as config_lib\n'
+        'def get_config(x):\n  return config_lib.default_config()\n')
+    config_lib.load_config(f'{folder}/d.py')
 
 
 def test_a_run_saved_before_a_config_key_existed_is_the_same_run():
-  current = checkpoint_lib.json_safe(train.default_config().to_dict())
+  current = checkpoint_lib.json_safe(config_lib.default_config().to_dict())
   saved = json.loads(json.dumps(current))
   del saved['eval']['final_split'], saved['dataset']['glyphs']
   saved['model'] = {'name': 'vit_ti'}  # free sections are not filled in
-  merged = train.with_default_keys(saved)
+  merged = config_lib.with_default_keys(saved)
   assert merged['eval']['final_split'] == 'test'
   assert merged['model'] == {'name': 'vit_ti'}
   current['model'] = {'name': 'vit_ti'}
-  assert train._changed_keys(merged, current) == []  # pylint: disable=protected-access
+  assert config_lib.changed_keys(merged, current) == []
   current['dataset']['glyphs']['fonts'] = 'dejavu'
-  assert train._changed_keys(merged, current) == ['dataset.glyphs.fonts']  # pylint: disable=protected-access
+  assert config_lib.changed_keys(merged, current) == ['dataset.glyphs.fonts']
+
+
+# --- Names that moved out of tcm_jax.train --------------------------------------
+
+MOVED = {
+    'default_config': config_lib, 'recipe_config': config_lib,
+    'load_config': config_lib, 'check_config': config_lib,
+    'with_default_keys': config_lib, 'BACKBONES': config_lib,
+    'create_inputs': inputs_lib, 'Inputs': inputs_lib,
+    'loader_options': inputs_lib, 'parameter_groups': optimizer_lib,
+    'weight_decay_mask': optimizer_lib, 'learning_rate_schedule': optimizer_lib,
+    'create_optimizer': optimizer_lib, 'results_table': report_lib,
+    'load_results': report_lib, 'load_results_dict': report_lib,
+    'embed_split': evaluator_lib, 'make_embed_fn': evaluator_lib,
+    'margins_from_embeddings': margins_lib,
+    'hard_pair_fractions': margins_lib, 'logged_margins': writers,
+}
+
+
+@pytest.mark.parametrize('name', sorted(MOVED))
+def test_old_names_still_work_with_a_warning(name):
+  module = MOVED[name]
+  with pytest.warns(DeprecationWarning,
+                    match=rf'tcm_jax\.train\.{name} has moved to '
+                    rf'{module.__name__}\.{name};'):
+    assert getattr(train, name) is getattr(module, name)
+
+
+def test_other_names_are_not_there():
+  with pytest.raises(AttributeError, match="has no attribute 'uses_proxies'"):
+    train.uses_proxies  # pylint: disable=pointless-statement

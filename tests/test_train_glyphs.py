@@ -17,9 +17,13 @@ import numpy as np
 import pytest
 
 from tcm_jax import checkpoint as checkpoint_lib
+from tcm_jax import config as config_lib
+from tcm_jax import evaluator as evaluator_lib
 from tcm_jax import models
+from tcm_jax import report as report_lib
 from tcm_jax import train
 from tcm_jax.data import glyphs
+from tcm_jax.data import inputs as inputs_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -31,7 +35,7 @@ def cache(tmp_path_factory):
 
 
 def _latin_config(cache_dir, **train_options):
-  config = train.default_config()
+  config = config_lib.default_config()
   config.dataset.name = 'glyphs'
   config.dataset.glyphs.update(
       characters='latin', fonts='dejavu', image_size=12, min_faces=4,
@@ -57,13 +61,13 @@ def _latin_config(cache_dir, **train_options):
 def _recorded_embeddings(monkeypatch):
   """The names of the splits the trainer embeds, in order."""
   embedded = []
-  original = train.embed_split
+  original = evaluator_lib.embed_split
 
   def embed_split(embed_fn, state, split, *args, **kwargs):
     embedded.append(split.name)
     return original(embed_fn, state, split, *args, **kwargs)
 
-  monkeypatch.setattr(train, 'embed_split', embed_split)
+  monkeypatch.setattr(evaluator_lib, 'embed_split', embed_split)
   return embedded
 
 
@@ -93,7 +97,7 @@ def test_model_selection_sees_the_validation_classes_and_test_once(
   workdir, final, embedded = latin_run
   # Steps 2 and 4 are evaluated on val; the test classes once, at the end.
   assert embedded == ['glyphs/val', 'glyphs/test', 'glyphs/val']
-  inputs = train.create_inputs(_latin_config(cache))
+  inputs = inputs_lib.create_inputs(_latin_config(cache))
   train_classes = set(inputs.train.labels.tolist())
   val_classes = set(inputs.val.labels.tolist())
   test_classes = set(inputs.test.labels.tolist())
@@ -116,7 +120,7 @@ def test_model_selection_sees_the_validation_classes_and_test_once(
   with np.load(workdir / 'embeddings.npz') as saved:
     assert set(saved['labels'].tolist()) == test_classes
   assert final['recall_at_1'] == pytest.approx(
-      train.load_results(str(workdir))[0]['recall_at_1'])
+      report_lib.load_results(str(workdir))[0]['recall_at_1'])
 
 
 def test_final_split_val_never_embeds_the_test_classes(cache, tmp_path, monkeypatch):
@@ -131,7 +135,7 @@ def test_final_split_val_never_embeds_the_test_classes(cache, tmp_path, monkeypa
 
 def test_final_split_val_without_a_validation_side_fails_before_training(
     tmp_path, monkeypatch):
-  config = train.default_config()
+  config = config_lib.default_config()
   config.dataset.name, config.input.recipe = 'digits', 'small'
   config.input.classes_per_batch = 5
   config.eval.final_split = 'val'
@@ -145,10 +149,10 @@ def test_baselines_in_metrics_json_and_report_are_the_test_pixels(
     cache, latin_run):
   workdir, final, _ = latin_run
   config = _latin_config(cache)
-  values, baselines = train.load_results(str(workdir))
+  values, baselines = report_lib.load_results(str(workdir))
   assert set(baselines) == {'pixels', 'pca8'}
   assert values == pytest.approx(final)
-  test = train.create_inputs(config).test
+  test = inputs_lib.create_inputs(config).test
   pixels = np.stack([test.image(i).reshape(-1) for i in range(len(test))])
   assert baselines['pixels']['recall_at_1'] == pytest.approx(
       _recall_at_1(pixels.astype(np.float64), test.labels), abs=1e-9)
@@ -173,7 +177,7 @@ def test_a_baseline_that_cannot_be_computed_is_left_out_with_a_note(
   workdir = tmp_path / 'run'
   final = train.train_and_evaluate(config, str(workdir),
                                    devices=jax.devices()[:1])
-  assert train.load_results(str(workdir)) == (pytest.approx(final), {})
+  assert report_lib.load_results(str(workdir)) == (pytest.approx(final), {})
   report = (workdir / 'report.md').read_text()
   assert 'Omitted, as they could not be computed: pixels, pca8' in report
   assert '## Training' in report
@@ -184,7 +188,7 @@ def test_baselines_can_be_turned_off(cache, tmp_path):
   config.eval.baselines = False
   workdir = tmp_path / 'run'
   train.train_and_evaluate(config, str(workdir), devices=jax.devices()[:1])
-  assert train.load_results(str(workdir))[1] == {}
+  assert report_lib.load_results(str(workdir))[1] == {}
   assert 'raw-input baselines' not in (workdir / 'report.md').read_text()
 
 

@@ -23,11 +23,15 @@ import orbax.checkpoint as ocp
 import pytest
 
 from tcm_jax import checkpoint as checkpoint_lib
+from tcm_jax import config as config_lib
+from tcm_jax import margins as margins_lib
 from tcm_jax import metrics as metrics_lib
 from tcm_jax import models
 from tcm_jax import parallel
 from tcm_jax import train
+from tcm_jax import writers
 from tcm_jax.data import datasets
+from tcm_jax.data import inputs as inputs_lib
 
 NUM_STEPS = 6
 EVERY_STEPS = 2        # margins re-estimated after steps 2 and 4, not 6
@@ -84,7 +88,7 @@ def _resnet(**options):
 def _run_config():
   """Digits at 16 px (at 8 px this ResNet maps many images to one point),
   contrastive + TCM with margins from the data."""
-  config = train.default_config()
+  config = config_lib.default_config()
   config.dataset.name = 'digits'
   config.input.recipe, config.input.image_size = 'small', 16
   config.input.classes_per_batch, config.input.samples_per_class = 4, 4
@@ -136,10 +140,10 @@ def _train(config, recorded, *, stop_after=None):
   """`train_and_evaluate`, recording the margins each step is given.
 
   The step function is wrapped where `create_training` builds it, and
-  `margins_from_embeddings` where the run estimates the margins.
+  `margins.margins_from_embeddings` where the run estimates the margins.
   """
   make_train_step = train.make_train_step
-  margins_from_embeddings = train.margins_from_embeddings
+  margins_from_embeddings = margins_lib.margins_from_embeddings
 
   def make(*args, **kwargs):
     step = make_train_step(*args, **kwargs)
@@ -166,7 +170,7 @@ def _train(config, recorded, *, stop_after=None):
   try:
     with pytest.MonkeyPatch.context() as patch:
       patch.setattr(train, 'make_train_step', make)
-      patch.setattr(train, 'margins_from_embeddings', estimate)
+      patch.setattr(margins_lib, 'margins_from_embeddings', estimate)
       return train.train_and_evaluate(config, str(recorded.workdir),
                                       devices=jax.devices()[:1],
                                       callbacks=[callback])
@@ -269,18 +273,21 @@ def _from_run(pretrained, *, head=False, seed=1, **model_options):
   config.model = _resnet(**model_options)
   config.pretrained = str(pretrained)
   config.pretrained_head = head
-  _, uses_proxies = train.create_objective(config)
-  assert uses_proxies
-  return train.create_model(config, NUM_CLASSES, uses_proxies)
+  objective = train.create_objective(config)
+  assert objective.uses_proxies
+  return train.create_model(config, NUM_CLASSES, objective)
 
 
 @functools.cache
 def _fresh(seed=1, **model_options):
   """Run B's model without `pretrained`: its own initialisation."""
   config = _run_config()
+  config.loss.name = 'arcface'  # class proxies, as run B's
+  config.loss.hyper.scale = 16.0
   config.seed = seed
   config.model = _resnet(**model_options)
-  return train.create_model(config, NUM_CLASSES, True)
+  return train.create_model(config, NUM_CLASSES,
+                            train.create_objective(config))
 
 
 def test_a_run_starts_from_another_runs_backbone(full):
@@ -364,7 +371,7 @@ def test_pretrained_of_another_architecture_fails(full, model, head, words):
   config.pretrained = str(full.workdir)
   config.pretrained_head = head
   with pytest.raises(ValueError) as error:
-    train.create_model(config, NUM_CLASSES, False)
+    train.create_model(config, NUM_CLASSES, train.create_objective(config))
   message = str(error.value)
   assert message.startswith('pretrained')
   for word in words:
@@ -394,11 +401,11 @@ def test_pretrained_without_checkpoints_fails(tmp_path, full):
 
 
 def test_pretrained_head_without_pretrained_is_an_error():
-  config = train.default_config()
+  config = config_lib.default_config()
   config.pretrained_head = True
   with pytest.raises(ValueError, match='pretrained_head must be False '
                      'without pretrained'):
-    train.check_config(config)
+    config_lib.check_config(config)
 
 
 @pytest.mark.parametrize('name', ['model.safetensors', 'model.npz'])
@@ -451,8 +458,8 @@ def test_hard_pair_fractions_against_numpy(block):
   expected = _numpy_fractions(z, labels, margin_pos, margin_neg)
   assert 0.1 < expected['hard_pos_fraction'] < 0.9
   assert 0.1 < expected['hard_neg_fraction'] < 0.9
-  got = train.hard_pair_fractions(z, labels, margin_pos, margin_neg,
-                                  block=block)
+  got = margins_lib.hard_pair_fractions(z, labels, margin_pos, margin_neg,
+                                        block=block)
   assert got == pytest.approx(expected, abs=1e-12)
 
   # Rows scaled by 1e20 (float32: their squares overflow it) or 1e-20, or
@@ -462,31 +469,31 @@ def test_hard_pair_fractions_against_numpy(block):
   scaled = (z * scale[:, None]).astype(np.float32)
   expected32 = _numpy_fractions(z.astype(np.float32).astype(np.float64),
                                 labels, margin_pos, margin_neg)
-  assert train.hard_pair_fractions(
+  assert margins_lib.hard_pair_fractions(
       scaled, labels, margin_pos, margin_neg, block=block) == pytest.approx(
           expected32, abs=1e-12)
   huge = z * np.where(scale > 1, 1e200, 1.0)[:, None]
   with np.errstate(over='ignore'):
     assert np.isinf(np.sum(huge ** 2))  # a plain norm would overflow
-  assert train.hard_pair_fractions(
+  assert margins_lib.hard_pair_fractions(
       huge, labels, margin_pos, margin_neg, block=block) == pytest.approx(
           expected, abs=1e-12)
 
 
 def test_hard_pair_fractions_of_one_class_or_only_singletons():
   z, _, margin_pos, margin_neg = _fraction_case(n=9)
-  one_class = train.hard_pair_fractions(z, np.zeros(9, int), margin_pos,
-                                        margin_neg, block=4)
+  one_class = margins_lib.hard_pair_fractions(z, np.zeros(9, int),
+                                              margin_pos, margin_neg, block=4)
   assert one_class['hard_neg_fraction'] == 0.0  # no negative pair at all
   assert one_class == pytest.approx(
       _numpy_fractions(z, np.zeros(9, int), margin_pos, margin_neg))
-  singletons = train.hard_pair_fractions(z, np.arange(9), margin_pos,
-                                         margin_neg, block=4)
+  singletons = margins_lib.hard_pair_fractions(z, np.arange(9), margin_pos,
+                                               margin_neg, block=4)
   assert singletons['hard_pos_fraction'] == 0.0
   # Every pair hard at margins that take in every similarity.
-  assert train.hard_pair_fractions(z, np.arange(9) % 2, 1.0, -1.0,
-                                   block=4) == {'hard_pos_fraction': 1.0,
-                                                'hard_neg_fraction': 1.0}
+  assert margins_lib.hard_pair_fractions(
+      z, np.arange(9) % 2, 1.0, -1.0, block=4) == {'hard_pos_fraction': 1.0,
+                                                   'hard_neg_fraction': 1.0}
 
 
 # --- 3. margins_from_embeddings -----------------------------------------------
@@ -511,8 +518,8 @@ def test_margins_from_embeddings_are_the_quantiles_of_the_pairs(fractions):
   z[::4] *= 1e20  # the scale of a row does not matter
   pos, neg = fractions
   expected = _numpy_margins(z, labels, pos, neg)
-  got = train.margins_from_embeddings(z, labels, hard_pos_fraction=pos,
-                                      hard_neg_fraction=neg)
+  got = margins_lib.margins_from_embeddings(
+      z, labels, hard_pos_fraction=pos, hard_neg_fraction=neg)
   # The similarities are rounded to float32 before the selection.
   np.testing.assert_allclose(got, expected, rtol=0, atol=2e-7)
   # The tolerance tells apart the neighbouring mistakes: self pairs taken
@@ -522,7 +529,7 @@ def test_margins_from_embeddings_are_the_quantiles_of_the_pairs(fractions):
   for other in wrong:
     assert np.max(np.abs(np.subtract(other, expected))) > 1e-3
   # The margins make about those fractions hard, as they are meant to.
-  hard = train.hard_pair_fractions(z, labels, *got)
+  hard = margins_lib.hard_pair_fractions(z, labels, *got)
   assert hard['hard_pos_fraction'] == pytest.approx(pos, abs=1 / 360 + 1e-9)
   assert hard['hard_neg_fraction'] == pytest.approx(neg, abs=1 / 1200 + 1e-9)
 
@@ -634,7 +641,7 @@ def test_margins_are_estimated_before_the_first_step_and_every_n(full):
 
 def test_metrics_json_holds_the_margins(full):
   saved = _metrics_json(full.workdir)
-  logged = train.logged_margins(str(full.workdir))
+  logged = writers.logged_margins(str(full.workdir))
   assert [m['step'] for m in logged] == ESTIMATED_AT
   assert saved['tcm_margins'] == logged
   assert logged == [{k: v for k, v in line.items() if k != 'kind'}
@@ -660,14 +667,14 @@ def test_report_names_the_margins(full):
   report = (full.workdir / 'report.md').read_text()
   assert (f'from the data: {100 * HARD_POS_FRACTION:g}% of positive and 1% of '
           'negative pairs hard, re-estimated every 2 steps') in report
-  for m in train.logged_margins(str(full.workdir)):
+  for m in writers.logged_margins(str(full.workdir)):
     assert (f'step {m["step"]}: {m["margin_pos"]:.3f}/'
             f'{m["margin_neg"]:.3f}') in report
 
 
 def test_margins_are_in_the_checkpoints_data_state(full):
   logged = {m['step']: (m['margin_pos'], m['margin_neg'])
-            for m in train.logged_margins(str(full.workdir))}
+            for m in writers.logged_margins(str(full.workdir))}
   expected = {2: logged[2], 4: logged[4], 6: logged[4]}
   for step, margins in expected.items():
     path = full.workdir / 'checkpoints' / str(step) / 'data_state'
@@ -681,7 +688,7 @@ def test_margins_are_in_the_checkpoints_data_state(full):
 
 def test_a_resumed_run_trains_with_the_checkpointed_margins(full, resumed):
   logged = {m['step']: (m['margin_pos'], m['margin_neg'])
-            for m in train.logged_margins(str(full.workdir))}
+            for m in writers.logged_margins(str(full.workdir))}
   # The first part: margins at 0 and 2, steps 1-3, then the stop.
   assert resumed.first_part_calls == STOP_AFTER
   assert resumed.first_part_estimates == 2
@@ -695,8 +702,8 @@ def test_a_resumed_run_trains_with_the_checkpointed_margins(full, resumed):
   assert second[0] == logged[2]
   assert second == full.step_margins[CHECKPOINT_EVERY:]
   # Everything as if it had not been interrupted.
-  assert train.logged_margins(str(resumed.workdir)) == train.logged_margins(
-      str(full.workdir))
+  assert writers.logged_margins(str(resumed.workdir)) == (
+      writers.logged_margins(str(full.workdir)))
   assert resumed.final == full.final
   saved, reference = (_metrics_json(resumed.workdir),
                       _metrics_json(full.workdir))
@@ -726,7 +733,7 @@ def test_a_resumed_run_trains_with_the_checkpointed_margins(full, resumed):
         'both', 'no_tcm'])
 def test_warn_hard_fractions(values, parts, caplog):
   with caplog.at_level(logging.WARNING, logger='absl'):
-    train._warn_hard_fractions(7, values)  # pylint: disable=protected-access
+    margins_lib.warn_hard_fractions(7, values)
   messages = [r.getMessage() for r in caplog.records
               if r.levelno == logging.WARNING]
   assert len(messages) == len(parts), messages
@@ -766,7 +773,7 @@ def test_a_run_with_almost_every_positive_pair_hard_is_warned_about(full):
     ('eval.bootstrap_confidence', 0.0),
 ])
 def test_check_config_rejects(key, value):
-  config = train.default_config()
+  config = config_lib.default_config()
   config.loss.tcm_from_data.enabled = True
   *sections, name = key.split('.')
   section = config
@@ -774,28 +781,28 @@ def test_check_config_rejects(key, value):
     section = section[part]
   section[name] = value
   with pytest.raises(ValueError) as error:
-    train.check_config(config)
+    config_lib.check_config(config)
   assert str(error.value).startswith(f'{key} must be')
   assert repr(value) in str(error.value)
 
 
 def test_check_config_rejects_margins_from_data_without_tcm():
-  config = train.default_config()
+  config = config_lib.default_config()
   config.loss.tcm_from_data.enabled = True
-  train.check_config(config)  # with TCM: fine
+  config_lib.check_config(config)  # with TCM: fine
   config.loss.tcm.enabled = False
   with pytest.raises(ValueError, match=r'^loss\.tcm_from_data\.enabled must '
                      r'be False when loss\.tcm\.enabled is False'):
-    train.check_config(config)
+    config_lib.check_config(config)
 
 
 @pytest.mark.parametrize('side', ['test', 'val', 'pretrain'])
 def test_train_side_must_be_one_the_dataset_trains_on(side):
   config = _run_config()
   config.dataset.train_side = side
-  train.check_config(config)  # the dataset decides, in create_inputs
+  config_lib.check_config(config)  # the dataset decides, in create_inputs
   with pytest.raises(ValueError) as error:
-    train.create_inputs(config)
+    inputs_lib.create_inputs(config)
   message = str(error.value)
   assert message.startswith("dataset.train_side must be one of ['train'] for "
                             'digits'), message
@@ -850,19 +857,19 @@ def test_margins_come_from_the_validation_classes_when_there_are_some():
       for name, labels in (('x/train', np.repeat(np.arange(5), 30)),
                            ('x/val', np.repeat(np.arange(5, 8), 40)),
                            ('x/test', np.repeat(np.arange(8, 10), 4))))
-  inputs = train.Inputs(train_split, test_split, val_split,
-                        np.arange(5), None, None, None, 1)
+  inputs = inputs_lib.Inputs(train_split, test_split, val_split,
+                             np.arange(5), None, None, None, 1)
   config.loss.tcm_from_data.max_samples = 50
-  sample = train._margin_sample(config, inputs)  # pylint: disable=protected-access
+  sample = margins_lib.margin_sample(config, inputs)
   assert sample.name == 'x/val' and len(sample) == 50
   assert set(sample.labels.tolist()) <= {5, 6, 7}
   # Without validation classes, the training classes; never the test ones.
-  sample = train._margin_sample(config, inputs._replace(val=None))  # pylint: disable=protected-access
+  sample = margins_lib.margin_sample(config, inputs._replace(val=None))
   assert sample.name == 'x/train' and set(sample.labels.tolist()) <= set(
       range(5))
   # The same seeded rows at every estimate.
-  again = train._margin_sample(config, inputs)  # pylint: disable=protected-access
-  np.testing.assert_array_equal(again.labels, train._margin_sample(  # pylint: disable=protected-access
+  again = margins_lib.margin_sample(config, inputs)
+  np.testing.assert_array_equal(again.labels, margins_lib.margin_sample(
       config, inputs).labels)
 
 
@@ -871,11 +878,11 @@ def test_a_restart_without_checkpoint_drops_the_earlier_attempts_lines(
   with open(tmp_path / 'metrics.jsonl', 'w') as f:
     f.write(json.dumps({'step': 0, 'kind': 'margins', 'margin_pos': 0.6,
                         'margin_neg': 0.4, 'num_samples': 9}) + '\n')
-  writer = train._Writer(str(tmp_path), -1)  # pylint: disable=protected-access
+  writer = writers.MetricsWriter(str(tmp_path), -1)
   writer.write(0, 'margins', {'margin_pos': 0.7, 'margin_neg': 0.3,
                               'num_samples': 9})
   writer.close()
-  assert train.logged_margins(str(tmp_path)) == [
+  assert writers.logged_margins(str(tmp_path)) == [
       {'step': 0, 'margin_pos': 0.7, 'margin_neg': 0.3, 'num_samples': 9}]
 
 

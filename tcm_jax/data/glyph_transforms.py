@@ -25,11 +25,10 @@ import numpy as np
 from PIL import Image
 from PIL import ImageFilter
 
-from tcm_jax.data._checks import check_int
-from tcm_jax.data.transforms import _check_image
-from tcm_jax.data.transforms import _check_range
-from tcm_jax.data.transforms import _check_rng
-from tcm_jax.data.transforms import _check_stats
+from tcm_jax import _checks
+from tcm_jax.data._image_ops import _check_image
+from tcm_jax.data._image_ops import _check_rng
+from tcm_jax.data._image_ops import _check_stats
 from tcm_jax.data.transforms import _freeze
 from tcm_jax.data.transforms import SmallEvalTransform
 from tcm_jax.data.transforms import normalize
@@ -56,7 +55,7 @@ def _check_affine_ranges(max_rotation, scale, max_shear, max_shift
   """`random_affine`'s ranges, checked, as floats."""
   return (_check_number('max_rotation', max_rotation,
                         'a number of degrees in [0, 180]', 0.0, 180.0),
-          _check_range('scale', scale),
+          _checks.check_positive_range('scale', scale),
           _check_number('max_shear', max_shear, 'a finite number >= 0', 0.0),
           _check_number('max_shift', max_shift,
                         'a fraction of the side in [0, 1]', 0.0, 1.0))
@@ -331,7 +330,7 @@ class GlyphTrainTransform:
     max_rotation, scale, max_shear, max_shift = _check_affine_ranges(
         self.max_rotation, self.scale, self.max_shear, self.max_shift)
     mean, std, channels = _check_stats(self.mean, self.std, self.channels)
-    _freeze(self, size=check_int('size', self.size, 1),
+    _freeze(self, size=_checks.check_int('size', self.size, 1),
             max_rotation=max_rotation, scale=scale, max_shear=max_shear,
             max_shift=max_shift,
             stroke_p=_check_number('stroke_p', self.stroke_p,

@@ -21,8 +21,7 @@ import math
 
 import numpy as np
 
-from tcm_jax.data._checks import as_int
-from tcm_jax.data._checks import check_int
+from tcm_jax import _checks
 
 # Leading words of the seed entropy, one per kind of draw. numpy's
 # SeedSequence pads short entropy with zeros, so `[seed, e]` and
@@ -86,11 +85,11 @@ class ClassBalancedSampler:
           f'{labels.shape} and dtype {labels.dtype}.')
     if labels.size == 0:
       raise ValueError('labels must hold at least one record, got 0.')
-    p = check_int('classes_per_batch', classes_per_batch, 1)
-    k = check_int('samples_per_class', samples_per_class, 1)
-    self._seed = check_int('seed', seed, 0)
-    num_processes = check_int('num_processes', num_processes, 1)
-    num_devices = check_int('num_devices', num_devices, 1)
+    p = _checks.check_int('classes_per_batch', classes_per_batch, 1)
+    k = _checks.check_int('samples_per_class', samples_per_class, 1)
+    self._seed = _checks.check_int('seed', seed, 0)
+    num_processes = _checks.check_int('num_processes', num_processes, 1)
+    num_devices = _checks.check_int('num_devices', num_devices, 1)
 
     self._order = np.argsort(labels, kind='stable')
     self._classes, self._counts = np.unique(labels, return_counts=True)
@@ -113,7 +112,7 @@ class ClassBalancedSampler:
           f'{batch_size} must be divisible by num_processes, got '
           f'{num_processes}.')
     expected = f'an integer in [0, num_processes) = [0, {num_processes})'
-    process_index = as_int('process_index', process_index, expected)
+    process_index = _checks.as_int('process_index', process_index, expected)
     if not 0 <= process_index < num_processes:
       raise ValueError(
           f'process_index must be {expected}, got {process_index}.')
@@ -203,7 +202,7 @@ class ClassBalancedSampler:
       >>> [sampler.epoch(s) for s in range(5)]
       [0, 0, 1, 1, 2]
     """
-    return check_int('step', step, 0) // self._steps_per_epoch
+    return _checks.check_int('step', step, 0) // self._steps_per_epoch
 
   def _epoch_slots(self, epoch: int) -> np.ndarray:
     """`[steps_per_epoch * P]` class positions of the epoch's batches."""
@@ -248,7 +247,7 @@ class ClassBalancedSampler:
       >>> np.unique(np.concatenate(epoch)).tolist()
       [4, 6, 8]
     """
-    return self._classes[self._slots(check_int('step', step, 0))]
+    return self._classes[self._slots(_checks.check_int('step', step, 0))]
 
   def global_batch(self, step: int) -> np.ndarray:
     """Record indices of the global batch at `step`.
@@ -274,7 +273,7 @@ class ClassBalancedSampler:
       ...                np.repeat(sampler.batch_classes(10), 2))
       True
     """
-    step = check_int('step', step, 0)
+    step = _checks.check_int('step', step, 0)
     batch = np.empty((self._p, self._k), np.int64)
     for slot, c in enumerate(self._slots(step)):
       rng = np.random.default_rng([self._seed, _RECORD_STREAM, step, slot])

@@ -10,14 +10,13 @@ dividing: value and gradients equal one device holding the global batch.
 from __future__ import annotations
 
 import functools
-import math
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
+from tcm_jax import _checks
 from tcm_jax.losses import _pairs
-from tcm_jax.losses import _validation
 
 
 class MeanStatistics(NamedTuple):
@@ -31,29 +30,15 @@ def mean_of(stats: MeanStatistics) -> jax.Array:
   return stats.total / jnp.maximum(stats.count, 1.0)
 
 
-def _sharded(statistics_fn, reduce_fn, doc_name):
-  """The cross-device form of a loss given by its statistics."""
-
-  def sharded(embeddings: jax.Array, labels: jax.Array, *, axis_name,
-              where: jax.Array | None = None,
-              precision: jax.lax.PrecisionLike = None, **kwargs) -> jax.Array:
-    stats = _pairs.sharded_statistics(
-        functools.partial(statistics_fn, **kwargs), embeddings, labels,
-        axis_name=axis_name, where=where, precision=precision)
-    return reduce_fn(stats)
-
-  sharded.__name__ = f'sharded_{doc_name}'
-  sharded.__doc__ = (
-      f'`{doc_name}` of the global batch, from inside `jax.shard_map`.\n\n'
-      '  Local queries against all-gathered references; the statistics are\n'
-      '  summed over `axis_name` before dividing (gradients inside\n'
-      '  `shard_map` need its default `check_vma=True`). `**kwargs` are the\n'
-      f'  hyperparameters of `{doc_name}`.\n'
-      + _pairs.sharded_example(doc_name))
-  return sharded
-
-
 class ContrastiveStatistics(NamedTuple):
+  """Hinge sums and pair counts of `contrastive_loss`; sum them across devices.
+
+  Attributes:
+    pos_sum: sum of `[margin_pos - S]_+` over the positive pairs.
+    pos_count: number of positive pairs.
+    neg_sum: sum of `[S - margin_neg]_+` over the negative pairs.
+    neg_count: number of negative pairs.
+  """
   pos_sum: jax.Array
   pos_count: jax.Array
   neg_sum: jax.Array
@@ -68,14 +53,14 @@ def contrastive_statistics(similarity, labels, ref_labels=None, *,
 
   Examples:
     >>> import jax.numpy as jnp
-    >>> from tcm_jax import losses
+    >>> from tcm_jax.losses import advanced
     >>> s = jnp.array([[1.0, 0.8, 0.3], [0.8, 1.0, -0.2], [0.3, -0.2, 1.0]])
-    >>> stats = losses.contrastive_statistics(s, jnp.array([0, 0, 1]))
+    >>> stats = advanced.contrastive_statistics(s, jnp.array([0, 0, 1]))
     >>> int(stats.pos_count), int(stats.neg_count)
     (2, 4)
   """
-  _validation.check_in_range('margin_pos', margin_pos, -1.0, 1.0)
-  _validation.check_in_range('margin_neg', margin_neg, -1.0, 1.0)
+  _checks.check_in_range('margin_pos', margin_pos, -1.0, 1.0)
+  _checks.check_in_range('margin_neg', margin_neg, -1.0, 1.0)
   similarity, masks = _pairs.prepare(
       similarity, labels, ref_labels, where=where, ref_where=ref_where,
       exclude_self=exclude_self, query_offset=query_offset)
@@ -86,7 +71,18 @@ def contrastive_statistics(similarity, labels, ref_labels=None, *,
       neg_count=jnp.sum(masks.negative))
 
 
-def contrastive_from_statistics(stats: ContrastiveStatistics) -> jax.Array:
+def contrastive_loss_from_statistics(
+    stats: ContrastiveStatistics) -> jax.Array:
+  """`contrastive_loss` from (possibly cross-device summed) statistics.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from tcm_jax.losses import advanced
+    >>> s = jnp.array([[1.0, 0.8, 0.3], [0.8, 1.0, -0.2], [0.3, -0.2, 1.0]])
+    >>> stats = advanced.contrastive_statistics(s, jnp.array([0, 0, 1]))
+    >>> print(f'{advanced.contrastive_loss_from_statistics(stats):.4f}')
+    0.3500
+  """
   return (mean_of(MeanStatistics(stats.pos_sum, stats.pos_count))
           + mean_of(MeanStatistics(stats.neg_sum, stats.neg_count)))
 
@@ -132,7 +128,7 @@ def contrastive_loss(similarity, labels, ref_labels=None, *,
     >>> print(f'{losses.contrastive_loss(s, jnp.array([0, 0, 1])):.4f}')
     0.3500
   """
-  return contrastive_from_statistics(contrastive_statistics(
+  return contrastive_loss_from_statistics(contrastive_statistics(
       similarity, labels, ref_labels, margin_pos=margin_pos,
       margin_neg=margin_neg, where=where, ref_where=ref_where,
       exclude_self=exclude_self, query_offset=query_offset))
@@ -150,13 +146,13 @@ def triplet_statistics(similarity, labels, ref_labels=None, *,
 
   Examples:
     >>> import jax.numpy as jnp
-    >>> from tcm_jax import losses
+    >>> from tcm_jax.losses import advanced
     >>> s = jnp.array([[1.0, 0.8, 0.3], [0.8, 1.0, -0.2], [0.3, -0.2, 1.0]])
-    >>> stats = losses.triplet_statistics(s, jnp.array([0, 0, 1]))
+    >>> stats = advanced.triplet_statistics(s, jnp.array([0, 0, 1]))
     >>> int(stats.count)  # 2 anchors x 1 positive x 1 negative
     2
   """
-  _validation.check_in_range('margin', margin, 0.0, 2.0)
+  _checks.check_in_range('margin', margin, 0.0, 2.0)
   if mining not in ('all', 'batch_hard', 'semi_hard'):
     raise ValueError("mining must be 'all', 'batch_hard' or 'semi_hard', got "
                      f'{mining!r}.')
@@ -193,6 +189,21 @@ def triplet_statistics(similarity, labels, ref_labels=None, *,
       one_anchor, (similarity, masks.positive, masks.negative),
       similarity.shape[1] ** 2)
   return MeanStatistics(jnp.sum(totals), jnp.sum(counts))
+
+
+def triplet_loss_from_statistics(stats: MeanStatistics) -> jax.Array:
+  """`triplet_loss` from (possibly cross-device summed) statistics.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from tcm_jax.losses import advanced
+    >>> s = jnp.array([[1.0, 0.5, 0.52], [0.5, 1.0, 0.1], [0.52, 0.1, 1.0]])
+    >>> stats = advanced.triplet_statistics(s, jnp.array([0, 0, 1]),
+    ...                                     mining='batch_hard')
+    >>> print(f'{advanced.triplet_loss_from_statistics(stats):.4f}')
+    0.0350
+  """
+  return mean_of(stats)
 
 
 def triplet_loss(similarity, labels, ref_labels=None, *, margin: float = 0.05,
@@ -241,7 +252,7 @@ def triplet_loss(similarity, labels, ref_labels=None, *, margin: float = 0.05,
     >>> print(f"{losses.triplet_loss(s, labels, mining='batch_hard'):.4f}")
     0.0350
   """
-  return mean_of(triplet_statistics(
+  return triplet_loss_from_statistics(triplet_statistics(
       similarity, labels, ref_labels, margin=margin, mining=mining,
       where=where, ref_where=ref_where, exclude_self=exclude_self,
       query_offset=query_offset))
@@ -264,16 +275,16 @@ def multi_similarity_statistics(similarity, labels, ref_labels=None, *,
 
   Examples:
     >>> import jax.numpy as jnp
-    >>> from tcm_jax import losses
+    >>> from tcm_jax.losses import advanced
     >>> s = jnp.array([[1.0, 0.8, 0.3], [0.8, 1.0, -0.2], [0.3, -0.2, 1.0]])
-    >>> stats = losses.multi_similarity_statistics(s, jnp.array([0, 0, 1]))
+    >>> stats = advanced.multi_similarity_statistics(s, jnp.array([0, 0, 1]))
     >>> int(stats.count)  # anchors with any pair
     3
   """
-  for name, value in (('alpha', alpha), ('beta', beta)):
-    _validation.check_in_range(name, value, 1e-12, math.inf)
-  _validation.check_in_range('base', base, -1.0, 1.0)
-  _validation.check_in_range('epsilon', epsilon, 0.0, 2.0)
+  _checks.check_positive('alpha', alpha)
+  _checks.check_positive('beta', beta)
+  _checks.check_in_range('base', base, -1.0, 1.0)
+  _checks.check_in_range('epsilon', epsilon, 0.0, 2.0)
   similarity, masks = _pairs.prepare(
       similarity, labels, ref_labels, where=where, ref_where=ref_where,
       exclude_self=exclude_self, query_offset=query_offset)
@@ -293,6 +304,20 @@ def multi_similarity_statistics(similarity, labels, ref_labels=None, *,
                            1.0)
   return MeanStatistics(jnp.sum(valid_rows * (pos_term + neg_term)),
                         jnp.sum(valid_rows))
+
+
+def multi_similarity_loss_from_statistics(stats: MeanStatistics) -> jax.Array:
+  """`multi_similarity_loss` from (possibly cross-device summed) statistics.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from tcm_jax.losses import advanced
+    >>> s = jnp.array([[1.0, 0.5, 0.45], [0.5, 1.0, 0.1], [0.45, 0.1, 1.0]])
+    >>> stats = advanced.multi_similarity_statistics(s, jnp.array([0, 0, 1]))
+    >>> print(f'{advanced.multi_similarity_loss_from_statistics(stats):.4f}')
+    0.1161
+  """
+  return mean_of(stats)
 
 
 def multi_similarity_loss(similarity, labels, ref_labels=None, *,
@@ -346,14 +371,116 @@ def multi_similarity_loss(similarity, labels, ref_labels=None, *,
     >>> print(f'{losses.multi_similarity_loss(s, jnp.array([0, 0, 1])):.4f}')
     0.1161
   """
-  return mean_of(multi_similarity_statistics(
+  return multi_similarity_loss_from_statistics(multi_similarity_statistics(
       similarity, labels, ref_labels, alpha=alpha, beta=beta, base=base,
       epsilon=epsilon, where=where, ref_where=ref_where,
       exclude_self=exclude_self, query_offset=query_offset))
 
 
-sharded_contrastive_loss = _sharded(
-    contrastive_statistics, contrastive_from_statistics, 'contrastive_loss')
-sharded_triplet_loss = _sharded(triplet_statistics, mean_of, 'triplet_loss')
-sharded_multi_similarity_loss = _sharded(
-    multi_similarity_statistics, mean_of, 'multi_similarity_loss')
+@_pairs.sharded_form('contrastive_loss')
+def sharded_contrastive_loss(
+    embeddings: jax.Array,
+    labels: jax.Array,
+    *,
+    axis_name,
+    where: jax.Array | None = None,
+    margin_pos: float = 1.0,
+    margin_neg: float = 0.0,
+    precision: jax.lax.PrecisionLike = None,
+) -> jax.Array:
+  """`contrastive_loss` of the global batch, from inside `jax.shard_map`.
+
+  Local queries against all-gathered references; the statistics are summed
+  over `axis_name` before dividing (see `sharded_tcm_loss`).
+
+  Args:
+    embeddings: this device's `[b, dim]` embeddings.
+    labels: this device's `[b]` integer labels.
+    axis_name: the mesh axis name (or tuple of names) the batch is sharded on.
+    where: optional `[b]` boolean mask, False for padded rows.
+    margin_pos: see `contrastive_loss`.
+    margin_neg: see `contrastive_loss`.
+    precision: precision of the similarity's matrix product.
+
+  Returns:
+    Scalar loss, replicated over `axis_name`.
+  """
+  return contrastive_loss_from_statistics(_pairs.sharded_statistics(
+      functools.partial(contrastive_statistics, margin_pos=margin_pos,
+                        margin_neg=margin_neg),
+      embeddings, labels, axis_name=axis_name, where=where,
+      precision=precision))
+
+
+@_pairs.sharded_form('triplet_loss')
+def sharded_triplet_loss(
+    embeddings: jax.Array,
+    labels: jax.Array,
+    *,
+    axis_name,
+    where: jax.Array | None = None,
+    margin: float = 0.05,
+    mining: str = 'all',
+    precision: jax.lax.PrecisionLike = None,
+) -> jax.Array:
+  """`triplet_loss` of the global batch, from inside `jax.shard_map`.
+
+  Local anchors against all-gathered references; the statistics are summed
+  over `axis_name` before dividing (see `sharded_tcm_loss`).
+
+  Args:
+    embeddings: this device's `[b, dim]` embeddings.
+    labels: this device's `[b]` integer labels.
+    axis_name: the mesh axis name (or tuple of names) the batch is sharded on.
+    where: optional `[b]` boolean mask, False for padded rows.
+    margin: see `triplet_loss`.
+    mining: see `triplet_loss`.
+    precision: precision of the similarity's matrix product.
+
+  Returns:
+    Scalar loss, replicated over `axis_name`.
+  """
+  return triplet_loss_from_statistics(_pairs.sharded_statistics(
+      functools.partial(triplet_statistics, margin=margin, mining=mining),
+      embeddings, labels, axis_name=axis_name, where=where,
+      precision=precision))
+
+
+@_pairs.sharded_form('multi_similarity_loss')
+def sharded_multi_similarity_loss(
+    embeddings: jax.Array,
+    labels: jax.Array,
+    *,
+    axis_name,
+    where: jax.Array | None = None,
+    alpha: float = 2.0,
+    beta: float = 50.0,
+    base: float = 0.5,
+    epsilon: float = 0.1,
+    precision: jax.lax.PrecisionLike = None,
+) -> jax.Array:
+  """`multi_similarity_loss` of the global batch, from inside `jax.shard_map`.
+
+  Local anchors against all-gathered references, mined among all of them;
+  the statistics are summed over `axis_name` before dividing (see
+  `sharded_tcm_loss`).
+
+  Args:
+    embeddings: this device's `[b, dim]` embeddings.
+    labels: this device's `[b]` integer labels.
+    axis_name: the mesh axis name (or tuple of names) the batch is sharded on.
+    where: optional `[b]` boolean mask, False for padded rows.
+    alpha: see `multi_similarity_loss`.
+    beta: see `multi_similarity_loss`.
+    base: see `multi_similarity_loss`.
+    epsilon: see `multi_similarity_loss`.
+    precision: precision of the similarity's matrix product.
+
+  Returns:
+    Scalar loss, replicated over `axis_name`.
+  """
+  return multi_similarity_loss_from_statistics(_pairs.sharded_statistics(
+      functools.partial(multi_similarity_statistics, alpha=alpha, beta=beta,
+                        base=base, epsilon=epsilon),
+      embeddings, labels, axis_name=axis_name, where=where,
+      precision=precision))

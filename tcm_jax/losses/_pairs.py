@@ -14,8 +14,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from tcm_jax.losses import _similarity
-from tcm_jax.losses import _validation
+from tcm_jax import _array_checks
+from tcm_jax import similarity as similarity_lib
 
 
 class PairMasks(NamedTuple):
@@ -67,7 +67,7 @@ def pair_masks(
 
   Examples:
     >>> import jax.numpy as jnp
-    >>> from tcm_jax.losses import pair_masks
+    >>> from tcm_jax.losses.advanced import pair_masks
     >>> masks = pair_masks(jnp.zeros((3, 3)), jnp.array([0, 0, 1]))
     >>> print(masks.positive.astype(int))  # float32 1.0/0.0
     [[0 1 0]
@@ -78,11 +78,11 @@ def pair_masks(
      [0 0 1]
      [1 1 0]]
   """
-  _validation.check_similarity(similarity)
+  _array_checks.check_similarity(similarity)
   num_queries, num_refs = similarity.shape
-  labels = _validation.as_labels('labels', labels, num_queries, 'rows')
+  labels = _array_checks.as_labels('labels', labels, num_queries, 'rows')
   where = None if where is None else jnp.asarray(where)
-  _validation.check_mask('where', where, num_queries)
+  _array_checks.check_mask('where', where, num_queries)
   if ref_labels is None:
     if num_queries != num_refs:
       raise ValueError(
@@ -95,10 +95,10 @@ def pair_masks(
     ref_where = where
     exclude_self = True if exclude_self is None else exclude_self
   else:
-    ref_labels = _validation.as_labels('ref_labels', ref_labels, num_refs,
-                                       'columns')
+    ref_labels = _array_checks.as_labels('ref_labels', ref_labels, num_refs,
+                                             'columns')
     ref_where = None if ref_where is None else jnp.asarray(ref_where)
-    _validation.check_mask('ref_where', ref_where, num_refs)
+    _array_checks.check_mask('ref_where', ref_where, num_refs)
 
   ranks, ref_ranks = _dense_ranks(labels, ref_labels)
   positive = equal(ranks[:, None], ref_ranks[None, :])
@@ -155,7 +155,7 @@ def _dense_ranks(
   if ref_labels is None:
     ranks = _ranks(labels)
     return ranks, ranks
-  dtype = _validation.common_label_dtype(labels, ref_labels)
+  dtype = _array_checks.common_label_dtype(labels, ref_labels)
   ranks = _ranks(
       jnp.concatenate([labels.astype(dtype), ref_labels.astype(dtype)]))
   return ranks[:labels.shape[0]], ranks[labels.shape[0]:]
@@ -193,7 +193,7 @@ def gather_references(
     >>> import jax
     >>> import jax.numpy as jnp
     >>> from jax.sharding import Mesh, PartitionSpec as P
-    >>> from tcm_jax.losses import gather_references
+    >>> from tcm_jax.losses.advanced import gather_references
     >>> mesh = Mesh(jax.devices(), ('data',))  # any count that divides 8
     >>> def offsets(z, y):
     ...   refs = gather_references(z, y, None, 'data')
@@ -218,7 +218,7 @@ def zero_padded_rows(name: str, embeddings, where):
   if where is None or embeddings is None:
     return embeddings
   embeddings, where = jnp.asarray(embeddings), jnp.asarray(where)
-  _validation.check_mask(name, where, embeddings.shape[0])
+  _array_checks.check_mask(name, where, embeddings.shape[0])
   return jnp.where(where[:, None], embeddings, 0)
 
 
@@ -283,12 +283,12 @@ def sharded_statistics(statistics_fn, embeddings: jax.Array, labels: jax.Array,
     >>> import jax
     >>> import jax.numpy as jnp
     >>> from jax.sharding import Mesh, PartitionSpec as P
-    >>> from tcm_jax import losses
+    >>> from tcm_jax.losses import advanced
     >>> mesh = Mesh(jax.devices(), ('data',))  # any count that divides 8
     >>> z = jax.random.normal(jax.random.key(0), (8, 16))
     >>> stats_fn = jax.jit(jax.shard_map(
-    ...     lambda z, y: losses.sharded_statistics(
-    ...         losses.contrastive_statistics, z, y, axis_name='data'),
+    ...     lambda z, y: advanced.sharded_statistics(
+    ...         advanced.contrastive_statistics, z, y, axis_name='data'),
     ...     mesh=mesh, in_specs=(P('data'), P('data')), out_specs=P()))
     >>> stats = stats_fn(z, jnp.array([0, 0, 1, 1, 2, 2, 3, 3]))
     >>> int(stats.pos_count), int(stats.neg_count)
@@ -296,7 +296,7 @@ def sharded_statistics(statistics_fn, embeddings: jax.Array, labels: jax.Array,
   """
   embeddings = zero_padded_rows('where', embeddings, where)
   refs = gather_references(embeddings, labels, where, axis_name)
-  similarity = _similarity.cosine_similarity(
+  similarity = similarity_lib.cosine_similarity(
       embeddings, refs.embeddings, precision=precision)
   stats = statistics_fn(
       similarity, labels, refs.labels, where=where, ref_where=refs.where,
@@ -321,21 +321,45 @@ def map_queries(fn, xs, elements_per_query: int):
   return jax.lax.map(jax.checkpoint(fn), xs, batch_size=chunk)
 
 
-def sharded_example(name: str) -> str:
-  """The docstring example of a `sharded_<name>` loss (checked by doctest)."""
+def sharded_form(loss_name: str, *, proxies: bool = False):
+  """Decorates `sharded_<loss_name>`: its docstring gains the shared example.
+
+  Every cross-device loss is written the same way: the loss's reduction
+  (`<loss>_from_statistics`) of its statistics summed over the mesh. The
+  example, checked by doctest, shows that it equals the one-device loss of
+  the global batch.
+  """
+
+  def decorate(fn):
+    if fn.__doc__ is not None:  # None under python -OO
+      fn.__doc__ += _sharded_example(loss_name, proxies)
+    return fn
+
+  return decorate
+
+
+def _sharded_example(name: str, proxies: bool) -> str:
+  if proxies:
+    arrays, specs, one_device = 'z, y, w', "P('data'), P('data'), P()", (
+        f'losses.{name}(z, y, w)')
+  else:
+    arrays, specs, one_device = 'z, y', "P('data'), P('data')", (
+        f'losses.{name}(tcm_jax.cosine_similarity(z), y)')
   return f"""
   Examples:
     >>> import jax
     >>> import jax.numpy as jnp
     >>> from jax.sharding import Mesh, PartitionSpec as P
+    >>> import tcm_jax
     >>> from tcm_jax import losses
     >>> mesh = Mesh(jax.devices(), ('data',))  # any count that divides 8
     >>> z = jax.random.normal(jax.random.key(0), (8, 16))
+    >>> w = jax.random.normal(jax.random.key(1), (4, 16))  # proxies
     >>> y = jnp.array([0, 0, 1, 1, 2, 2, 3, 3])
     >>> global_loss = jax.jit(jax.shard_map(
-    ...     lambda z, y: losses.sharded_{name}(z, y, axis_name='data'),
-    ...     mesh=mesh, in_specs=(P('data'), P('data')), out_specs=P()))
-    >>> one_device = losses.{name}(losses.cosine_similarity(z), y)
-    >>> bool(jnp.allclose(global_loss(z, y), one_device, rtol=1e-5))
+    ...     lambda {arrays}: losses.sharded_{name}({arrays}, axis_name='data'),
+    ...     mesh=mesh, in_specs=({specs}), out_specs=P()))
+    >>> one_device = {one_device}
+    >>> bool(jnp.allclose(global_loss({arrays}), one_device, rtol=1e-5))
     True
 """

@@ -20,9 +20,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from tcm_jax import _array_checks
+from tcm_jax import _checks
+from tcm_jax import similarity as similarity_lib
 from tcm_jax.losses import _pairs
-from tcm_jax.losses import _similarity
-from tcm_jax.losses import _validation
 
 
 def _known(x) -> np.ndarray | None:
@@ -36,17 +37,15 @@ def _known(x) -> np.ndarray | None:
 
 def _check(embeddings, labels, proxies, where):
   """Shapes and dtypes; concrete labels are checked against the proxies."""
-  embeddings, proxies = jnp.asarray(embeddings), jnp.asarray(proxies)
-  if embeddings.ndim != 2:
-    raise ValueError(
-        f'embeddings must be 2-D [n, dim], got shape {embeddings.shape}.')
-  if proxies.ndim != 2 or proxies.shape[1] != embeddings.shape[1]:
-    raise ValueError(
-        f'proxies must be [num_classes, {embeddings.shape[1]}] to match the '
-        f'embeddings, got shape {proxies.shape}.')
-  labels = _validation.as_labels('labels', labels, embeddings.shape[0], 'rows')
+  embeddings = _array_checks.check_embeddings('embeddings', embeddings)
+  dim = embeddings.shape[1]
+  proxies = _array_checks.check_embeddings(
+      'proxies', proxies, dim=dim,
+      expected=f'[num_classes, {dim}] to match the embeddings')
+  labels = _array_checks.as_labels('labels', labels, embeddings.shape[0],
+                                   'rows')
   where = None if where is None else jnp.asarray(where)
-  _validation.check_mask('where', where, embeddings.shape[0])
+  _array_checks.check_mask('where', where, embeddings.shape[0])
   host = _known(labels)
   if host is not None:  # labels known now (not traced): check them
     bad = (host < 0) | (host >= proxies.shape[0])
@@ -63,7 +62,7 @@ def _check(embeddings, labels, proxies, where):
   embeddings = _pairs.zero_padded_rows('where', embeddings, where)
   weights = (jnp.ones(embeddings.shape[0], jnp.float32) if where is None
              else where.astype(jnp.float32))
-  cosine = _similarity.cosine_similarity(embeddings, proxies)
+  cosine = similarity_lib.cosine_similarity(embeddings, proxies)
   return cosine, labels, weights
 
 
@@ -74,10 +73,6 @@ def _weighted_mean(values, weights):
 def _cross_entropy(logits, labels):
   log_probs = jax.nn.log_softmax(logits, axis=1)
   return -jnp.take_along_axis(log_probs, labels[:, None], axis=1)[:, 0]
-
-
-def _positive(name, value):
-  _validation.check_in_range(name, value, 1e-12, math.inf)
 
 
 def normalized_softmax_loss(embeddings, labels, proxies, *,
@@ -110,7 +105,7 @@ def normalized_softmax_loss(embeddings, labels, proxies, *,
     >>> print(f'{loss:.4f}')  # -log(e / (e + 1))
     0.3133
   """
-  _positive('temperature', temperature)
+  _checks.check_positive('temperature', temperature)
   cosine, labels, weights = _check(embeddings, labels, proxies, where)
   return _weighted_mean(_cross_entropy(cosine / temperature, labels), weights)
 
@@ -142,8 +137,8 @@ def cosface_loss(embeddings, labels, proxies, *, scale: float = 64.0,
     >>> print(f'{loss:.4f}')  # logits 0 and 0: log 2
     0.6931
   """
-  _positive('scale', scale)
-  _validation.check_in_range('margin', margin, 0.0, 1.0)
+  _checks.check_positive('scale', scale)
+  _checks.check_in_range('margin', margin, 0.0, 1.0)
   cosine, labels, weights = _check(embeddings, labels, proxies, where)
   target = jax.nn.one_hot(labels, cosine.shape[1], dtype=cosine.dtype)
   logits = scale * (cosine - margin * target)
@@ -182,8 +177,8 @@ def arcface_loss(embeddings, labels, proxies, *, scale: float = 64.0,
     >>> print(f'{loss:.4f}')  # cos(0 + pi/2) = 0 against cos(pi/2) = 0
     0.6931
   """
-  _positive('scale', scale)
-  _validation.check_in_range('margin', margin, 0.0, math.pi / 2)
+  _checks.check_positive('scale', scale)
+  _checks.check_in_range('margin', margin, 0.0, math.pi / 2)
   cosine, labels, weights = _check(embeddings, labels, proxies, where)
   target = jax.nn.one_hot(labels, cosine.shape[1], dtype=cosine.dtype)
   cos_t = jnp.sum(cosine * target, axis=1)
@@ -231,14 +226,14 @@ def proxy_anchor_statistics(embeddings, labels, proxies, *,
 
   Examples:
     >>> import jax.numpy as jnp
-    >>> from tcm_jax import losses
+    >>> from tcm_jax.losses import advanced
     >>> z, w = jnp.array([[1.0, 0.0]]), jnp.array([[1.0, 0.0], [0.0, 1.0]])
-    >>> stats = losses.proxy_anchor_statistics(z, jnp.array([0]), w)
+    >>> stats = advanced.proxy_anchor_statistics(z, jnp.array([0]), w)
     >>> print(stats.has_positive)
     [1. 0.]
   """
-  _positive('alpha', alpha)
-  _validation.check_in_range('margin', margin, 0.0, 1.0)
+  _checks.check_positive('alpha', alpha)
+  _checks.check_in_range('margin', margin, 0.0, 1.0)
   cosine, labels, weights = _check(embeddings, labels, proxies, where)
   target = jax.nn.one_hot(labels, cosine.shape[1], dtype=cosine.dtype)
   positive = target * weights[:, None]
@@ -258,8 +253,19 @@ def _log1p(sums, shift):
   return shift + jnp.log(jnp.exp(-shift) + sums)
 
 
-def proxy_anchor_from_statistics(stats: ProxyAnchorStatistics) -> jax.Array:
-  """Proxy-Anchor from (possibly cross-device summed) per-proxy sums."""
+def proxy_anchor_loss_from_statistics(
+    stats: ProxyAnchorStatistics) -> jax.Array:
+  """`proxy_anchor_loss` from (possibly cross-device summed) per-proxy sums.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from tcm_jax.losses import advanced
+    >>> z, w = jnp.array([[1.0, 0.0]]), jnp.array([[1.0, 0.0], [0.0, 1.0]])
+    >>> stats = advanced.proxy_anchor_statistics(z, jnp.array([0]), w,
+    ...                                          alpha=1.0, margin=0.0)
+    >>> print(f'{advanced.proxy_anchor_loss_from_statistics(stats):.4f}')
+    0.6598
+  """
   with_positive = jnp.minimum(stats.has_positive, 1.0)
   positive = (jnp.sum(with_positive
                       * _log1p(stats.positive_sums, stats.positive_shift))
@@ -307,38 +313,92 @@ def proxy_anchor_loss(embeddings, labels, proxies, *, alpha: float = 32.0,
     >>> print(f'{loss:.4f}')
     0.6598
   """
-  return proxy_anchor_from_statistics(proxy_anchor_statistics(
+  return proxy_anchor_loss_from_statistics(proxy_anchor_statistics(
       embeddings, labels, proxies, alpha=alpha, margin=margin, where=where))
 
 
-def sharded_proxy_anchor_loss(embeddings, labels, proxies, *, axis_name,
-                              where=None, **kwargs) -> jax.Array:
+def sharded_proxy_anchor_statistics(
+    embeddings: jax.Array,
+    labels: jax.Array,
+    proxies: jax.Array,
+    *,
+    axis_name,
+    where: jax.Array | None = None,
+    alpha: float = 32.0,
+    margin: float = 0.1,
+) -> ProxyAnchorStatistics:
+  """Proxy-Anchor's per-proxy sums over the global batch, inside `shard_map`.
+
+  Each device sums over its own samples with shifts shared over the mesh,
+  and the sums are added over `axis_name`: the result is the same on every
+  device and equals `proxy_anchor_statistics` of the whole batch on one
+  device (up to float rounding).
+
+  Args:
+    embeddings: this device's `[b, dim]` embeddings.
+    labels: this device's `[b]` class indices in `[0, num_classes)`.
+    proxies: the `[num_classes, dim]` proxies, replicated.
+    axis_name: the mesh axis name (or tuple of names) the batch is sharded on.
+    where: optional `[b]` boolean mask, False for padded rows.
+    alpha: see `proxy_anchor_loss`.
+    margin: see `proxy_anchor_loss`.
+
+  Returns:
+    `ProxyAnchorStatistics` of the global batch.
+
+  Examples:
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> from jax.sharding import Mesh, PartitionSpec as P
+    >>> from tcm_jax.losses import advanced
+    >>> mesh = Mesh(jax.devices(), ('data',))  # any count that divides 8
+    >>> z = jax.random.normal(jax.random.key(0), (8, 16))
+    >>> w = jax.random.normal(jax.random.key(1), (4, 16))
+    >>> stats = jax.jit(jax.shard_map(
+    ...     lambda z, y, w: advanced.sharded_proxy_anchor_statistics(
+    ...         z, y, w, axis_name='data'),
+    ...     mesh=mesh, in_specs=(P('data'), P('data'), P()), out_specs=P()))(
+    ...     z, jnp.array([0, 0, 1, 1, 2, 2, 3, 3]), w)
+    >>> print(stats.has_positive)  # two samples of each class
+    [2. 2. 2. 2.]
+  """
+  stats = proxy_anchor_statistics(embeddings, labels, proxies, alpha=alpha,
+                                  margin=margin, where=where,
+                                  axis_name=axis_name)
+  return stats._replace(**{
+      name: jax.lax.psum(getattr(stats, name), axis_name)
+      for name in ('positive_sums', 'negative_sums', 'has_positive')})
+
+
+@_pairs.sharded_form('proxy_anchor_loss', proxies=True)
+def sharded_proxy_anchor_loss(
+    embeddings: jax.Array,
+    labels: jax.Array,
+    proxies: jax.Array,
+    *,
+    axis_name,
+    where: jax.Array | None = None,
+    alpha: float = 32.0,
+    margin: float = 0.1,
+) -> jax.Array:
   """`proxy_anchor_loss` of the global batch, from inside `jax.shard_map`.
 
   The per-proxy sums are added over `axis_name` before the logarithms, so
   value and gradients equal one device holding the global batch (proxies
   replicated; gradients inside `shard_map` need `check_vma=True`).
 
-  Examples:
-    >>> import jax
-    >>> import jax.numpy as jnp
-    >>> from jax.sharding import Mesh, PartitionSpec as P
-    >>> from tcm_jax import losses
-    >>> mesh = Mesh(jax.devices(), ('data',))  # any count that divides 8
-    >>> z = jax.random.normal(jax.random.key(0), (8, 16))
-    >>> w = jax.random.normal(jax.random.key(1), (4, 16))
-    >>> y = jnp.array([0, 0, 1, 1, 2, 2, 3, 3])
-    >>> fn = jax.jit(jax.shard_map(
-    ...     lambda z, y, w: losses.sharded_proxy_anchor_loss(
-    ...         z, y, w, axis_name='data'),
-    ...     mesh=mesh, in_specs=(P('data'), P('data'), P()), out_specs=P()))
-    >>> bool(jnp.allclose(fn(z, y, w), losses.proxy_anchor_loss(z, y, w),
-    ...                   rtol=1e-5))
-    True
+  Args:
+    embeddings: this device's `[b, dim]` embeddings.
+    labels: this device's `[b]` class indices in `[0, num_classes)`.
+    proxies: the `[num_classes, dim]` proxies, replicated.
+    axis_name: the mesh axis name (or tuple of names) the batch is sharded on.
+    where: optional `[b]` boolean mask, False for padded rows.
+    alpha: see `proxy_anchor_loss`.
+    margin: see `proxy_anchor_loss`.
+
+  Returns:
+    Scalar loss, replicated over `axis_name`.
   """
-  stats = proxy_anchor_statistics(embeddings, labels, proxies, where=where,
-                                  axis_name=axis_name, **kwargs)
-  summed = stats._replace(**{
-      name: jax.lax.psum(getattr(stats, name), axis_name)
-      for name in ('positive_sums', 'negative_sums', 'has_positive')})
-  return proxy_anchor_from_statistics(summed)
+  return proxy_anchor_loss_from_statistics(sharded_proxy_anchor_statistics(
+      embeddings, labels, proxies, axis_name=axis_name, where=where,
+      alpha=alpha, margin=margin))

@@ -30,23 +30,19 @@ References:
 from __future__ import annotations
 
 import functools
-import math
 from typing import NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
 
+from tcm_jax import _checks
 from tcm_jax.losses import _pairs
-from tcm_jax.losses import _validation
+
 
 class RankingStatistics(NamedTuple):
   """Sum of the per-query scores and the number of queries scored."""
   score_sum: jax.Array
   num_queries: jax.Array
-
-
-def _check_temperature(name: str, value) -> None:
-  _validation.check_in_range(name, value, 1e-12, math.inf)
 
 
 def _smooth_ranks(similarity, positive, valid, temperature, max_positives):
@@ -83,14 +79,8 @@ def _smooth_ranks(similarity, positive, valid, temperature, max_positives):
 
 
 def _max_positives(max_positives, num_refs):
-  if max_positives is None:
-    return num_refs
-  if (isinstance(max_positives, bool) or int(max_positives) != max_positives
-      or max_positives < 1):
-    raise ValueError(
-        f'max_positives must be a positive integer or None, got '
-        f'{max_positives}.')
-  return min(int(max_positives), num_refs)
+  max_positives = _checks.check_optional_int('max_positives', max_positives)
+  return num_refs if max_positives is None else min(max_positives, num_refs)
 
 
 def smooth_ap_statistics(
@@ -111,13 +101,13 @@ def smooth_ap_statistics(
 
   Examples:
     >>> import jax.numpy as jnp
-    >>> from tcm_jax import losses
+    >>> from tcm_jax.losses import advanced
     >>> s = jnp.array([[1.0, 0.8, 0.3], [0.8, 1.0, -0.2], [0.3, -0.2, 1.0]])
-    >>> stats = losses.smooth_ap_statistics(s, jnp.array([0, 0, 1]))
+    >>> stats = advanced.smooth_ap_statistics(s, jnp.array([0, 0, 1]))
     >>> int(stats.num_queries)  # queries with a positive
     2
   """
-  _check_temperature('temperature', temperature)
+  _checks.check_positive('temperature', temperature)
   similarity, masks = _pairs.prepare(
       similarity, labels, ref_labels, where=where, ref_where=ref_where,
       exclude_self=exclude_self, query_offset=query_offset)
@@ -133,11 +123,25 @@ def smooth_ap_statistics(
       num_queries=jnp.sum(has_positive))
 
 
-def loss_from_statistics(stats: RankingStatistics) -> jax.Array:
+def _one_minus_mean_score(stats: RankingStatistics) -> jax.Array:
   """`1 - mean score`; 0 (with zero gradient) when no query has a positive."""
   return jnp.where(stats.num_queries > 0,
                    1.0 - stats.score_sum / jnp.maximum(stats.num_queries, 1.0),
                    0.0)
+
+
+def smooth_ap_loss_from_statistics(stats: RankingStatistics) -> jax.Array:
+  """`smooth_ap_loss` from (possibly cross-device summed) statistics.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from tcm_jax.losses import advanced
+    >>> s = jnp.array([[1.0, 0.9, 0.1], [0.9, 1.0, 0.2], [0.1, 0.2, 1.0]])
+    >>> stats = advanced.smooth_ap_statistics(s, jnp.array([0, 0, 1]))
+    >>> print(f'{advanced.smooth_ap_loss_from_statistics(stats):.4f}')
+    0.0000
+  """
+  return _one_minus_mean_score(stats)
 
 
 def smooth_ap_loss(
@@ -192,7 +196,7 @@ def smooth_ap_loss(
     >>> print(f'{losses.smooth_ap_loss(s, jnp.array([0, 0, 1])):.4f}')
     0.0000
   """
-  return loss_from_statistics(smooth_ap_statistics(
+  return smooth_ap_loss_from_statistics(smooth_ap_statistics(
       similarity, labels, ref_labels, temperature=temperature,
       max_positives=max_positives, where=where, ref_where=ref_where,
       exclude_self=exclude_self, query_offset=query_offset))
@@ -218,19 +222,15 @@ def recall_at_k_statistics(
 
   Examples:
     >>> import jax.numpy as jnp
-    >>> from tcm_jax import losses
+    >>> from tcm_jax.losses import advanced
     >>> s = jnp.array([[1.0, 0.8, 0.3], [0.8, 1.0, -0.2], [0.3, -0.2, 1.0]])
-    >>> stats = losses.recall_at_k_statistics(s, jnp.array([0, 0, 1]))
+    >>> stats = advanced.recall_at_k_statistics(s, jnp.array([0, 0, 1]))
     >>> int(stats.num_queries)  # queries with a positive
     2
   """
-  _check_temperature('temperature', temperature)
-  _check_temperature('k_temperature', k_temperature)
-  if not isinstance(ks, (tuple, list)):
-    raise TypeError(f'ks must be a tuple of positive integers, got {ks!r}.')
-  ks = tuple(ks)
-  if not ks or any(int(k) != k or k < 1 for k in ks):
-    raise ValueError(f'ks must be positive integers, got {ks}.')
+  _checks.check_positive('temperature', temperature)
+  _checks.check_positive('k_temperature', k_temperature)
+  ks = _checks.check_positive_ints('ks', ks)
   similarity, masks = _pairs.prepare(
       similarity, labels, ref_labels, where=where, ref_where=ref_where,
       exclude_self=exclude_self, query_offset=query_offset)
@@ -248,6 +248,21 @@ def recall_at_k_statistics(
   return RankingStatistics(
       score_sum=jnp.sum(jnp.minimum(count, 1.0) * jnp.mean(recall, axis=1)),
       num_queries=jnp.sum(jnp.minimum(count, 1.0)))
+
+
+def recall_at_k_loss_from_statistics(stats: RankingStatistics) -> jax.Array:
+  """`recall_at_k_loss` from (possibly cross-device summed) statistics.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from tcm_jax.losses import advanced
+    >>> s = jnp.array([[1.0, 0.9, 0.1], [0.9, 1.0, 0.2], [0.1, 0.2, 1.0]])
+    >>> stats = advanced.recall_at_k_statistics(s, jnp.array([0, 0, 1]),
+    ...                                         ks=(1,))
+    >>> print(f'{advanced.recall_at_k_loss_from_statistics(stats):.4f}')
+    0.5000
+  """
+  return _one_minus_mean_score(stats)
 
 
 def recall_at_k_loss(
@@ -311,57 +326,83 @@ def recall_at_k_loss(
     >>> print(f'{loss:.4f}')  # rank 1 for both positives: 1 - sigmoid(0)
     0.5000
   """
-  return loss_from_statistics(recall_at_k_statistics(
+  return recall_at_k_loss_from_statistics(recall_at_k_statistics(
       similarity, labels, ref_labels, ks=ks, temperature=temperature,
       k_temperature=k_temperature, max_positives=max_positives, where=where,
       ref_where=ref_where, exclude_self=exclude_self,
       query_offset=query_offset))
 
 
-def sharded_smooth_ap_loss(embeddings: jax.Array, labels: jax.Array, *,
-                           axis_name, where: jax.Array | None = None,
-                           precision: jax.lax.PrecisionLike = None,
-                           **kwargs) -> jax.Array:
+@_pairs.sharded_form('smooth_ap_loss')
+def sharded_smooth_ap_loss(
+    embeddings: jax.Array,
+    labels: jax.Array,
+    *,
+    axis_name,
+    where: jax.Array | None = None,
+    temperature: float = 0.01,
+    max_positives: int | None = None,
+    precision: jax.lax.PrecisionLike = None,
+) -> jax.Array:
   """`smooth_ap_loss` of the global batch, from inside `jax.shard_map`.
 
   Local queries against all-gathered references; the score sums and counts
-  are summed over `axis_name` before dividing, so value and gradients equal
-  one device holding the global batch (gradients inside `shard_map` need its
-  default `check_vma=True`).
+  are summed over `axis_name` before dividing (see `sharded_tcm_loss`).
 
   Args:
     embeddings: this device's `[b, dim]` embeddings.
     labels: this device's `[b]` integer labels.
-    axis_name: the mesh axis (or tuple of axes) the batch is sharded on.
+    axis_name: the mesh axis name (or tuple of names) the batch is sharded on.
     where: optional `[b]` boolean mask, False for padded rows.
+    temperature: see `smooth_ap_loss`.
+    max_positives: see `smooth_ap_loss`.
     precision: precision of the similarity's matrix product.
-    **kwargs: `temperature`, `max_positives`.
 
   Returns:
     Scalar loss, replicated over `axis_name`.
   """
-  stats = _pairs.sharded_statistics(
-      functools.partial(smooth_ap_statistics, **kwargs), embeddings, labels,
-      axis_name=axis_name, where=where, precision=precision)
-  return loss_from_statistics(stats)
+  return smooth_ap_loss_from_statistics(_pairs.sharded_statistics(
+      functools.partial(smooth_ap_statistics, temperature=temperature,
+                        max_positives=max_positives),
+      embeddings, labels, axis_name=axis_name, where=where,
+      precision=precision))
 
 
-sharded_smooth_ap_loss.__doc__ += _pairs.sharded_example('smooth_ap_loss')
-
-
-def sharded_recall_at_k_loss(embeddings: jax.Array, labels: jax.Array, *,
-                             axis_name, where: jax.Array | None = None,
-                             precision: jax.lax.PrecisionLike = None,
-                             **kwargs) -> jax.Array:
+@_pairs.sharded_form('recall_at_k_loss')
+def sharded_recall_at_k_loss(
+    embeddings: jax.Array,
+    labels: jax.Array,
+    *,
+    axis_name,
+    where: jax.Array | None = None,
+    ks: Sequence[int] = (1, 2, 4, 8, 16),
+    temperature: float = 0.01,
+    k_temperature: float = 1.0,
+    max_positives: int | None = None,
+    precision: jax.lax.PrecisionLike = None,
+) -> jax.Array:
   """`recall_at_k_loss` of the global batch, from inside `jax.shard_map`.
 
-  See `sharded_smooth_ap_loss`; `**kwargs` are `ks`, `temperature`,
-  `k_temperature`, `max_positives`.
+  Local queries against all-gathered references; the score sums and counts
+  are summed over `axis_name` before dividing (see `sharded_tcm_loss`).
+
+  Args:
+    embeddings: this device's `[b, dim]` embeddings.
+    labels: this device's `[b]` integer labels.
+    axis_name: the mesh axis name (or tuple of names) the batch is sharded on.
+    where: optional `[b]` boolean mask, False for padded rows.
+    ks: see `recall_at_k_loss`.
+    temperature: see `recall_at_k_loss`.
+    k_temperature: see `recall_at_k_loss`.
+    max_positives: see `recall_at_k_loss`.
+    precision: precision of the similarity's matrix product.
+
+  Returns:
+    Scalar loss, replicated over `axis_name`.
   """
-  stats = _pairs.sharded_statistics(
-      functools.partial(recall_at_k_statistics, **kwargs), embeddings, labels,
-      axis_name=axis_name, where=where, precision=precision)
-  return loss_from_statistics(stats)
-
-
-sharded_recall_at_k_loss.__doc__ += _pairs.sharded_example('recall_at_k_loss')
+  return recall_at_k_loss_from_statistics(_pairs.sharded_statistics(
+      functools.partial(recall_at_k_statistics, ks=ks, temperature=temperature,
+                        k_temperature=k_temperature,
+                        max_positives=max_positives),
+      embeddings, labels, axis_name=axis_name, where=where,
+      precision=precision))

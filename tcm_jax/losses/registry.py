@@ -1,10 +1,12 @@
 """Base losses by name, and their sum with TCM in one objective.
 
-A config names a base loss and its hyperparameters; `objective` returns a
-function that computes the similarity-based statistics of the base loss and
-of TCM from one similarity matrix, and returns the total with its parts for
-logging. The same objective has a cross-device form (`Objective.sharded`)
-that gathers the references once for both losses.
+A config names a base loss and its hyperparameters; `objective` returns one
+`Objective` for every kind of base loss. A pair or ranking loss (`LOSSES`)
+computes its statistics and TCM's from one similarity matrix; a proxy loss
+(`PROXY_LOSSES`) scores embeddings against class proxies, the objective's own
+parameters (`Objective.init_params`). Both return the total with its parts
+for logging, and have a cross-device form (`Objective.sharded`) that equals
+one device holding the global batch.
 
   >>> import jax.numpy as jnp
   >>> from tcm_jax.losses import registry
@@ -17,19 +19,21 @@ that gathers the references once for both losses.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 import dataclasses
 import inspect
 from typing import Any, Callable
+import warnings
 
 import jax
 import jax.numpy as jnp
 
+from tcm_jax import similarity as similarity_lib
 from tcm_jax.losses import _pair_based
 from tcm_jax.losses import _pairs
 from tcm_jax.losses import _proxy
 from tcm_jax.losses import _ranking
-from tcm_jax.losses import _similarity
-from tcm_jax.losses import tcm as tcm_lib
+from tcm_jax.losses import _tcm as tcm_lib
 
 _MASK_ARGS = frozenset({'where', 'ref_where', 'exclude_self', 'query_offset'})
 
@@ -73,37 +77,128 @@ class PairLoss:
     return stats, reduce
 
 
+# The TCM term added to a base loss (`tcm=` of `objective`); not a base loss.
+TCM = PairLoss(
+    'tcm', tcm_lib.tcm_statistics, tcm_lib.tcm_loss_from_statistics,
+    ('lambda_pos', 'lambda_neg'),
+    'Zhang et al., Threshold-Consistent Margin Loss, ICLR 2024')
+
+# Base losses over a similarity matrix.
 LOSSES: dict[str, PairLoss] = {
-    'tcm': PairLoss(
-        'tcm', tcm_lib.tcm_statistics, tcm_lib.tcm_loss_from_statistics,
-        ('lambda_pos', 'lambda_neg'),
-        'Zhang et al., Threshold-Consistent Margin Loss, ICLR 2024'),
     'contrastive': PairLoss(
         'contrastive', _pair_based.contrastive_statistics,
-        _pair_based.contrastive_from_statistics, (),
+        _pair_based.contrastive_loss_from_statistics, (),
         'Hadsell, Chopra, LeCun, CVPR 2006'),
     'triplet': PairLoss(
-        'triplet', _pair_based.triplet_statistics, _pair_based.mean_of, (),
+        'triplet', _pair_based.triplet_statistics,
+        _pair_based.triplet_loss_from_statistics, (),
         'Schroff et al., CVPR 2015; Hermans et al., 2017'),
     'multi_similarity': PairLoss(
         'multi_similarity', _pair_based.multi_similarity_statistics,
-        _pair_based.mean_of, (), 'Wang et al., CVPR 2019'),
+        _pair_based.multi_similarity_loss_from_statistics, (),
+        'Wang et al., CVPR 2019'),
     'smooth_ap': PairLoss(
         'smooth_ap', _ranking.smooth_ap_statistics,
-        _ranking.loss_from_statistics, (), 'Brown et al., ECCV 2020'),
+        _ranking.smooth_ap_loss_from_statistics, (), 'Brown et al., ECCV 2020'),
     'recall_at_k': PairLoss(
         'recall_at_k', _ranking.recall_at_k_statistics,
-        _ranking.loss_from_statistics, (), 'Patel et al., CVPR 2022'),
+        _ranking.recall_at_k_loss_from_statistics, (),
+        'Patel et al., CVPR 2022'),
 }
 
 
-def get(name: str) -> PairLoss:
-  """The registered loss `name`; a clear error lists the names otherwise."""
-  try:
+@dataclasses.dataclass(frozen=True)
+class ProxyLoss:
+  """A loss of embeddings against a `[classes, dim]` proxy matrix.
+
+  Attributes:
+    name: the registry name.
+    loss_fn: `fn(embeddings, labels, proxies, *, where, **hyper)`.
+    reference: the paper.
+  """
+  name: str
+  loss_fn: Callable[..., jax.Array]
+  reference: str = ''
+
+  def hyperparameters(self) -> dict[str, Any]:
+    """Every hyperparameter with its default."""
+    return {p.name: p.default
+            for p in inspect.signature(self.loss_fn).parameters.values()
+            if p.kind == p.KEYWORD_ONLY and p.name != 'where'}
+
+  def split(self, hyper: dict[str, Any]):
+    """`(hyper, {})`, after checking the names (as `PairLoss.split`)."""
+    unknown = set(hyper) - set(self.hyperparameters())
+    if unknown:
+      raise ValueError(
+          f'unknown hyperparameters {sorted(unknown)} for loss {self.name!r}; '
+          f'it takes {sorted(self.hyperparameters())}.')
+    return hyper, {}
+
+  def sharded(self, embeddings, labels, proxies, *, axis_name, where,
+              **hyper) -> jax.Array:
+    """The loss of the global batch, from inside `jax.shard_map`.
+
+    Proxy-anchor adds its per-proxy sums over devices before the logarithms;
+    the other proxy losses are means over samples, combined as a mean
+    weighted by each device's unpadded rows.
+    """
+    if self.name == 'proxy_anchor':
+      return _proxy.sharded_proxy_anchor_loss(
+          embeddings, labels, proxies, axis_name=axis_name, where=where,
+          **hyper)
+    local = self.loss_fn(embeddings, labels, proxies, where=where, **hyper)
+    count = (jnp.float32(embeddings.shape[0]) if where is None
+             else jnp.sum(where, dtype=jnp.float32))
+    return (jax.lax.psum(local * count, axis_name)
+            / jnp.maximum(jax.lax.psum(count, axis_name), 1.0))
+
+
+# Base losses over embeddings and class proxies, which the objective creates
+# (`Objective.init_params`) and the trainer learns with the encoder.
+PROXY_LOSSES: dict[str, ProxyLoss] = {
+    'normalized_softmax': ProxyLoss(
+        'normalized_softmax', _proxy.normalized_softmax_loss,
+        'Zhai and Wu, BMVC 2019'),
+    'cosface': ProxyLoss('cosface', _proxy.cosface_loss,
+                         'Wang et al., CVPR 2018'),
+    'arcface': ProxyLoss('arcface', _proxy.arcface_loss,
+                         'Deng et al., CVPR 2019'),
+    'proxy_anchor': ProxyLoss('proxy_anchor', _proxy.proxy_anchor_loss,
+                              'Kim et al., CVPR 2020'),
+}
+
+
+def names() -> list[str]:
+  """Every base loss's name, sorted: the pair, ranking and proxy losses.
+
+  Examples:
+    >>> from tcm_jax.losses import registry
+    >>> registry.names()[:3]
+    ['arcface', 'contrastive', 'cosface']
+  """
+  return sorted(set(LOSSES) | set(PROXY_LOSSES))
+
+
+def get(name: str) -> PairLoss | ProxyLoss:
+  """The base loss `name`; a clear error lists the names otherwise.
+
+  Examples:
+    >>> from tcm_jax.losses import registry
+    >>> registry.get('arcface').hyperparameters()
+    {'scale': 64.0, 'margin': 0.5}
+  """
+  if name in LOSSES:
     return LOSSES[name]
-  except KeyError:
+  if name in PROXY_LOSSES:
+    return PROXY_LOSSES[name]
+  if name == TCM.name:
     raise ValueError(
-        f'unknown loss {name!r}; registered: {sorted(LOSSES)}.') from None
+        "'tcm' is not a base loss: TCM is added to one, as "
+        "objective(base, tcm={...}).")
+  raise ValueError(
+      f'unknown loss {name!r}; registered: {sorted(LOSSES)} and the proxy '
+      f'losses {sorted(PROXY_LOSSES)}.')
 
 
 def _frozen(hyper: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
@@ -114,10 +209,25 @@ def _frozen(hyper: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
 
 @dataclasses.dataclass(frozen=True)
 class Objective:
-  """`base + tcm`, each with bound hyperparameters; see `objective`."""
-  base: PairLoss
+  """`base + tcm`, each with bound hyperparameters; see `objective`.
+
+  One type for the pair and ranking losses, which score a similarity matrix,
+  and the proxy losses, which score embeddings against class proxies: those
+  are the objective's own parameters (`init_params`), learned with the
+  encoder, so that a trainer needs to know nothing of the kind of loss.
+  """
+  base: PairLoss | ProxyLoss
   frozen_base_hyper: tuple[tuple[str, Any], ...]
   frozen_tcm_hyper: tuple[tuple[str, Any], ...] | None
+
+  @property
+  def name(self) -> str:
+    return self.base.name
+
+  @property
+  def uses_proxies(self) -> bool:
+    """Whether the base loss needs class proxies (`init_params` makes them)."""
+    return isinstance(self.base, ProxyLoss)
 
   @property
   def base_hyper(self) -> dict[str, Any]:
@@ -128,12 +238,46 @@ class Objective:
     return (None if self.frozen_tcm_hyper is None
             else dict(self.frozen_tcm_hyper))
 
+  @property
+  def tcm_margins(self) -> tuple[float, float] | None:
+    """TCM's `(margin_pos, margin_neg)`, its defaults filled in; None
+    without TCM."""
+    if self.frozen_tcm_hyper is None:
+      return None
+    hyper = {**TCM.hyperparameters(), **self.tcm_hyper}
+    return hyper['margin_pos'], hyper['margin_neg']
+
+  def init_params(self, rng: jax.Array, num_classes: int,
+                  dim: int) -> dict[str, jax.Array]:
+    """The objective's own trainable parameters: `{}` for a pair loss,
+    `{'proxies': [num_classes, dim]}` (standard normal) for a proxy loss.
+
+    Examples:
+      >>> import jax
+      >>> from tcm_jax.losses import registry
+      >>> params = registry.objective('cosface').init_params(
+      ...     jax.random.key(0), 3, 4)
+      >>> params['proxies'].shape, registry.objective('triplet').init_params(
+      ...     jax.random.key(0), 3, 4)
+      ((3, 4), {})
+    """
+    if not self.uses_proxies:
+      return {}
+    return {'proxies': jax.random.normal(rng, (num_classes, dim), jnp.float32)}
+
+  def _proxies(self, params):
+    """The proxy matrix: `params['proxies']`, or `params` itself."""
+    if params is None:
+      raise ValueError(f'loss {self.name!r} needs its class proxies: pass '
+                       'the parameters init_params made.')
+    return params['proxies'] if isinstance(params, Mapping) else params
+
   def _statistics(self, similarity, labels, ref_labels=None, **masks):
     base_stats, _ = self.base.split(self.base_hyper)
     stats = {'base': self.base.statistics_fn(
         similarity, labels, ref_labels, **base_stats, **masks)}
     if self.tcm_hyper is not None:
-      tcm_stats, _ = LOSSES['tcm'].split(self.tcm_hyper)
+      tcm_stats, _ = TCM.split(self.tcm_hyper)
       stats['tcm'] = tcm_lib.tcm_statistics(
           similarity, labels, ref_labels, **tcm_stats, **masks)
     return stats
@@ -143,42 +287,89 @@ class Objective:
     parts = {'base': self.base.reduce_fn(stats['base'], **base_reduce)}
     total = parts['base']
     if self.tcm_hyper is not None:
-      _, tcm_reduce = LOSSES['tcm'].split(self.tcm_hyper)
+      _, tcm_reduce = TCM.split(self.tcm_hyper)
       parts['tcm'] = tcm_lib.tcm_loss_from_statistics(stats['tcm'],
                                                       **tcm_reduce)
       parts.update(tcm_lib.tcm_diagnostics(stats['tcm']))
       total = total + parts['tcm']
     return total, parts
 
-  def __call__(self, similarity, labels, ref_labels=None, **masks):
-    """`(loss, parts)` over a similarity matrix (masks as for `tcm_loss`)."""
-    return self._reduce(self._statistics(similarity, labels, ref_labels,
-                                         **masks))
+  def _with_tcm(self, base, tcm_statistics_fn):
+    """`(loss, parts)`: `base` plus TCM from `tcm_statistics_fn(**hyper)`."""
+    parts = {'base': base}
+    total = base
+    if self.frozen_tcm_hyper is not None:
+      stats_hyper, reduce_hyper = TCM.split(self.tcm_hyper)
+      stats = tcm_statistics_fn(**stats_hyper)
+      parts['tcm'] = tcm_lib.tcm_loss_from_statistics(stats, **reduce_hyper)
+      parts.update(tcm_lib.tcm_diagnostics(stats))
+      total = total + parts['tcm']
+    return total, parts
 
-  def sharded(self, embeddings: jax.Array, labels: jax.Array, *, axis_name,
+  def __call__(self, *args, **kwargs):
+    """`(loss, parts)` on one device.
+
+    A pair loss takes `(similarity, labels, ref_labels=None, **masks)`
+    (masks as for `tcm_loss`); a proxy loss `(embeddings, labels, params,
+    where=None)`, `params` holding the proxies (`init_params`'s dict, or
+    the proxy matrix itself).
+    """
+    if self.uses_proxies:
+      return self._proxy_loss(*args, **kwargs)
+    return self._reduce(self._statistics(*args, **kwargs))
+
+  def _proxy_loss(self, embeddings, labels, params, *, where=None):
+    base = self.base.loss_fn(embeddings, labels, self._proxies(params),
+                             where=where, **self.base_hyper)
+    zeroed = _pairs.zero_padded_rows('where', embeddings, where)
+    return self._with_tcm(base, lambda **hyper: tcm_lib.tcm_statistics(
+        similarity_lib.cosine_similarity(zeroed), labels, where=where,
+        **hyper))
+
+  def sharded(self, embeddings: jax.Array, labels: jax.Array,
+              params: Mapping[str, Any] | None = None, *, axis_name,
               where: jax.Array | None = None,
               precision: jax.lax.PrecisionLike = None):
-    """`(loss, parts)` of the global batch, from inside `jax.shard_map`."""
-    stats = _pairs.sharded_statistics(
-        self._statistics, embeddings, labels, axis_name=axis_name,
-        where=where, precision=precision)
-    return self._reduce(stats)
+    """`(loss, parts)` of the global batch, from inside `jax.shard_map`.
+
+    Each device passes its rows; `params` holds the objective's parameters
+    (`init_params`'s dict, or a mapping that holds its keys, such as a
+    train state's params; a proxy loss also takes the proxy matrix itself),
+    replicated. Values and gradients (under `check_vma`) equal those of one
+    device holding the global batch: the pair losses and TCM gather the
+    references once and add their statistics over devices.
+    """
+    if not self.uses_proxies:
+      stats = _pairs.sharded_statistics(
+          self._statistics, embeddings, labels, axis_name=axis_name,
+          where=where, precision=precision)
+      return self._reduce(stats)
+    base = self.base.sharded(embeddings, labels, self._proxies(params),
+                             axis_name=axis_name, where=where,
+                             **self.base_hyper)
+    return self._with_tcm(base, lambda **hyper: tcm_lib.sharded_tcm_statistics(
+        embeddings, labels, axis_name=axis_name, where=where,
+        precision=precision, **hyper))
 
 
 def objective(base: str, *, tcm: dict[str, Any] | None = None,
               **base_hyper) -> Objective:
-  """The training objective `base + TCM`, as one function of a similarity.
+  """The training objective `base + TCM`, for any base loss.
 
   Args:
-    base: a registered loss name (`sorted(LOSSES)`).
+    base: a base loss's name (`names()`): a pair or ranking loss of
+      `LOSSES`, or a proxy loss of `PROXY_LOSSES`.
     tcm: TCM's hyperparameters (`{}` for the paper's defaults), or None for
       the base loss alone.
     **base_hyper: the base loss's hyperparameters (defaults: its paper's).
 
   Returns:
-    An `Objective`: `objective(similarity, labels)` and
-    `objective.sharded(embeddings, labels, axis_name=...)` return
+    An `Objective`: `objective(...)` on one device and
+    `objective.sharded(embeddings, labels, params, axis_name=...)` return
     `(loss, parts)`, parts holding `base`, `tcm` and TCM's diagnostics.
+
+  Raises:
+    ValueError: an unknown loss or hyperparameter.
 
   Examples:
     >>> import jax.numpy as jnp
@@ -188,118 +379,46 @@ def objective(base: str, *, tcm: dict[str, Any] | None = None,
     >>> total, parts = fn(s, jnp.array([0, 0, 1]))
     >>> bool(jnp.isclose(total, parts['base'] + parts['tcm']))
     True
+    >>> import jax
+    >>> fn = registry.objective('arcface', scale=16.0, tcm={})
+    >>> z = jax.random.normal(jax.random.key(0), (8, 4))
+    >>> params = fn.init_params(jax.random.key(1), 3, 4)
+    >>> total, parts = fn(z, jnp.array([0, 0, 1, 1, 2, 2, 0, 1]), params)
+    >>> fn.uses_proxies, sorted(parts)[:2]
+    (True, ['base', 'hard_neg_fraction'])
   """
   loss = get(base)
   loss.split(base_hyper)  # unknown names fail here, not at trace time
   if tcm is not None:
-    LOSSES['tcm'].split(tcm)
+    TCM.split(tcm)
   return Objective(loss, _frozen(base_hyper),
                    None if tcm is None else _frozen(tcm))
 
 
-# Losses over embeddings and a [classes, dim] proxy matrix the caller owns.
-PROXY_LOSSES: dict[str, Callable[..., jax.Array]] = {
-    'normalized_softmax': _proxy.normalized_softmax_loss,
-    'cosface': _proxy.cosface_loss,
-    'arcface': _proxy.arcface_loss,
-    'proxy_anchor': _proxy.proxy_anchor_loss,
-}
-
-
-@dataclasses.dataclass(frozen=True)
-class ProxyObjective:
-  """A proxy loss plus TCM over the batch; see `proxy_objective`."""
-  name: str
-  frozen_base_hyper: tuple[tuple[str, Any], ...]
-  frozen_tcm_hyper: tuple[tuple[str, Any], ...] | None
-
-  def _with_tcm(self, base, tcm_statistics_fn):
-    """`(loss, parts)`: `base` plus TCM from `tcm_statistics_fn(**hyper)`."""
-    parts = {'base': base}
-    total = base
-    if self.frozen_tcm_hyper is not None:
-      stats_hyper, reduce_hyper = LOSSES['tcm'].split(
-          dict(self.frozen_tcm_hyper))
-      stats = tcm_statistics_fn(**stats_hyper)
-      parts['tcm'] = tcm_lib.tcm_loss_from_statistics(stats, **reduce_hyper)
-      parts.update(tcm_lib.tcm_diagnostics(stats))
-      total = total + parts['tcm']
-    return total, parts
-
-  def __call__(self, embeddings, labels, proxies, *, where=None):
-    """`(loss, parts)` of a batch of embeddings with the class proxies."""
-    base = PROXY_LOSSES[self.name](embeddings, labels, proxies, where=where,
-                                   **dict(self.frozen_base_hyper))
-    zeroed = _pairs.zero_padded_rows('where', embeddings, where)
-    return self._with_tcm(base, lambda **hyper: tcm_lib.tcm_statistics(
-        _similarity.cosine_similarity(zeroed), labels, where=where, **hyper))
-
-  def sharded(self, embeddings, labels, proxies, *, axis_name, where=None):
-    """`(loss, parts)` of the global batch, from inside `jax.shard_map`.
-
-    Proxy-anchor adds its per-proxy sums over devices before the logarithms;
-    the other proxy losses are means over samples, combined as a mean
-    weighted by each device's unpadded rows; TCM couples the whole batch
-    (`sharded_tcm_statistics`). Values and gradients (under `check_vma`)
-    equal one device holding the global batch.
-    """
-    hyper = dict(self.frozen_base_hyper)
-    if self.name == 'proxy_anchor':
-      base = _proxy.sharded_proxy_anchor_loss(
-          embeddings, labels, proxies, axis_name=axis_name, where=where,
-          **hyper)
-    else:
-      local = PROXY_LOSSES[self.name](embeddings, labels, proxies,
-                                      where=where, **hyper)
-      count = (jnp.float32(embeddings.shape[0]) if where is None
-               else jnp.sum(where, dtype=jnp.float32))
-      base = (jax.lax.psum(local * count, axis_name)
-              / jnp.maximum(jax.lax.psum(count, axis_name), 1.0))
-    return self._with_tcm(base, lambda **hyper: tcm_lib.sharded_tcm_statistics(
-        embeddings, labels, axis_name=axis_name, where=where, **hyper))
-
-
 def proxy_objective(base: str, *, tcm: dict[str, Any] | None = None,
-                    **base_hyper) -> ProxyObjective:
-  """A proxy/classification loss plus TCM, as one function.
-
-  Args:
-    base: one of `sorted(PROXY_LOSSES)`.
-    tcm: TCM's hyperparameters (`{}` for the defaults), or None.
-    **base_hyper: the proxy loss's hyperparameters.
-
-  Returns:
-    `fn(embeddings, labels, proxies, where=None) -> (loss, parts)`, and
-    its cross-device form `fn.sharded(embeddings, labels, proxies,
-    axis_name=..., where=None)` for use inside `jax.shard_map`.
+                    **base_hyper) -> Objective:
+  """Deprecated: `objective(base, ...)` takes the proxy losses too.
 
   Examples:
-    >>> import jax
+    >>> import warnings
     >>> from tcm_jax.losses import registry
-    >>> fn = registry.proxy_objective('arcface', scale=16.0, tcm={})
-    >>> z = jax.random.normal(jax.random.key(0), (8, 4))
-    >>> w = jax.random.normal(jax.random.key(1), (3, 4))
-    >>> total, parts = fn(z, jax.numpy.array([0, 0, 1, 1, 2, 2, 0, 1]), w)
-    >>> sorted(parts)[:2]
-    ['base', 'hard_neg_fraction']
+    >>> with warnings.catch_warnings():
+    ...   warnings.simplefilter('ignore', DeprecationWarning)
+    ...   registry.proxy_objective('arcface').uses_proxies
+    True
   """
+  warnings.warn(
+      'tcm_jax.losses.proxy_objective is deprecated and will be removed in '
+      'the next release: use tcm_jax.losses.objective, which takes the proxy '
+      'losses too.', DeprecationWarning, stacklevel=2)
   if base not in PROXY_LOSSES:
     raise ValueError(
         f'unknown proxy loss {base!r}; registered: {sorted(PROXY_LOSSES)}.')
-  takes = [p.name for p in inspect.signature(PROXY_LOSSES[base]).parameters
-           .values() if p.kind == p.KEYWORD_ONLY and p.name != 'where']
-  unknown = set(base_hyper) - set(takes)
-  if unknown:
-    raise ValueError(f'unknown hyperparameters {sorted(unknown)} for loss '
-                     f'{base!r}; it takes {sorted(takes)}.')
-  if tcm is not None:
-    LOSSES['tcm'].split(tcm)
-  return ProxyObjective(base, _frozen(base_hyper),
-                        None if tcm is None else _frozen(tcm))
+  return objective(base, tcm=tcm, **base_hyper)
 
 
-def with_tcm_margins(objective_: Objective | ProxyObjective, margin_pos,
-                     margin_neg) -> Objective | ProxyObjective:
+def with_tcm_margins(objective_: Objective, margin_pos,
+                     margin_neg) -> Objective:
   """The same objective with TCM's margins replaced.
 
   The margins may be traced values: a train step that takes them as

@@ -8,16 +8,15 @@ from flax import nnx
 import jax
 import jax.numpy as jnp
 
+from tcm_jax import _checks
+
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
 
 
 def as_dtype(dtype: Any, *, name: str = 'dtype') -> jnp.dtype:
   """A floating compute dtype from a name ('bfloat16') or a dtype."""
   if isinstance(dtype, str):
-    if dtype not in DTYPES:
-      raise ValueError(
-          f'{name} must be one of {sorted(DTYPES)}, got {dtype!r}.')
-    return jnp.dtype(DTYPES[dtype])
+    return jnp.dtype(DTYPES[_checks.check_choice(name, dtype, sorted(DTYPES))])
   dtype = jnp.dtype(dtype)
   if not jnp.issubdtype(dtype, jnp.floating):
     raise ValueError(f'{name} must be a floating dtype, got {dtype}.')

@@ -8,7 +8,7 @@ from flax import nnx
 import jax
 import jax.numpy as jnp
 
-from tcm_jax.losses import l2_normalize
+from tcm_jax.similarity import l2_normalize
 
 
 class GeM(nnx.Module):

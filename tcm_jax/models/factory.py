@@ -8,6 +8,7 @@ from typing import Any
 from flax import nnx
 import ml_collections
 
+from tcm_jax import _checks
 from tcm_jax.models._layers import as_dtype
 from tcm_jax.models.encoder import EmbeddingHead
 from tcm_jax.models.encoder import Encoder
@@ -30,28 +31,22 @@ _BOOLS = ('small_images', 'frozen_batch_norm')
 
 def _check(name: str, options: Mapping[str, Any]) -> None:
   """Types and ranges of the options, before they reach a layer's constructor."""
-  def bad(key, expected):
-    value = options[key]
-    raise ValueError(f'{name} option {key} must be {expected}, got {value!r} '
-                     f'({type(value).__name__}).')
-
+  option = lambda key: f'{name} option {key}'
   for key in _POSITIVE_INTS:
-    value = options.get(key)
-    if key in options and (isinstance(value, bool) or not isinstance(value, int)
-                           or value < 1):
-      bad(key, 'a positive int')
-  for key in _BOOLS:
-    if key in options and not isinstance(options[key], bool):
-      bad(key, 'True or False')
-  for key, low in (('width', 0.0), ('gem_p', 1.0)):
     if key in options:
-      value = options[key]
-      ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-      if not ok or not (value > low if key == 'width' else value >= low):
-        bad(key, 'a number > 0' if key == 'width' else 'a number >= 1')
-  axis = options.get('batch_norm_axis_name')
-  if axis is not None and not isinstance(axis, str):
-    bad('batch_norm_axis_name', 'a mesh axis name (str) or None')
+      _checks.check_int(option(key), options[key], 1,
+                        expected='a positive int')
+  for key in _BOOLS:
+    if key in options:
+      _checks.check_type(option(key), options[key], bool, 'True or False')
+  if 'width' in options:
+    _checks.check_number(option('width'), options['width'], above=0)
+  if 'gem_p' in options:
+    _checks.check_number(option('gem_p'), options['gem_p'], at_least=1)
+  if 'batch_norm_axis_name' in options:
+    _checks.check_type(option('batch_norm_axis_name'),
+                       options['batch_norm_axis_name'], (str, type(None)),
+                       'a mesh axis name (str) or None')
 
 
 def _options(name: str) -> dict[str, Any]:

@@ -1,5 +1,7 @@
 """Losses by name, and base + TCM as one objective with its parts."""
 
+import warnings
+
 import jax
 import numpy as np
 import pytest
@@ -8,10 +10,10 @@ from jax.sharding import PartitionSpec as P
 
 import tcm_jax
 from tcm_jax import losses
+from tcm_jax.losses import advanced
 from tcm_jax.losses import registry
 
 DIRECT = {
-    'tcm': tcm_jax.tcm_loss,
     'contrastive': losses.contrastive_loss,
     'triplet': losses.triplet_loss,
     'multi_similarity': losses.multi_similarity_loss,
@@ -28,12 +30,20 @@ def _batch(seed=0, n=24):
 
 def test_every_registered_loss_is_its_function():
   assert set(registry.LOSSES) == set(DIRECT)
+  assert registry.names() == sorted(set(DIRECT) | set(registry.PROXY_LOSSES))
   z, labels = _batch()
   s = tcm_jax.cosine_similarity(z)
   for name, fn in DIRECT.items():
     total, parts = registry.objective(name)(s, labels)
     np.testing.assert_allclose(total, fn(s, labels), rtol=1e-6, err_msg=name)
     assert set(parts) == {'base'}
+  # TCM is what the objective adds to a base loss, not one itself.
+  total, _ = registry.objective('contrastive', tcm={})(s, labels)
+  np.testing.assert_allclose(
+      total, losses.contrastive_loss(s, labels) + tcm_jax.tcm_loss(s, labels),
+      rtol=1e-6)
+  with pytest.raises(ValueError, match=r"'tcm' is not a base loss"):
+    registry.objective('tcm')
 
 
 def test_base_plus_tcm_with_hyperparameters():
@@ -47,9 +57,10 @@ def test_base_plus_tcm_with_hyperparameters():
   np.testing.assert_allclose(parts['base'], base, rtol=1e-6)
   np.testing.assert_allclose(parts['tcm'], tcm, rtol=1e-6)
   np.testing.assert_allclose(total, base + tcm, rtol=1e-6)
-  stats = losses.tcm_statistics(s, labels, margin_pos=0.8)
-  np.testing.assert_allclose(parts['hard_pos_fraction'],
-                             losses.tcm_diagnostics(stats)['hard_pos_fraction'])
+  stats = advanced.tcm_statistics(s, labels, margin_pos=0.8)
+  np.testing.assert_allclose(
+      parts['hard_pos_fraction'],
+      advanced.tcm_diagnostics(stats)['hard_pos_fraction'])
 
 
 def test_sharded_objective_equals_one_device():
@@ -86,21 +97,44 @@ def test_bad_names(call, match):
 def test_proxy_objective_is_base_plus_tcm():
   z, labels = _batch(3)
   w = np.random.default_rng(4).normal(size=(6, 8)).astype(np.float32)
-  fn = registry.proxy_objective('cosface', scale=8.0, tcm=dict(margin_neg=0.3))
-  total, parts = jax.jit(fn)(z, labels, w)
+  fn = registry.objective('cosface', scale=8.0, tcm=dict(margin_neg=0.3))
+  assert fn.uses_proxies and not registry.objective('contrastive').uses_proxies
+  total, parts = jax.jit(fn)(z, labels, {'proxies': w})
   base = losses.cosface_loss(z, labels, w, scale=8.0)
   tcm = tcm_jax.tcm_loss_from_embeddings(z, labels, margin_neg=0.3)
   np.testing.assert_allclose(parts['base'], base, rtol=1e-6)
   np.testing.assert_allclose(parts['tcm'], tcm, rtol=1e-6)
   np.testing.assert_allclose(total, base + tcm, rtol=1e-6)
-  alone, parts = registry.proxy_objective('proxy_anchor')(z, labels, w)
+  alone, parts = registry.objective('proxy_anchor')(z, labels, w)
   np.testing.assert_allclose(alone, losses.proxy_anchor_loss(z, labels, w),
                              rtol=1e-6)
   assert set(parts) == {'base'}
-  with pytest.raises(ValueError, match=r"unknown proxy loss 'softmax'"):
-    registry.proxy_objective('softmax')
+  with pytest.raises(ValueError, match=r"unknown loss 'softmax'"):
+    registry.objective('softmax')
   with pytest.raises(ValueError, match=r"unknown hyperparameters \['s'\]"):
-    registry.proxy_objective('arcface', s=30.0)
+    registry.objective('arcface', s=30.0)
+
+
+def test_init_params_are_the_proxies_of_a_proxy_loss_only():
+  rng = jax.random.key(0)
+  for name in registry.names():
+    params = registry.objective(name).init_params(rng, 6, 8)
+    if name in registry.PROXY_LOSSES:
+      assert list(params) == ['proxies'] and params['proxies'].shape == (6, 8)
+      np.testing.assert_array_equal(
+          params['proxies'], jax.random.normal(rng, (6, 8), np.float32))
+    else:
+      assert params == {}
+
+
+def test_proxy_objective_is_a_deprecated_alias():
+  with pytest.warns(DeprecationWarning, match='use tcm_jax.losses.objective'):
+    fn = registry.proxy_objective('arcface', tcm={})
+  assert fn == registry.objective('arcface', tcm={})
+  with warnings.catch_warnings():
+    warnings.simplefilter('ignore', DeprecationWarning)
+    with pytest.raises(ValueError, match=r"unknown proxy loss 'smooth_ap'"):
+      registry.proxy_objective('smooth_ap')
 
 
 @pytest.mark.parametrize('name', sorted(registry.PROXY_LOSSES))
@@ -111,9 +145,10 @@ def test_sharded_proxy_objective_equals_one_device(name):
   w = np.random.default_rng(6).normal(size=(6, 8)).astype(np.float32)
   where = np.ones(48, bool)
   where[[5, 6, 7, 30]] = False  # unequal valid rows per device
-  fn = registry.proxy_objective(name, tcm={})
+  fn = registry.objective(name, tcm={})
   sharded = jax.jit(jax.shard_map(
-      lambda z, y, w, m: fn.sharded(z, y, w, axis_name='data', where=m),
+      lambda z, y, w, m: fn.sharded(z, y, {'proxies': w}, axis_name='data',
+                                    where=m),
       mesh=mesh, in_specs=(P('data'), P('data'), P(), P('data')),
       out_specs=P()))
   (total, parts), grads = jax.value_and_grad(

@@ -14,6 +14,7 @@ from jax.test_util import check_grads
 
 import tcm_jax
 from tcm_jax import losses
+from tcm_jax.losses import advanced
 from tests.losses import reference
 
 # jax.enable_x64 is new in JAX 0.8; older versions in setup.cfg's range have
@@ -60,8 +61,8 @@ def test_golden_vector_through_jit():
   similarity = tcm_jax.cosine_similarity(GOLDEN_EMBEDDINGS)
   loss = jax.jit(tcm_jax.tcm_loss)(similarity, GOLDEN_LABELS)
   assert abs(float(loss) - 0.517876) < 1e-6
-  parts = losses.tcm_diagnostics(
-      losses.tcm_statistics(similarity, GOLDEN_LABELS))
+  parts = advanced.tcm_diagnostics(
+      advanced.tcm_statistics(similarity, GOLDEN_LABELS))
   # The spec prints the parts to 6 digits; the negative part is 0.3249831
   # in float64 (the spec's 0.324982 is truncated), hence 2e-6.
   assert abs(float(parts['tcm_pos']) - 0.192893) < 2e-6
@@ -156,7 +157,7 @@ def test_single_kind_batches_have_finite_zero_gradients(layout):
   z = _embeddings(6, len(labels))
   loss, grad = jax.jit(jax.value_and_grad(tcm_jax.tcm_loss_from_embeddings))(
       z, labels)
-  stats = losses.tcm_statistics(tcm_jax.cosine_similarity(z), labels)
+  stats = advanced.tcm_statistics(tcm_jax.cosine_similarity(z), labels)
   if layout == 'one_class':
     assert int(stats.neg_count) == 0 and int(stats.pos_count) == 12 * 11
   else:
@@ -227,7 +228,7 @@ def test_class_ids_beyond_float32_precision_stay_distinct():
       lambda s: tcm_jax.tcm_loss(s, labels))(similarity)
   np.testing.assert_allclose(loss, expected, rtol=1e-5)
   np.testing.assert_allclose(grad, expected_grad, rtol=1e-5, atol=1e-7)
-  stats = losses.tcm_statistics(similarity, labels)
+  stats = advanced.tcm_statistics(similarity, labels)
   assert int(stats.pos_count) == 2 + 2 + 2 + 0  # (big), (big-1), (-5) pairs
 
 
@@ -245,7 +246,7 @@ def test_self_pairs_may_hold_anything(fill):
 def test_counts_are_floats_that_add_across_devices_without_wrapping():
   # A global batch of 46,342 rows has more than 2**31 pairs: int32 counts
   # summed over devices would wrap to negative numbers.
-  stats = losses.tcm_statistics(tcm_jax.cosine_similarity(_embeddings(22, 6)),
+  stats = advanced.tcm_statistics(tcm_jax.cosine_similarity(_embeddings(22, 6)),
                                 np.array([0, 0, 1, 1, 2, 2]))
   for count in (stats.hard_pos_count, stats.hard_neg_count, stats.pos_count,
                 stats.neg_count):
@@ -253,7 +254,7 @@ def test_counts_are_floats_that_add_across_devices_without_wrapping():
   huge = stats._replace(hard_neg_sum=jnp.float32(0.2 * 2**32),
                         hard_neg_count=jnp.float32(2**32))
   np.testing.assert_allclose(
-      losses.tcm_loss_from_statistics(huge, lambda_pos=0.0), 0.2, rtol=1e-6)
+      advanced.tcm_loss_from_statistics(huge, lambda_pos=0.0), 0.2, rtol=1e-6)
 
 
 def test_query_and_reference_labels_of_different_dtypes():
@@ -305,11 +306,11 @@ def test_query_offset_excludes_self_pairs_of_a_row_block():
   labels = LABEL_LAYOUTS['p_by_k']
   similarity = tcm_jax.cosine_similarity(_embeddings(13, 12))
   blocks = [
-      losses.tcm_statistics(similarity[i:i + 4], labels[i:i + 4], labels,
+      advanced.tcm_statistics(similarity[i:i + 4], labels[i:i + 4], labels,
                             exclude_self=True, query_offset=i)
       for i in (0, 4, 8)]
   summed = jax.tree.map(lambda *xs: sum(xs), *blocks)
-  full = losses.tcm_statistics(similarity, labels)
+  full = advanced.tcm_statistics(similarity, labels)
   for got, want in zip(summed, full):
     np.testing.assert_allclose(got, want, rtol=1e-6)
 
@@ -319,12 +320,12 @@ def test_diagnostics_are_hard_pair_fractions():
   similarity = reference.cosine(_embeddings(14, 12))
   hard_pos, hard_neg, num_pos, num_neg = reference.hard_pairs(
       similarity, labels)
-  stats = jax.jit(losses.tcm_statistics)(similarity.astype(np.float32),
+  stats = jax.jit(advanced.tcm_statistics)(similarity.astype(np.float32),
                                          labels)
   assert (int(stats.hard_pos_count), int(stats.hard_neg_count)) == (
       len(hard_pos), len(hard_neg))
   assert (int(stats.pos_count), int(stats.neg_count)) == (num_pos, num_neg)
-  diagnostics = losses.tcm_diagnostics(stats)
+  diagnostics = advanced.tcm_diagnostics(stats)
   np.testing.assert_allclose(diagnostics['hard_pos_fraction'],
                              len(hard_pos) / num_pos, rtol=1e-6)
   np.testing.assert_allclose(diagnostics['hard_neg_fraction'],

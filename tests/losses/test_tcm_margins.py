@@ -12,6 +12,7 @@ import pytest
 
 import tcm_jax
 from tcm_jax import losses
+from tcm_jax.losses import advanced
 
 # jax.enable_x64 is new in JAX 0.8; older versions in setup.cfg's range have
 # only the experimental one.
@@ -19,7 +20,7 @@ enable_x64 = (jax.enable_x64 if hasattr(jax, 'enable_x64')
               else jax.experimental.enable_x64)
 
 # One compilation per shape, where the eager function compiles op by op.
-tcm_statistics = jax.jit(losses.tcm_statistics,
+tcm_statistics = jax.jit(advanced.tcm_statistics,
                          static_argnames=('exclude_self',))
 
 # The margins equal np.quantile of the float64 pair similarities exactly: the
@@ -226,7 +227,7 @@ def test_ties_all_similarities_equal_make_every_pair_hard():
   margins = losses.margins_from_similarity(similarity, labels)
   # Exactly the common value, not a rounding of it off to either side.
   assert margins == (float(np.float32(0.3)), float(np.float32(0.3)))
-  d = losses.tcm_diagnostics(tcm_statistics(
+  d = advanced.tcm_diagnostics(tcm_statistics(
       similarity, labels, margin_pos=margins.margin_pos,
       margin_neg=margins.margin_neg))
   assert float(d['hard_pos_fraction']) == 1.0
@@ -244,7 +245,7 @@ def test_margins_are_clipped_to_minus_one_one():
   margins = losses.margins_from_similarity(similarity, labels)
   assert margins == (1.0, -1.0)
   # Margins TCM accepts (checked eagerly, not under jit).
-  losses.tcm_statistics(similarity, labels, margin_pos=margins.margin_pos,
+  advanced.tcm_statistics(similarity, labels, margin_pos=margins.margin_pos,
                         margin_neg=margins.margin_neg)
   # Within [-1, 1] the quantiles are left as they are.
   similarity[same] = 0.999
@@ -294,7 +295,7 @@ def test_applied_margins_give_the_target_hard_fractions_in_tcm():
     stats = tcm_statistics(
         similarity, labels, ref_labels, margin_pos=margins.margin_pos,
         margin_neg=margins.margin_neg)
-    d = losses.tcm_diagnostics(stats)
+    d = advanced.tcm_diagnostics(stats)
     num_pos, num_neg = float(stats.pos_count), float(stats.neg_count)
     assert abs(float(d['hard_pos_fraction']) - hard_pos) < 1 / num_pos
     assert abs(float(d['hard_neg_fraction']) - hard_neg) < 1 / num_neg

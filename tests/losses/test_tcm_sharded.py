@@ -10,6 +10,7 @@ from jax.sharding import PartitionSpec as P
 
 import tcm_jax
 from tcm_jax import losses
+from tcm_jax.losses import advanced
 
 NUM_DEVICES = 8
 PER_DEVICE = 6
@@ -59,10 +60,10 @@ def test_loss_and_embedding_gradients_equal_one_device(mesh, hp):
 def test_statistics_equal_one_device(mesh):
   z, labels = _global_batch(1)
   sharded = _sharded(
-      mesh, functools.partial(losses.sharded_tcm_statistics, axis_name='data'),
+      mesh, functools.partial(advanced.sharded_tcm_statistics, axis_name='data'),
       num_args=2)
   got = sharded(z, labels)
-  want = losses.tcm_statistics(tcm_jax.cosine_similarity(z), labels)
+  want = advanced.tcm_statistics(tcm_jax.cosine_similarity(z), labels)
   assert got.pos_count == want.pos_count == 48 * 3
   for name in ('hard_pos_count', 'hard_neg_count', 'neg_count'):
     assert int(getattr(got, name)) == int(getattr(want, name))
@@ -111,11 +112,11 @@ def test_diagnostics_of_sharded_statistics(mesh):
   z, labels = _global_batch(5)
   sharded = _sharded(
       mesh,
-      lambda z, y: losses.tcm_diagnostics(
-          losses.sharded_tcm_statistics(z, y, axis_name='data')),
+      lambda z, y: advanced.tcm_diagnostics(
+          advanced.sharded_tcm_statistics(z, y, axis_name='data')),
       num_args=2)
   got = sharded(z, labels)
-  want = losses.tcm_diagnostics(
-      losses.tcm_statistics(tcm_jax.cosine_similarity(z), labels))
+  want = advanced.tcm_diagnostics(
+      advanced.tcm_statistics(tcm_jax.cosine_similarity(z), labels))
   for key in want:
     np.testing.assert_allclose(got[key], want[key], rtol=1e-5)

@@ -217,8 +217,8 @@ def test_class_bootstrap_is_reproducible(small_set, intervals):
 
 def test_class_bootstrap_evaluates_resamples_in_chunks(monkeypatch, small_set,
                                                        intervals):
-  from tcm_jax.metrics import bootstrap
-  monkeypatch.setattr(bootstrap, '_CHUNK_ELEMENTS', 1000)  # a few rows each
+  from tcm_jax.metrics import _bootstrap
+  monkeypatch.setattr(_bootstrap, '_CHUNK_ELEMENTS', 1000)  # a few rows each
   chunked = metrics.class_bootstrap(small_set[2], num_resamples=RESAMPLES,
                                     seed=5)
   for name in intervals:

@@ -8,7 +8,7 @@ import pytest
 
 import tcm_jax
 from tcm_jax import metrics
-from tcm_jax.metrics import pair_counts
+from tcm_jax.metrics import advanced
 from tests.metrics import reference
 from tests.metrics.conftest import clustered_set
 from tests.metrics.conftest import cosine
@@ -147,7 +147,7 @@ def test_progress_is_reported_per_block():
 ])
 def test_default_block_follows_the_backend(monkeypatch, backend, refs, rows):
   monkeypatch.setattr(jax, 'default_backend', lambda: backend)
-  source = pair_counts.source_from_embeddings(
+  source = advanced.source_from_embeddings(
       np.ones((4_000, 2), np.float32), np.arange(4_000) % 7,
       np.ones((refs, 2), np.float32), np.arange(refs) % 7)
   assert source.rows_per_block == rows

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import tcm_jax
-from tcm_jax import losses
+from tcm_jax import similarity
 from tests.losses import reference
 
 
@@ -44,13 +44,13 @@ def test_zero_vectors_have_zero_similarity_and_finite_gradients():
   np.testing.assert_array_equal(s[0], [0.0, 0.0])
   grad = jax.grad(lambda x: jnp.sum(tcm_jax.cosine_similarity(x)))(x)
   assert np.all(np.isfinite(grad))
-  np.testing.assert_array_equal(losses.l2_normalize(x)[0], [0.0, 0.0])
+  np.testing.assert_array_equal(similarity.l2_normalize(x)[0], [0.0, 0.0])
 
 
 def test_normalized_rows_have_unit_norm():
   x = np.random.default_rng(2).normal(size=(4, 9)) * 100
   np.testing.assert_allclose(
-      np.linalg.norm(losses.l2_normalize(x), axis=1), 1.0, rtol=1e-6)
+      np.linalg.norm(similarity.l2_normalize(x), axis=1), 1.0, rtol=1e-6)
 
 
 @pytest.mark.parametrize('x, y, error, match', [

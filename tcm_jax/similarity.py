@@ -1,9 +1,16 @@
-"""Cosine similarity in float32, whatever the embeddings' dtype."""
+"""Cosine similarity and L2 normalisation, in float32 whatever the dtype.
+
+The losses, the metrics and the encoders' embedding head share these two
+functions; `tcm_jax.cosine_similarity` is the same function as
+`tcm_jax.similarity.cosine_similarity`.
+"""
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+
+from tcm_jax import _array_checks
 
 
 def l2_normalize(x: jax.typing.ArrayLike, *, eps: float = 1e-12) -> jax.Array:
@@ -21,7 +28,7 @@ def l2_normalize(x: jax.typing.ArrayLike, *, eps: float = 1e-12) -> jax.Array:
 
   Examples:
     >>> import jax.numpy as jnp
-    >>> from tcm_jax.losses import l2_normalize
+    >>> from tcm_jax.similarity import l2_normalize
     >>> print(l2_normalize(jnp.array([[3.0, 4.0], [0.0, 0.0]])))
     [[0.6 0.8]
      [0.  0. ]]
@@ -60,26 +67,23 @@ def cosine_similarity(
 
   Examples:
     >>> import jax.numpy as jnp
-    >>> from tcm_jax.losses import cosine_similarity
+    >>> import tcm_jax
     >>> z = jnp.array([[1.0, 0.0], [1.0, 1.0]], dtype=jnp.bfloat16)
-    >>> s = cosine_similarity(z)
+    >>> s = tcm_jax.cosine_similarity(z)
     >>> s.dtype
     dtype('float32')
     >>> print(s.round(4))
     [[1.     0.7071]
      [0.7071 1.    ]]
   """
-  x = jnp.asarray(x)
-  if x.ndim != 2:
-    raise ValueError(f'x must be 2-D [n, dim] embeddings, got shape {x.shape}.')
+  x = _array_checks.check_embeddings('x', x, expected='2-D [n, dim] embeddings')
   xn = l2_normalize(x, eps=eps)
   if y is None:
     yn = xn
   else:
-    y = jnp.asarray(y)
-    if y.ndim != 2 or y.shape[1] != x.shape[1]:
-      raise ValueError(
-          f'y must be 2-D [m, {x.shape[1]}] embeddings to match x of shape '
-          f'{x.shape}, got shape {y.shape}.')
+    y = _array_checks.check_embeddings(
+        'y', y, dim=x.shape[1],
+        expected=f'2-D [m, {x.shape[1]}] embeddings to match x of shape '
+        f'{x.shape}')
     yn = l2_normalize(y, eps=eps)
   return jnp.matmul(xn, yn.T, precision=precision)

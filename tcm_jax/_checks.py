@@ -1,0 +1,366 @@
+"""Argument checks shared by every part of tcm_jax, with one message form.
+
+A failed check says what the argument is called, what it must be and what it
+was: `'{name} must be {expected}, got {received}.'`. Each check returns the
+value in the form its caller goes on with (a Python int, a float, a float
+pair), so that a public function validates and converts in one line.
+
+This module checks scalars, integers, choices, types and pairs of numbers;
+`tcm_jax._array_checks` checks arrays (similarities, embeddings, labels,
+masks) with the same message form.
+
+Checks of Python scalars run at trace time: inside `jax.jit` they cost
+nothing and fail before any computation. Scalars that are only known at run
+time (traced values) are let through by the checks that can be traced and
+refused by those that need a concrete number.
+
+This module imports only jax and numpy, so that the losses and metrics that
+use it stay light.
+
+Examples:
+  >>> from tcm_jax import _checks
+  >>> _checks.check_int('seed', 3, 0)
+  3
+  >>> _checks.check_int('seed', -1, 0)
+  Traceback (most recent call last):
+  ...
+  ValueError: seed must be an integer >= 0, got -1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+import math
+import operator
+from typing import Any, TypeVar
+
+import jax
+import numpy as np
+
+_T = TypeVar('_T')
+
+# Scalars.
+
+
+def concrete_float(name: str, value: Any) -> float | None:
+  """`value` as a Python float, or None when it is only known at run time.
+
+  Examples:
+    >>> from tcm_jax import _checks
+    >>> _checks.concrete_float('margin', 1)
+    1.0
+    >>> _checks.concrete_float('margin', '0.5')
+    Traceback (most recent call last):
+    ...
+    TypeError: margin must be a number, got str '0.5'.
+  """
+  if isinstance(value, (str, bytes)):
+    raise TypeError(f'{name} must be a number, got {type(value).__name__} '
+                    f'{value!r}.')
+  try:
+    return float(value)
+  except jax.errors.ConcretizationTypeError:
+    return None
+  except TypeError as e:
+    raise TypeError(
+        f'{name} must be a scalar, got {type(value).__name__} '
+        f'{np.shape(value)}.') from e
+
+
+def check_in_range(name: str, value: Any, low: float, high: float) -> None:
+  """A finite number in `[low, high]`; traced values are let through.
+
+  Examples:
+    >>> from tcm_jax import _checks
+    >>> _checks.check_in_range('margin_pos', 1.5, -1.0, 1.0)
+    Traceback (most recent call last):
+    ...
+    ValueError: margin_pos must be a finite number in [-1.0, 1.0], got 1.5.
+  """
+  x = concrete_float(name, value)
+  if x is None:
+    return
+  if not math.isfinite(x) or not low <= x <= high:
+    raise ValueError(
+        f'{name} must be a finite number in [{low}, {high}], got {value!r}.')
+
+
+def check_positive(name: str, value: Any) -> float | None:
+  """A finite number above 0 (None when traced, which is let through).
+
+  Examples:
+    >>> from tcm_jax import _checks
+    >>> _checks.check_positive('temperature', 0.01)
+    0.01
+    >>> _checks.check_positive('beta', float('inf'))
+    Traceback (most recent call last):
+    ...
+    ValueError: beta must be a finite positive number, got inf.
+  """
+  x = concrete_float(name, value)
+  if x is not None and not (math.isfinite(x) and x > 0.0):
+    raise ValueError(f'{name} must be a finite positive number, got {value!r}.')
+  return x
+
+
+def check_fraction(name: str, value: Any, *,
+                   expected: str = 'in (0, 1)') -> float:
+  """A concrete number strictly between 0 and 1.
+
+  Args:
+    name: the argument's name.
+    value: the argument.
+    expected: how the message describes the interval.
+
+  Returns:
+    `value` as a Python float.
+
+  Examples:
+    >>> from tcm_jax import _checks
+    >>> _checks.check_fraction('epsilon', 0.1)
+    0.1
+    >>> _checks.check_fraction('epsilon', 1.0)
+    Traceback (most recent call last):
+    ...
+    ValueError: epsilon must be in (0, 1), got 1.0.
+  """
+  x = concrete_float(name, value)
+  if x is None:
+    raise TypeError(f'{name} must be a concrete number, got a traced value.')
+  if not 0.0 < x < 1.0:  # False for nan
+    raise ValueError(f'{name} must be {expected}, got {value!r}.')
+  return x
+
+
+def check_far(name: str, value: Any) -> float:
+  """A false-accept rate: a number in `(0, 1]`.
+
+  Examples:
+    >>> from tcm_jax import _checks
+    >>> _checks.check_far('target_far', 0.0)
+    Traceback (most recent call last):
+    ...
+    ValueError: target_far must be a false-accept rate in (0, 1], got 0.0.
+  """
+  far = float(value)
+  if not 0.0 < far <= 1.0:
+    raise ValueError(
+        f'{name} must be a false-accept rate in (0, 1], got {far}.')
+  return far
+
+
+def check_number(name: str, value: Any, *, above: float | None = None,
+                 at_least: float | None = None) -> float:
+  """A Python or NumPy real number (not a bool) above or at a bound.
+
+  Examples:
+    >>> from tcm_jax import _checks
+    >>> _checks.check_number('width', 0, above=0)
+    Traceback (most recent call last):
+    ...
+    ValueError: width must be a number > 0, got 0.
+  """
+  if above is not None:
+    expected, ok = f'a number > {above}', lambda x: x > above
+  elif at_least is not None:
+    expected, ok = f'a number >= {at_least}', lambda x: x >= at_least
+  else:
+    expected, ok = 'a number', lambda x: True
+  real = (isinstance(value, (int, float, np.integer, np.floating))
+          and not isinstance(value, (bool, np.bool_)))
+  if not real or not ok(value):
+    raise ValueError(f'{name} must be {expected}, got {value!r}.')
+  return float(value)
+
+
+# Integers, choices and types.
+
+
+def _index(value: Any) -> int | None:
+  """`value` as a Python int if it is an integer (a bool is not), else None."""
+  if isinstance(value, (bool, np.bool_)):
+    return None
+  try:
+    return operator.index(value)
+  except TypeError:
+    return None
+
+
+def as_int(name: str, value: Any, expected: str) -> int:
+  """`value` as a Python int; `expected` describes it in the error.
+
+  Python and NumPy integers are integers; bools and floats (even `3.0`) are
+  not.
+
+  Examples:
+    >>> from tcm_jax import _checks
+    >>> _checks.as_int('size', 3.0, 'an integer')
+    Traceback (most recent call last):
+    ...
+    ValueError: size must be an integer, got 3.0.
+  """
+  index = _index(value)
+  if index is None:
+    raise ValueError(f'{name} must be {expected}, got {value!r}.')
+  return index
+
+
+def check_int(name: str, value: Any, minimum: int | None = None, *,
+              expected: str | None = None) -> int:
+  """`value` as a Python int, at least `minimum` when one is given.
+
+  Args:
+    name: the argument's name.
+    value: the argument.
+    minimum: the smallest value allowed.
+    expected: what the message says the value must be (default: 'an
+      integer' or 'an integer >= minimum').
+
+  Returns:
+    `value` as a Python int.
+
+  Examples:
+    >>> from tcm_jax import _checks
+    >>> _checks.check_int('num_thresholds', 1, 2)
+    Traceback (most recent call last):
+    ...
+    ValueError: num_thresholds must be an integer >= 2, got 1.
+  """
+  if expected is None:
+    expected = 'an integer' if minimum is None else f'an integer >= {minimum}'
+  value = as_int(name, value, expected)
+  if minimum is not None and value < minimum:
+    raise ValueError(f'{name} must be {expected}, got {value}.')
+  return value
+
+
+def check_optional_int(name: str, value: Any) -> int | None:
+  """None, or a positive integer as a Python int.
+
+  Examples:
+    >>> from tcm_jax import _checks
+    >>> _checks.check_optional_int('block_size', None) is None
+    True
+    >>> _checks.check_optional_int('block_size', 0)
+    Traceback (most recent call last):
+    ...
+    ValueError: block_size must be a positive integer or None, got 0.
+  """
+  if value is None:
+    return None
+  return check_int(name, value, 1, expected='a positive integer or None')
+
+
+def check_positive_ints(name: str, values: Any) -> tuple[int, ...]:
+  """A non-empty sequence of integers >= 1, as a tuple of Python ints.
+
+  Examples:
+    >>> from tcm_jax import _checks
+    >>> _checks.check_positive_ints('ks', [1, 4])
+    (1, 4)
+    >>> _checks.check_positive_ints('ks', (0, 2))
+    Traceback (most recent call last):
+    ...
+    ValueError: ks must be positive integers, got (0, 2).
+  """
+  try:
+    values = tuple(values)
+  except TypeError:
+    raise TypeError(
+        f'{name} must be a tuple of positive integers, got {values!r}.'
+    ) from None
+  indices = [_index(v) for v in values]
+  if not values or any(i is None or i < 1 for i in indices):
+    raise ValueError(f'{name} must be positive integers, got {values}.')
+  return tuple(indices)
+
+
+def check_choice(name: str, value: _T, allowed: Collection[Any]) -> _T:
+  """`value` if it is one of `allowed`; the message lists them.
+
+  Examples:
+    >>> from tcm_jax import _checks
+    >>> _checks.check_choice('optimizer.name', 'adamm', ('adam', 'sgd'))
+    Traceback (most recent call last):
+    ...
+    ValueError: optimizer.name must be one of ['adam', 'sgd'], got 'adamm'.
+  """
+  if value not in allowed:
+    raise ValueError(f'{name} must be one of {list(allowed)}, got {value!r}.')
+  return value
+
+
+def check_type(name: str, value: _T, types: type | tuple[type, ...],
+               expected: str) -> _T:
+  """`value` if it is an instance of `types`; `expected` describes them.
+
+  Examples:
+    >>> from tcm_jax import _checks
+    >>> _checks.check_type('small_images', 'False', bool, 'True or False')
+    Traceback (most recent call last):
+    ...
+    ValueError: small_images must be True or False, got 'False'.
+  """
+  if not isinstance(value, types):
+    raise ValueError(f'{name} must be {expected}, got {value!r}.')
+  return value
+
+
+# Pairs of numbers.
+
+
+def as_pair(name: str, value: Any) -> tuple[float, float]:
+  """`value` as a pair `(low, high)` of Python floats.
+
+  Examples:
+    >>> from tcm_jax import _checks
+    >>> _checks.as_pair('far_range', 0.1)
+    Traceback (most recent call last):
+    ...
+    ValueError: far_range must be a pair (low, high), got 0.1.
+  """
+  try:
+    low, high = (float(v) for v in value)
+  except (TypeError, ValueError) as e:
+    raise ValueError(
+        f'{name} must be a pair (low, high), got {value!r}.') from e
+  return low, high
+
+
+def check_range(name: str, value: Any, low: float,
+                high: float) -> tuple[float, float]:
+  """A pair `(lo, hi)` of finite numbers with `low <= lo < hi <= high`.
+
+  Examples:
+    >>> from tcm_jax import _checks
+    >>> _checks.check_range('far_range', (0.1, 0.1), 0.0, 1.0)
+    Traceback (most recent call last):
+    ...
+    ValueError: far_range must satisfy 0.0 <= low < high <= 1.0, got (0.1, 0.1): empty or reversed.
+  """
+  lo, hi = as_pair(name, value)
+  if not (math.isfinite(lo) and math.isfinite(hi) and low <= lo < hi <= high):
+    raise ValueError(
+        f'{name} must satisfy {low} <= low < high <= {high}, got ({lo}, {hi}): '
+        'empty or reversed.')
+  return lo, hi
+
+
+def check_positive_range(name: str, value: Any,
+                         upper: float = math.inf) -> tuple[float, float]:
+  """A pair `(low, high)` with `0 < low <= high <= upper`, `high` finite.
+
+  Examples:
+    >>> from tcm_jax import _checks
+    >>> _checks.check_positive_range('scale', (0.08, 1.0), upper=1.0)
+    (0.08, 1.0)
+    >>> _checks.check_positive_range('ratio', (0.0, 1.0))
+    Traceback (most recent call last):
+    ...
+    ValueError: ratio must satisfy 0 < low <= high <= inf, got (0.0, 1.0).
+  """
+  low, high = as_pair(name, value)
+  if not (0.0 < low <= high <= upper and math.isfinite(high)):
+    raise ValueError(
+        f'{name} must satisfy 0 < low <= high <= {upper}, got {value!r}.')
+  return low, high

@@ -1,0 +1,232 @@
+"""Calibration range and the one global threshold, as practitioners use them.
+
+The global false-accept rate at distance threshold `t` is the fraction of all
+negative pairs (ordered, different classes) with `d <= t`. Its inverse,
+`far_quantile(f)`, is the project's convention for "the threshold at which
+the global FAR equals f": the smallest `t` with `FAR(t) >= f`, i.e. the
+`ceil(f * n_neg)`-th smallest negative distance. It is read from a histogram
+of the negative distances with bins 2**-14 wide (the bin's midpoint), so it is
+within 3.1e-5 of the exact order statistic; the FAR actually reached at the
+threshold is then counted exactly and reported.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+
+from tcm_jax import _checks
+from tcm_jax.metrics import _pair_counts
+
+
+@dataclasses.dataclass(frozen=True)
+class CalibrationRange:
+  """The operating range of thresholds, in distance and in global FAR.
+
+  Attributes:
+    distance: `(t_lo, t_hi)` distance thresholds.
+    far: `(far_lo, far_hi)` that defined them; None for an explicit distance
+      range.
+  """
+  distance: tuple[float, float]
+  far: tuple[float, float] | None
+
+
+@dataclasses.dataclass(frozen=True)
+class ThresholdCalibration:
+  """One global threshold, and what it means for each class.
+
+  Attributes:
+    target_far: the global FAR asked for.
+    threshold: the distance threshold `far_quantile(target_far)`.
+    far: exact global FAR at the threshold (all negative pairs).
+    frr: exact global false-reject rate at the threshold (all positive
+      pairs).
+    class_far: `[classes]` each evaluated class's FAR at the threshold.
+    class_frr: `[classes]` each evaluated class's FRR at the threshold.
+    far_spread: worst (highest), best (lowest) and standard deviation of
+      `class_far`.
+    frr_spread: the same for `class_frr`.
+  """
+  target_far: float
+  threshold: float
+  far: float
+  frr: float
+  class_far: np.ndarray
+  class_frr: np.ndarray
+  far_spread: dict[str, float]
+  frr_spread: dict[str, float]
+
+
+class CalibrationRangeError(ValueError):
+  """The negative pairs' distances are so concentrated that the calibration
+  range (the distances between two false-accept rates) is empty: the
+  embedding has collapsed. Pass `distance_range` explicitly to evaluate it
+  anyway."""
+
+
+def far_quantile(negative_histogram: np.ndarray, far: float) -> float:
+  """Distance threshold at which the global FAR reaches `far`.
+
+  Args:
+    negative_histogram: `[_pair_counts.FINE_BINS]` counts of the negative-pair
+      distances (see `_pair_counts.negative_histogram`).
+    far: the false-accept rate, in (0, 1].
+
+  Returns:
+    The midpoint of the fine bin holding the `ceil(far * n)`-th smallest
+    negative distance: within 3.1e-5 of it.
+
+  Examples:
+    >>> import numpy as np
+    >>> from tcm_jax.metrics import _pair_counts, _threshold
+    >>> hist = np.zeros(_pair_counts.FINE_BINS, np.int64)
+    >>> hist[[8192, 16384]] = 10  # ten negatives at d = 0.5, ten at d = 1.0
+    >>> print(f'{_threshold.far_quantile(hist, 0.5):.4f}')
+    0.5000
+    >>> print(f'{_threshold.far_quantile(hist, 0.51):.4f}')
+    1.0000
+  """
+  total = int(negative_histogram.sum())
+  if total == 0:
+    raise ValueError('the evaluation set has no negative pair (one class).')
+  # ceil(far * n), reading a product within float rounding of an integer
+  # (0.1 * 1000 is 100.00000000000001) as that integer.
+  far = _checks.check_far('far', far)
+  needed = max(1, math.ceil(far * total * (1 - 1e-12)))
+  index = int(np.searchsorted(np.cumsum(negative_histogram), needed))
+  return (index + 0.5) / _pair_counts.FINE_BINS_PER_UNIT
+
+
+def thresholds_between(low: float, high: float, num: int) -> np.ndarray:
+  """`num` evenly spaced float32 distance thresholds, both ends included.
+
+  The spacing must be at least 4 float32 rounding units, so that thresholds
+  are distinct and the pair counts at them are exact.
+
+  Examples:
+    >>> from tcm_jax.metrics import advanced
+    >>> advanced.thresholds_between(0.2, 0.4, 3)
+    array([0.2, 0.3, 0.4], dtype=float32)
+  """
+  num = _checks.check_int('num_thresholds', num, 2)
+  thresholds = np.linspace(low, high, int(num), dtype=np.float32)
+  unit = np.spacing(np.float32(max(abs(low), abs(high))))
+  if (high - low) / (num - 1) < 4 * unit:
+    raise ValueError(
+        f'the range ({low}, {high}) is too narrow for {num} distinct float32 '
+        'thresholds; widen it or use fewer thresholds.')
+  return thresholds
+
+
+def _spread(values: np.ndarray) -> dict[str, float]:
+  return {'worst': float(np.max(values)), 'best': float(np.min(values)),
+          'std': float(np.std(values))}
+
+
+def calibrate(counts: _pair_counts.ClassCounts, target_far: float,
+              class_mask: np.ndarray) -> ThresholdCalibration:
+  """The calibration at `counts.extra_threshold` (the global threshold)."""
+  pos_total, neg_total = counts.pos_total.sum(), counts.neg_total.sum()
+  class_far = counts.neg_accepted_extra / np.maximum(counts.neg_total, 1)
+  class_frr = 1.0 - counts.pos_accepted_extra / np.maximum(counts.pos_total, 1)
+  return ThresholdCalibration(
+      target_far=float(target_far),
+      threshold=counts.extra_threshold,
+      far=float(counts.neg_accepted_extra.sum() / max(neg_total, 1)),
+      frr=float(1.0 - counts.pos_accepted_extra.sum() / max(pos_total, 1)),
+      class_far=class_far[class_mask],
+      class_frr=class_frr[class_mask],
+      far_spread=_spread(class_far[class_mask]),
+      frr_spread=_spread(class_frr[class_mask]),
+  )
+
+
+def resolve_range(far_range, distance_range,
+                  negative_histogram: np.ndarray | None) -> CalibrationRange:
+  """The calibration range: explicit distances, or read off the FAR."""
+  if distance_range is not None:
+    return CalibrationRange(
+        distance=_checks.check_range('distance_range', distance_range, -1.0,
+                                     3.0),
+        far=None)
+  far = _checks.check_range('far_range', far_range, 0.0, 1.0)
+  if far[0] <= 0.0:
+    raise ValueError(f'far_range must start above 0, got {far}.')
+  low, high = (far_quantile(negative_histogram, f) for f in far)
+  if not low < high:
+    raise CalibrationRangeError(
+        f'the calibration range collapsed: FAR {far[0]} and {far[1]} are '
+        f'reached within one 2**-14 distance bin (at {low:.6f}); pass '
+        'distance_range explicitly.')
+  return CalibrationRange(distance=(low, high), far=far)
+
+
+def calibration_range(similarity, labels, ref_labels=None, *,
+                      far_range=(1e-3, 1e-1),
+                      block_size: int | None = None) -> CalibrationRange:
+  """The distance range over which the global FAR goes from `far_range[0]`
+  to `far_range[1]`.
+
+  Args:
+    similarity: `[Q, R]` cosine similarities.
+    labels: `[Q]` integer class ids of the queries.
+    ref_labels: `[R]` class ids of the references; default: the queries
+      (self pairs excluded).
+    far_range: `(far_lo, far_hi)` global false-accept rates, 0 < lo < hi <= 1.
+    block_size: query rows per block (default: adapted to R).
+
+  Returns:
+    `CalibrationRange`; each bound within 3.1e-5 of the exact quantile.
+
+  Examples:
+    >>> import numpy as np
+    >>> from tcm_jax import metrics
+    >>> s = np.array([[1.0, 0.9, 0.4], [0.9, 1.0, 0.2], [0.4, 0.2, 1.0]])
+    >>> r = metrics.calibration_range(s, [0, 0, 1], far_range=(0.25, 1.0))
+    >>> print(f'{r.distance[0]:.4f} {r.distance[1]:.4f}')  # d = 0.6 and 0.8
+    0.6000 0.8000
+  """
+  source = _pair_counts.source_from_similarity(
+      similarity, labels, ref_labels, block_size=block_size)
+  return resolve_range(far_range, None,
+                       _pair_counts.negative_histogram(source))
+
+
+def calibrate_threshold(similarity, labels, ref_labels=None, *,
+                        target_far: float = 1e-2,
+                        block_size: int | None = None) -> ThresholdCalibration:
+  """The one global threshold at a target FAR, and each class's FAR and FRR.
+
+  Args:
+    similarity: `[Q, R]` cosine similarities.
+    labels: `[Q]` integer class ids of the queries.
+    ref_labels: `[R]` class ids of the references; default: the queries.
+    target_far: the global false-accept rate to meet, in (0, 1].
+    block_size: query rows per block (default: adapted to R).
+
+  Returns:
+    `ThresholdCalibration` over the evaluated classes.
+
+  Examples:
+    >>> import numpy as np
+    >>> from tcm_jax import metrics
+    >>> s = np.array([[1.0, 0.9, 0.4, 0.3], [0.9, 1.0, 0.2, 0.1],
+    ...               [0.4, 0.2, 1.0, 0.3], [0.3, 0.1, 0.3, 1.0]])
+    >>> c = metrics.calibrate_threshold(s, [0, 0, 1, 1], target_far=0.25)
+    >>> print(f'{c.threshold:.2f} FAR {c.far:.2f} FRR {c.frr:.2f}')
+    0.60 FAR 0.25 FRR 0.50
+    >>> print(c.class_frr)  # class 0's pairs are at d = 0.1, class 1's at 0.7
+    [0. 1.]
+  """
+  target_far = _checks.check_far('target_far', target_far)
+  source = _pair_counts.source_from_similarity(
+      similarity, labels, ref_labels, block_size=block_size)
+  mask = _pair_counts.check_enough_classes(source)
+  threshold = far_quantile(_pair_counts.negative_histogram(source),
+                           target_far)
+  counts = _pair_counts.class_counts(
+      source, thresholds_between(threshold, threshold + 1.0, 2), threshold)
+  return calibrate(counts, target_far, mask)

@@ -1,0 +1,451 @@
+"""The report of an evaluation: `metrics.json`, `report.md`, the figure.
+
+Every report is written here: `python -m tcm_jax.evaluate`'s of an
+embeddings file (`evaluate_arrays`) and a training run's, whose `report.md`
+adds sections on the raw-input baselines, the training and the dataset
+(`run_sections`) and whose `metrics.json` adds keys of its own.
+`results_table` prints final metrics beside their baselines;
+`load_results(workdir)` reads a finished run's back.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import ml_collections
+import numpy as np
+
+from tcm_jax import metrics
+from tcm_jax import plots
+from tcm_jax.metrics import advanced
+
+if TYPE_CHECKING:  # the data pipeline is not this module's to import
+  from tcm_jax.data.datasets import Split
+  from tcm_jax.data.inputs import Inputs
+
+PLOT_THRESHOLDS = 61
+
+
+class _ProgressBar:
+  """A tqdm bar over the blocks of all passes (silent when not a terminal)."""
+
+  def __init__(self, description: str):
+    import tqdm  # pylint: disable=import-outside-toplevel
+    self._bar = tqdm.tqdm(desc=description, unit='block', disable=None)
+
+  def __call__(self, done: int, total: int) -> None:
+    self._bar.total = total
+    self._bar.n = done
+    self._bar.refresh()
+
+  def close(self) -> None:
+    self._bar.close()
+
+
+def load_npz(path: str) -> dict[str, np.ndarray]:
+  """The arrays of an evaluation file, checked for the keys it needs.
+
+  Examples:
+    >>> import os, tempfile
+    >>> import numpy as np
+    >>> from tcm_jax import report
+    >>> path = os.path.join(tempfile.mkdtemp(), 'embeddings.npz')
+    >>> np.savez(path, embeddings=np.eye(4), labels=np.array([0, 0, 1, 1]))
+    >>> sorted(report.load_npz(path))
+    ['embeddings', 'labels']
+  """
+  with np.load(path) as data:
+    arrays = {key: data[key] for key in data.files}
+  missing = {'embeddings', 'labels'} - arrays.keys()
+  if missing:
+    raise ValueError(
+        f'{path} must hold arrays named embeddings and labels; missing '
+        f'{sorted(missing)}, found {sorted(arrays)}.')
+  if ('ref_embeddings' in arrays) != ('ref_labels' in arrays):
+    raise ValueError(f'{path}: ref_embeddings and ref_labels go together.')
+  return arrays
+
+
+def plot_curves(evaluation: metrics.Evaluation, embeddings, labels,
+                ref_embeddings=None, ref_labels=None, *,
+                block_size: int | None = None,
+                progress=None) -> metrics.UtilityCurves:
+  """Utility curves over three times the calibration range, for the figure.
+
+  Examples:
+    >>> import numpy as np
+    >>> from tcm_jax import metrics, report
+    >>> labels = np.repeat(np.arange(4), 10)
+    >>> z = np.random.default_rng(0).normal(size=(40, 8)) + np.eye(8)[labels]
+    >>> wide = report.plot_curves(metrics.evaluate_embeddings(z, labels), z,
+    ...                           labels)
+    >>> wide.utility.shape
+    (4, 61)
+  """
+  source = advanced.source_from_embeddings(
+      embeddings, labels, ref_embeddings, ref_labels, block_size=block_size)
+  low, high = evaluation.curves.calibration_range.distance
+  width = high - low
+  thresholds = advanced.thresholds_between(
+      max(low - width, 0.0), min(high + width, 2.0), PLOT_THRESHOLDS)
+  counts = advanced.class_counts(source, thresholds, high, progress)
+  mask = np.isin(source.classes, evaluation.curves.classes)
+  return advanced.curves_from_counts(counts, mask, source.classes,
+                                     evaluation.beta,
+                                     evaluation.curves.calibration_range)
+
+
+def worst_classes(evaluation: metrics.Evaluation) -> np.ndarray:
+  """Indices (into `curves.classes`) of the eps-OPIS worst group, worst first.
+
+  Examples:
+    >>> import numpy as np
+    >>> from tcm_jax import metrics, report
+    >>> labels = np.repeat(np.arange(10), 10)
+    >>> z = np.random.default_rng(0).normal(size=(100, 16)) + 3 * np.eye(16)[
+    ...     labels]
+    >>> len(report.worst_classes(metrics.evaluate_embeddings(z, labels)))
+    1
+  """
+  mean_utility = evaluation.curves.utility.mean(axis=1)
+  count = len(mean_utility)
+  worst = min(max(math.ceil(evaluation.epsilon * count - 1e-3), 1), count - 1)
+  return np.argsort(mean_utility, kind='stable')[:worst]
+
+
+def evaluate_arrays(arrays: dict[str, np.ndarray], out_dir: str, *,
+                    source_name: str = 'arrays', block_size: int | None = None,
+                    show_progress: bool = True,
+                    **kwargs) -> metrics.Evaluation:
+  """Evaluates `embeddings`/`labels` and writes the report into `out_dir`.
+
+  `arrays` may also hold `ref_embeddings` and `ref_labels` (a separate
+  gallery); `kwargs` are `metrics.evaluate_embeddings`'s.
+
+  Examples:
+    >>> import os, tempfile
+    >>> import numpy as np
+    >>> from tcm_jax import report
+    >>> labels = np.repeat(np.arange(4), 10)
+    >>> z = np.random.default_rng(0).normal(size=(40, 8)) + np.eye(8)[labels]
+    >>> out = tempfile.mkdtemp()
+    >>> result = report.evaluate_arrays({'embeddings': z, 'labels': labels},
+    ...                                 out, show_progress=False)
+    >>> sorted(os.listdir(out))
+    ['metrics.json', 'report.md', 'utility_curves.png']
+  """
+  views = [arrays['embeddings'], arrays['labels'],
+           arrays.get('ref_embeddings'), arrays.get('ref_labels')]
+  bar = _ProgressBar('evaluating') if show_progress else None
+  try:
+    evaluation = metrics.evaluate_embeddings(
+        *views, block_size=block_size, progress=bar, **kwargs)
+    if bar is not None:
+      bar.close()
+      bar = _ProgressBar('plotting')
+    wide = plot_curves(evaluation, *views, block_size=block_size, progress=bar)
+  finally:
+    if bar is not None:
+      bar.close()
+  write_report(evaluation, out_dir, source_name=source_name, plot_curves=wide)
+  return evaluation
+
+
+def _format_report(evaluation: metrics.Evaluation, source_name: str,
+                   plot_file: str) -> str:
+  result = evaluation.to_dict()
+  calibration = evaluation.calibration
+  low, high = evaluation.curves.calibration_range.distance
+  far = evaluation.curves.calibration_range.far
+  lines = [
+      f'# Evaluation of {source_name}', '',
+      f'{result["num_queries"]} queries against {result["num_references"]} '
+      f'references; {result["num_classes_evaluated"]} classes evaluated.', '',
+      '| metric | value |', '|---|---|',
+  ]
+  lines += [f'| Recall@{k} | {v:.4f} |'
+            for k, v in evaluation.retrieval.recall_at_k.items()]
+  lines += [
+      f'| MAP@R | {evaluation.retrieval.map_at_r:.4f} |',
+      f'| R-precision | {evaluation.retrieval.r_precision:.4f} |',
+      f'| OPIS | {evaluation.opis:.5f} |',
+      f'| {evaluation.epsilon:g}-OPIS | {evaluation.eps_opis:.5f} |', '',
+      '## Calibration range', '',
+      (f'Distances {low:.5f} to {high:.5f}'
+       + ('' if far is None else f', where the global FAR goes from '
+          f'{far[0]:g} to {far[1]:g}')
+       + f' (FAR reached exactly: {evaluation.far_reached[0]:.3g} and '
+       f'{evaluation.far_reached[1]:.3g}); {len(evaluation.curves.thresholds)}'
+       f' thresholds, utility = F-beta with beta = {evaluation.beta:g}.'), '',
+      f'![per-class utility curves]({plot_file})', '',
+      f'## One global threshold at FAR {calibration.target_far:g}', '',
+      f'Threshold {calibration.threshold:.5f} (accept when 1 - cos <= it): '
+      f'global FAR {calibration.far:.4g}, global FRR {calibration.frr:.4g}.', '',
+      '| per class | worst | best | std |', '|---|---|---|---|',
+      '| FAR | {worst:.4g} | {best:.4g} | {std:.4g} |'.format(
+          **calibration.far_spread),
+      '| FRR | {worst:.4g} | {best:.4g} | {std:.4g} |'.format(
+          **calibration.frr_spread), '',
+      f'## Worst classes (the {evaluation.epsilon:g}-OPIS group)', '',
+      '| class | mean utility over the range | FAR | FRR |',
+      '|---|---|---|---|',
+  ]
+  curves = evaluation.curves
+  for index in worst_classes(evaluation)[:20]:
+    lines.append(
+        f'| {curves.classes[index]} | {curves.utility[index].mean():.4f} | '
+        f'{calibration.class_far[index]:.4g} | '
+        f'{calibration.class_frr[index]:.4g} |')
+  excluded = result['excluded_classes']
+  lines += ['', f'Excluded: {len(excluded)} classes without a positive pair '
+            '(a single sample, or no reference of their own class)'
+            + (f': {", ".join(map(str, excluded[:20]))}'
+               f'{", ..." if len(excluded) > 20 else ""}' if excluded else '')
+            + f'; {result["num_excluded_queries"]} queries without another '
+            'sample of their class.', '']
+  return '\n'.join(lines)
+
+
+def write_report(evaluation: metrics.Evaluation, out_dir: str, *,
+                 source_name: str,
+                 plot_curves: metrics.UtilityCurves | None = None,
+                 extra: dict[str, Any] | None = None,
+                 sections: Sequence[str] = ()) -> dict[str, str]:
+  """Writes metrics.json, report.md and utility_curves.png into `out_dir`.
+
+  Args:
+    evaluation: what the report is of.
+    out_dir: the folder (made if missing).
+    source_name: what was evaluated, for the title.
+    plot_curves: the curves to draw (default: `evaluation.curves`).
+    extra: more `metrics.json` keys, after the evaluation's own.
+    sections: more markdown, after the evaluation's own.
+
+  Returns:
+    The path of each file, by name.
+
+  Examples:
+    >>> import json, tempfile
+    >>> import numpy as np
+    >>> from tcm_jax import metrics, report
+    >>> labels = np.repeat(np.arange(4), 10)
+    >>> z = np.random.default_rng(0).normal(size=(40, 8)) + np.eye(8)[labels]
+    >>> paths = report.write_report(
+    ...     metrics.evaluate_embeddings(z, labels), tempfile.mkdtemp(),
+    ...     source_name='toy', extra={'note': 'x'}, sections=['\\n## More\\n'])
+    >>> json.load(open(paths['metrics.json']))['note']
+    'x'
+    >>> open(paths['report.md']).read().endswith('## More\\n')
+    True
+  """
+  os.makedirs(out_dir, exist_ok=True)
+  paths = {name: os.path.join(out_dir, name)
+           for name in ('metrics.json', 'report.md', 'utility_curves.png')}
+  with open(paths['metrics.json'], 'w') as f:
+    json.dump({**evaluation.to_dict(), **(extra or {})}, f, indent=2,
+              allow_nan=False)
+  worst = evaluation.curves.classes[worst_classes(evaluation)]
+  plots.plot_utility_curves(
+      plot_curves or evaluation.curves, evaluation.curves.calibration_range,
+      paths['utility_curves.png'], worst_classes=worst,
+      title=f'Per-class utility of {source_name}')
+  with open(paths['report.md'], 'w') as f:
+    f.write(_format_report(evaluation, source_name, 'utility_curves.png')
+            + ''.join(sections))
+  return paths
+
+
+# --- A run's results -------------------------------------------------------------
+
+
+def results_table(values: dict[str, float],
+                  baselines: dict[str, dict[str, float]] | None = None) -> str:
+  """A markdown table of evaluation metrics, as printed at the end of a run.
+
+  Args:
+    values: the model's metrics.
+    baselines: optional metrics of raw-input baselines by name (as in
+      `metrics.json['baselines']`), one more column each.
+
+  Examples:
+    >>> from tcm_jax import report
+    >>> print(report.results_table({'recall_at_1': 0.9, 'opis': 0.0123}))
+    | metric | model |
+    |---|---|
+    | recall_at_1 | 0.9000 |
+    | opis | 0.0123 |
+    >>> print(report.results_table({'recall_at_1': 0.9},
+    ...                            {'pixels': {'recall_at_1': 0.8}}))
+    | metric | model | pixels |
+    |---|---|---|
+    | recall_at_1 | 0.9000 | 0.8000 |
+  """
+  baselines = baselines or {}
+  lines = ['| ' + ' | '.join(['metric', 'model', *baselines]) + ' |',
+           '|---' * (2 + len(baselines)) + '|']
+  for key, value in values.items():
+    cells = [value] + [baseline.get(key) for baseline in baselines.values()]
+    lines.append(f'| {key} | ' + ' | '.join(
+        '-' if v is None else f'{v:.4f}' for v in cells) + ' |')
+  return '\n'.join(lines)
+
+
+def load_results(workdir: str) -> tuple[dict[str, float],
+                                        dict[str, dict[str, float]]]:
+  """The final metrics of a finished run and of its baselines, from its workdir.
+
+  Returns:
+    `(metrics, baselines)` as `train_and_evaluate` returned and
+    `results_table` takes them.
+
+  Examples:
+    >>> import json, os, tempfile
+    >>> from tcm_jax import report
+    >>> workdir = tempfile.mkdtemp()
+    >>> with open(os.path.join(workdir, 'metrics.json'), 'w') as f:
+    ...   json.dump({'recall_at_k': {'1': 0.9}, 'map_at_r': 0.5,
+    ...              'r_precision': 0.6, 'opis': 0.01, 'eps_opis': 0.02,
+    ...              'baselines': {'pixels': {'recall_at_1': 0.8}}}, f)
+    >>> values, baselines = report.load_results(workdir)
+    >>> values['recall_at_1'], baselines['pixels']['recall_at_1']
+    (0.9, 0.8)
+  """
+  path = os.path.join(workdir, 'metrics.json')
+  with open(path) as f:
+    saved = json.load(f)
+  return load_results_dict(saved, path)
+
+
+def load_results_dict(saved: dict, source: str = 'metrics.json'
+                      ) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+  """`load_results` of an already-read `metrics.json` dict (`source`: for
+  the error message).
+
+  Examples:
+    >>> from tcm_jax import report
+    >>> values, _ = report.load_results_dict(
+    ...     {'recall_at_k': {'1': 0.9}, 'map_at_r': 0.5, 'r_precision': 0.6,
+    ...      'opis': 0.01, 'eps_opis': 0.02})
+    >>> values['recall_at_1'], values['opis']
+    (0.9, 0.01)
+  """
+  try:
+    values = {f'recall_at_{k}': v for k, v in saved['recall_at_k'].items()}
+    values.update({k: saved[k] for k in ('map_at_r', 'r_precision', 'opis',
+                                         'eps_opis')})
+  except (KeyError, AttributeError, TypeError) as e:
+    raise ValueError(f'{source} is not the metrics.json of a finished run: '
+                     f'{type(e).__name__} {e}.') from None
+  return values, saved.get('baselines', {})
+
+
+# --- A training run's sections ---------------------------------------------------
+
+
+def run_sections(config: ml_collections.ConfigDict, inputs: Inputs,
+                 split: Split, num_steps: int, final: dict[str, float],
+                 baselines: dict[str, dict[str, float]] | None,
+                 margins: Sequence[dict[str, float]] = ()) -> list[str]:
+  """The sections a training run adds to its `report.md`, in order.
+
+  Against the raw-input baselines (unless `baselines` is None: turned off),
+  the training (model, data, objective with its margins, optimizer, steps)
+  and, for glyphs, the dataset's facts.
+
+  Args:
+    config: the run's config.
+    inputs: its inputs (`tcm_jax.data.inputs.create_inputs`).
+    split: the split of the final evaluation.
+    num_steps: the steps trained.
+    final: the final metrics, as `load_results` gives them.
+    baselines: the baselines' metrics by name, or None.
+    margins: TCM's margins estimated from the data (`logged_margins`).
+
+  Examples:
+    >>> from tcm_jax import config as config_lib, report
+    >>> from tcm_jax.data import inputs as inputs_lib
+    >>> config = config_lib.default_config()
+    >>> config.dataset.name, config.input.recipe = 'digits', 'small'
+    >>> config.input.classes_per_batch = 5
+    >>> inputs = inputs_lib.create_inputs(config)
+    >>> sections = report.run_sections(
+    ...     config, inputs, inputs.test, 100, {'recall_at_1': 0.9},
+    ...     {'pixels': {'recall_at_1': 0.8}})
+    >>> [s.split('\\n')[1] for s in sections]
+    ['## Against raw-input baselines', '## Training']
+  """
+  sections = [_training_section(config, inputs, num_steps, margins)]
+  if config.dataset.name == 'glyphs':
+    from tcm_jax.data import glyphs  # pylint: disable=import-outside-toplevel
+    sections.append('\n## Dataset\n\n```\n' + glyphs.dataset_facts(
+        config.dataset.glyphs.to_dict(), pretrain=False) + '\n```\n')
+  if baselines is not None:
+    sections.insert(0, _baseline_section(final, baselines, config, split))
+  return sections
+
+
+def _baseline_section(final: dict[str, float],
+                      baselines: dict[str, dict[str, float]], config,
+                      split: Split) -> str:
+  k = config.eval.baseline_pca_components
+  omitted = [name for name in ('pixels', f'pca{k}') if name not in baselines]
+  return (
+      '\n## Against raw-input baselines\n\n'
+      f'The same metrics of the {split.name} images themselves: `pixels` are '
+      'their pixel values in [0, 1], flattened (images over 32 px, or of '
+      f'unequal sizes, resized to 32 x 32); `pca{k}` projects those on the '
+      f'whitened principal components (at most {k}) of the training '
+      'classes\' images. A trained embedding should beat both.'
+      + (f' Omitted, as they could not be computed: {", ".join(omitted)} '
+         '(see the log).' if omitted else '') + '\n\n'
+      + results_table(final, baselines) + '\n')
+
+
+def _margins_text(config, margins: list[dict[str, float]]) -> str:
+  tcm, from_data = config.loss.tcm, config.loss.tcm_from_data
+  if not from_data.enabled:
+    return f'm+ {tcm.margin_pos:g}, m- {tcm.margin_neg:g}'
+  rule = (f'from the data: {100 * from_data.hard_pos_fraction:g}% of '
+          f'positive and {100 * from_data.hard_neg_fraction:g}% of negative '
+          'pairs hard, ' + (f're-estimated every {from_data.every_steps} steps'
+                            if from_data.every_steps else 'estimated once'))
+  if not margins:
+    return rule
+  steps = ', '.join(f'step {m["step"]}: {m["margin_pos"]:.3f}/'
+                    f'{m["margin_neg"]:.3f}' for m in margins[:3])
+  more = (f', ..., step {margins[-1]["step"]}: '
+          f'{margins[-1]["margin_pos"]:.3f}/{margins[-1]["margin_neg"]:.3f}'
+          if len(margins) > 3 else '')
+  return f'{rule}; m+/m- {steps}{more}'
+
+
+def _training_section(config, inputs: Inputs, num_steps: int,
+                      margins: Sequence[dict[str, float]] = ()) -> str:
+  tcm = config.loss.tcm
+  objective = config.loss.name + (
+      f' + TCM ({_margins_text(config, list(margins))}, lambda '
+      f'{tcm.lambda_pos:g}/{tcm.lambda_neg:g})' if tcm.enabled else
+      ' (no TCM)')
+  start = (f', starting from {config.pretrained}' if config.pretrained
+           else ', from a random initialisation')
+  batch = config.input.classes_per_batch * config.input.samples_per_class
+  sides = ', '.join(
+      f'{split.name} {split.num_classes} classes / {len(split)} images'
+      for split in (inputs.train, inputs.val, inputs.test) if split is not None)
+  selection = (
+      f'Periodic evaluation used {inputs.selection.name}; this evaluation '
+      f'is of {config.eval.final_split}.' if inputs.val is not None else
+      f'The dataset has no validation side: periodic evaluation, if any, '
+      f'used {inputs.selection.name}.')
+  return (
+      f'\n## Training\n\n{config.model.name}{start}, on '
+      f'{config.dataset.name} ({sides}), {objective}, {config.optimizer.name} at learning rate '
+      f'{config.optimizer.learning_rate:g}; {num_steps} steps of '
+      f'{batch} images ({config.input.classes_per_batch} classes x '
+      f'{config.input.samples_per_class}). {selection} The whole config is in '
+      '`config.json`; the training curves are in `metrics.jsonl` and '
+      '`tensorboard/`.\n')

@@ -1,0 +1,92 @@
+"""The shared argument checks: what they accept, and their messages."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from tcm_jax import _array_checks
+from tcm_jax import _checks
+
+
+@pytest.mark.parametrize('value', [3, np.int64(3), np.uint8(3)])
+def test_integers_are_python_or_numpy_integers(value):
+  assert _checks.check_int('n', value, 1) == 3
+  assert isinstance(_checks.check_int('n', value), int)
+
+
+@pytest.mark.parametrize('value', [True, np.bool_(True), 3.0, '3', None])
+def test_bools_floats_and_strings_are_not_integers(value):
+  with pytest.raises(ValueError, match=f'n must be an integer >= 1, got '
+                     f'{value!r}'.replace('(', r'\(').replace(')', r'\)')):
+    _checks.check_int('n', value, 1)
+
+
+def test_optional_and_tuple_integers():
+  assert _checks.check_optional_int('block_size', np.int32(4)) == 4
+  with pytest.raises(ValueError, match='a positive integer or None, got True'):
+    _checks.check_optional_int('max_positives', True)
+  assert _checks.check_positive_ints('ks', np.array([1, 2])) == (1, 2)
+  with pytest.raises(ValueError, match='ks must be positive integers'):
+    _checks.check_positive_ints('ks', (1, 2.0))
+  with pytest.raises(ValueError, match='ks must be positive integers'):
+    _checks.check_positive_ints('ks', ())
+  with pytest.raises(TypeError, match='ks must be a tuple of positive '):
+    _checks.check_positive_ints('ks', 4)
+
+
+def test_traced_scalars_pass_the_checks_that_can_be_traced():
+
+  @jax.jit
+  def fn(margin):
+    _checks.check_in_range('margin', margin, -1.0, 1.0)
+    assert _checks.check_positive('temperature', margin) is None
+    return margin
+
+  assert fn(jnp.float32(5.0)) == 5.0  # only known at run time: not checked
+
+  @jax.jit
+  def needs_a_number(fraction):
+    return _checks.check_fraction('fraction', fraction)
+
+  with pytest.raises(TypeError, match='fraction must be a concrete number'):
+    needs_a_number(0.5)
+
+
+@pytest.mark.parametrize('check, args, message', [
+    (_checks.check_choice, ('optimizer.name', 'adamm', ['adam', 'sgd']),
+     "optimizer.name must be one of ['adam', 'sgd'], got 'adamm'."),
+    (_checks.check_in_range, ('margin_pos', float('nan'), -1.0, 1.0),
+     'margin_pos must be a finite number in [-1.0, 1.0], got nan.'),
+    (_checks.check_positive, ('beta', 0), 'beta must be a finite positive '
+     'number, got 0.'),
+    (_checks.check_fraction, ('confidence', 1), 'confidence must be in '
+     '(0, 1), got 1.'),
+    (_checks.check_far, ('target_far', 2), 'target_far must be a false-accept '
+     'rate in (0, 1], got 2.0.'),
+    (_checks.check_number, ('gem_p', '2'), "gem_p must be a number, got '2'."),
+    (_checks.check_type, ('axis', 3, str, 'a mesh axis name'),
+     'axis must be a mesh axis name, got 3.'),
+    (_checks.check_range, ('distance_range', (0.5, 0.2), -1.0, 3.0),
+     'distance_range must satisfy -1.0 <= low < high <= 3.0, got (0.5, 0.2): '
+     'empty or reversed.'),
+    (_checks.check_positive_range, ('scale', (0.5, 2.0), 1.0),
+     'scale must satisfy 0 < low <= high <= 1.0, got (0.5, 2.0).'),
+    (_array_checks.check_embeddings, ('x', np.zeros(3)),
+     'x must be 2-D [n, dim], got shape (3,).'),
+    (_array_checks.check_labels, ('labels', np.zeros(4), 4),
+     'labels must have an integer dtype (class ids), got float64.'),
+    (_array_checks.check_mask, ('where', jnp.ones(4, bool), 3),
+     'where must have shape (3,), got shape (4,).'),
+])
+def test_each_message_names_the_argument_the_expectation_and_the_value(
+    check, args, message):
+  with pytest.raises((ValueError, TypeError)) as error:
+    check(*args)
+  assert str(error.value) == message
+
+
+def test_labels_wider_than_jax_integers_are_refused_before_they_wrap():
+  ids = np.array([0, 2**40], np.int64)
+  with pytest.raises(ValueError, match=r'labels holds class ids in \[0, '):
+    _array_checks.as_labels('labels', ids, 2, 'rows')
