@@ -88,6 +88,11 @@ def plot_curves(evaluation: metrics.Evaluation, embeddings, labels,
   """
   source = advanced.source_from_embeddings(
       embeddings, labels, ref_embeddings, ref_labels, block_size=block_size)
+  return _wide_curves(source, evaluation, progress)
+
+
+def _wide_curves(source: advanced.PairSource, evaluation: metrics.Evaluation,
+                 progress) -> metrics.UtilityCurves:
   low, high = evaluation.curves.calibration_range.distance
   width = high - low
   thresholds = advanced.thresholds_between(
@@ -138,16 +143,18 @@ def evaluate_arrays(arrays: dict[str, np.ndarray], out_dir: str, *,
     >>> sorted(os.listdir(out))
     ['metrics.json', 'report.md', 'utility_curves.png']
   """
-  views = [arrays['embeddings'], arrays['labels'],
-           arrays.get('ref_embeddings'), arrays.get('ref_labels')]
+  # One source for the evaluation and the figure: its checks and its upload
+  # to the device run once.
+  source = advanced.source_from_embeddings(
+      arrays['embeddings'], arrays['labels'], arrays.get('ref_embeddings'),
+      arrays.get('ref_labels'), block_size=block_size)
   bar = _ProgressBar('evaluating') if show_progress else None
   try:
-    evaluation = metrics.evaluate_embeddings(
-        *views, block_size=block_size, progress=bar, **kwargs)
+    evaluation = advanced.evaluate_source(source, progress=bar, **kwargs)
     if bar is not None:
       bar.close()
       bar = _ProgressBar('plotting')
-    wide = plot_curves(evaluation, *views, block_size=block_size, progress=bar)
+    wide = _wide_curves(source, evaluation, bar)
   finally:
     if bar is not None:
       bar.close()
