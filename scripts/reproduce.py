@@ -764,7 +764,8 @@ def write_report(args, command: str, base, results, complete: bool,
                  wall: float) -> None:
   runs = [r for run, r in results.items() if run.loss != 'pretrain']
   lines = [
-      f'# Reproduction: does TCM make one threshold work for every class?', '',
+      f'# Reproduction on {args.name}: does TCM make one threshold work for '
+      'every class?', '',
       f'Written by `scripts/reproduce.py` from the runs\' own files (one '
       f'folder per run under `{args.workdir}`); rerun the command to remake '
       'it.', '',
