@@ -2,7 +2,7 @@ r"""The reproduction study: every base loss without TCM and with it, any config.
 
   python scripts/reproduce.py --config configs/glyphs.py     # ~3 h, 2 cores
   python scripts/reproduce.py --config configs/digits_open.py \
-      --regimes scratch --steps 100 --seeds 5 --out docs/reproduction_digits.md
+      --regimes scratch --steps 100 --seeds 3 --out docs/reproduction_digits.md
 
 For the training config `--config`, every base loss of the registry
 (`tcm_jax.losses.registry`, at its defaults) is trained in three variants:
@@ -46,6 +46,7 @@ without and with TCM, and a summary computed from the numbers.
 from __future__ import annotations
 
 import argparse
+import collections
 import dataclasses
 import datetime
 import hashlib
@@ -55,6 +56,7 @@ import math
 import os
 import platform
 import shlex
+import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -301,6 +303,23 @@ def read_result(path: str, config: ml_collections.ConfigDict,
   return result
 
 
+def code_revision() -> str | None:
+  """The checkout's commit (with `+changes` when its files differ from it),
+  or None outside a git checkout."""
+  repository = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  try:
+    commit = subprocess.run(['git', '-C', repository, 'rev-parse', '--short',
+                             'HEAD'], capture_output=True, text=True,
+                            check=True, timeout=30).stdout.strip()
+    changes = subprocess.run(['git', '-C', repository, 'status',
+                              '--porcelain', '--untracked-files=no'],
+                             capture_output=True, text=True, check=True,
+                             timeout=30).stdout.strip()
+  except (OSError, subprocess.SubprocessError):
+    return None
+  return commit + ('+changes' if changes else '')
+
+
 def train_run(run: Run, config: ml_collections.ConfigDict, run_dir: str,
               pretrained_from: str | None = None) -> dict[str, Any]:
   """Trains and evaluates one run; writes and returns its `result.json`."""
@@ -338,6 +357,7 @@ def train_run(run: Run, config: ml_collections.ConfigDict, run_dir: str,
     result = dict(regime=run.regime, loss=run.loss, variant=run.variant,
                   seed=run.seed, seconds=time.perf_counter() - start,
                   failed=failure, metrics=None, pretrained_from=pretrained_from,
+                  code_revision=code_revision(),
                   config=checkpoint_lib.json_safe(config.to_dict()))
     return _write_result(run_dir, result)
   result = dict(regime=run.regime, loss=run.loss, variant=run.variant,
@@ -347,7 +367,7 @@ def train_run(run: Run, config: ml_collections.ConfigDict, run_dir: str,
                 num_images=saved.get('num_queries'),
                 tcm_margins=saved.get('tcm_margins', []),
                 bootstrap=saved.get('bootstrap'),
-                pretrained_from=pretrained_from,
+                pretrained_from=pretrained_from, code_revision=code_revision(),
                 config=checkpoint_lib.json_safe(config.to_dict()))
   return _write_result(run_dir, result)
 
@@ -477,11 +497,17 @@ def cell_stats(results: dict[Run, dict], regime: str, loss: str,
 
 @dataclasses.dataclass
 class Comparison:
-  """One base loss in one regime: TCM variant against no TCM."""
+  """One base loss in one regime: TCM variant against no TCM.
+
+  `num_failed` runs of the two cells failed and are not in their stats; a
+  comparison with failed runs is never called clear (`clear` is False): the
+  runs that survived a collapse are not a sample of the seeds.
+  """
   loss: str
   variant: str
   without: dict[str, Stat]
   with_tcm: dict[str, Stat]
+  num_failed: int = 0
 
   def change(self, key: str) -> float:
     """Relative change of the mean, in percent."""
@@ -493,17 +519,30 @@ class Comparison:
     return 100.0 * (self.with_tcm[key].mean - self.without[key].mean)
 
   def clear(self, key: str) -> bool:
-    return clear_change(self.without[key], self.with_tcm[key])
+    return not self.num_failed and clear_change(self.without[key],
+                                                self.with_tcm[key])
+
+  def lower(self, key: str) -> bool:
+    """`key`'s mean lower with TCM, beyond its uncertainty."""
+    return self.with_tcm[key].mean < self.without[key].mean and self.clear(key)
 
   @property
   def equal_recall(self) -> bool:
     """R@1 not lower beyond its uncertainty."""
-    return not (self.points('recall_at_1') < 0 and self.clear('recall_at_1'))
+    return not self.lower('recall_at_1')
 
   @property
   def lowers_opis(self) -> bool:
     """OPIS lower beyond its uncertainty."""
-    return self.change('opis') < 0 and self.clear('opis')
+    return self.lower('opis')
+
+  @property
+  def consistent_win(self) -> bool:
+    """OPIS lower beyond its uncertainty at a Recall@1 and a mean utility
+    not lower beyond theirs: more consistent, not uniformly poorer (a model
+    that accepts little everywhere has a low OPIS too)."""
+    return (self.lowers_opis and self.equal_recall
+            and not self.lower('mean_utility'))
 
 
 def comparisons(results, regime: str, losses: Sequence[str],
@@ -513,7 +552,9 @@ def comparisons(results, regime: str, losses: Sequence[str],
     a = cell_stats(results, regime, loss, 'none')
     b = cell_stats(results, regime, loss, variant)
     if a is not None and b is not None:
-      found.append(Comparison(loss, variant, a, b))
+      lost = (failures(results, regime, loss, 'none')
+              + failures(results, regime, loss, variant))
+      found.append(Comparison(loss, variant, a, b, len(lost)))
   return found
 
 
@@ -547,7 +588,8 @@ def regime_table(results, regime: str, args) -> list[str]:
               f'{s["hard_neg_fraction"].mean:.4f}')
       change = ['', '']
       if variant != 'none' and without is not None:
-        c = Comparison(loss, variant, without, s)
+        c = Comparison(loss, variant, without, s, len(
+            lost + failures(results, regime, loss, 'none')))
         change = [f'{c.change("opis"):+.1f}%{_star(c, "opis")}',
                   f'{c.points("recall_at_1"):+.2f} pt'
                   f'{_star(c, "recall_at_1")}']
@@ -564,13 +606,30 @@ def failures(results, regime: str, loss: str | None = None,
           and loss in (None, run.loss) and variant in (None, run.variant)]
 
 
-def failure_lines(results, regime: str) -> list[str]:
+def _failed_recall(run: Run, args) -> str:
+  """A failed run's Recall@1 (it needs no calibration range), from the
+  embeddings its final evaluation saved, when it saved them."""
+  path = os.path.join(args.workdir, run.name, 'embeddings.npz')
+  if not os.path.exists(path):
+    return ''
+  with np.load(path) as saved:
+    z, labels = saved['embeddings'], saved['labels']
+  found = metrics_lib.evaluate_embeddings(
+      z, labels, distance_range=(0.0, 2.0), ks=(1,))  # any range: R@1 only
+  return f' (its Recall@1: {found.retrieval.recall_at_k[1]:.4f})'
+
+
+def failure_lines(results, regime: str, args) -> list[str]:
   lost = failures(results, regime)
   if not lost:
     return []
   return ['Failed runs (left out of the means above; a cell\'s standard '
-          'deviation is then over its other seeds):', '',
-          *[f'- `{run.name}`: {why}' for run, why in lost], '']
+          'deviation is then over its other seeds, and no change of a loss '
+          'with a failed run is marked `*` or counted as beyond its '
+          'uncertainty: the seeds that survived a collapse are not a sample '
+          'of the seeds):', '',
+          *[f'- `{run.name}`: {why}{_failed_recall(run, args)}'
+            for run, why in lost], '']
 
 
 def _names(items: Sequence[Comparison]) -> str:
@@ -603,9 +662,11 @@ def regime_summary(results, regime: str, args) -> str:
       continue
     lower = [c for c in found if c.change('opis') < 0]
     clearly = [c for c in found if c.lowers_opis]
-    both = [c for c in clearly if c.equal_recall]
+    both = [c for c in clearly if c.consistent_win]
+    poorer = [c for c in clearly if c.lower('mean_utility')]
     higher = [c for c in found if c.change('opis') > 0 and c.clear('opis')]
     recall_down = [c for c in found if not c.equal_recall]
+    incomplete = [c for c in found if c.num_failed]
     changes = [c.change('opis') for c in found]
     recall = [c.points('recall_at_1') for c in found]
     sentences.append(
@@ -613,12 +674,16 @@ def regime_summary(results, regime: str, args) -> str:
         f'{len(lower)} of {len(found)} base losses (median change '
         f'{np.median(changes):+.1f}%, from {min(changes):+.1f}% to '
         f'{max(changes):+.1f}%); beyond its uncertainty for {len(clearly)} '
-        f'({_names(clearly)}), {len(both)} of them at a Recall@1 not lower '
-        f'beyond its uncertainty ({_names(both)}); OPIS rose beyond it for '
-        f'{len(higher)} ({_names(higher)}). Recall@1 changed by '
-        f'{np.median(recall):+.2f} points in the median (from '
+        f'({_names(clearly)}), {len(both)} of them at a Recall@1 and a mean '
+        f'utility not lower beyond their uncertainty ({_names(both)}) and '
+        f'{len(poorer)} with the mean utility lower beyond it, a uniformly '
+        f'poorer model rather than a more consistent one ({_names(poorer)}); '
+        f'OPIS rose beyond it for {len(higher)} ({_names(higher)}). Recall@1 '
+        f'changed by {np.median(recall):+.2f} points in the median (from '
         f'{min(recall):+.2f} to {max(recall):+.2f}); it fell beyond its '
-        f'uncertainty for {len(recall_down)} ({_names(recall_down)}).')
+        f'uncertainty for {len(recall_down)} ({_names(recall_down)}).'
+        + (f' Not judged, a run having failed: {_names(incomplete)}.'
+           if incomplete else ''))
   lost = failures(results, regime)
   if lost:
     sentences.append(
@@ -631,9 +696,11 @@ def regime_summary(results, regime: str, args) -> str:
 def conclusion_lines(results, args) -> list[str]:
   """Per regime and margin choice: for how many losses TCM lowered OPIS."""
   lines = ['| regime | TCM margins | losses | OPIS lower (mean) | OPIS lower '
-           'beyond uncertainty, R@1 not lower beyond it | OPIS higher beyond '
-           'uncertainty | R@1 lower beyond uncertainty |',
-           '|---|---|---:|---:|---:|---:|---:|']
+           'beyond uncertainty, R@1 and mean utility not lower beyond it | '
+           'OPIS lower beyond uncertainty, mean utility lower beyond it | '
+           'OPIS higher beyond uncertainty | R@1 lower beyond uncertainty | '
+           'losses with a failed run (not judged) |',
+           '|---|---|---:|---:|---:|---:|---:|---:|---:|']
   for regime in args.regimes:
     for variant in [v for v in args.variants if v != 'none']:
       found = comparisons(results, regime, args.losses, variant)
@@ -642,9 +709,11 @@ def conclusion_lines(results, args) -> list[str]:
       lines.append(
           f'| {regime} | {variant} | {len(found)} | '
           f'{sum(c.change("opis") < 0 for c in found)} | '
-          f'{sum(c.lowers_opis and c.equal_recall for c in found)} | '
+          f'{sum(c.consistent_win for c in found)} | '
+          f'{sum(c.lowers_opis and c.lower("mean_utility") for c in found)} | '
           f'{sum(c.change("opis") > 0 and c.clear("opis") for c in found)} | '
-          f'{sum(not c.equal_recall for c in found)} |')
+          f'{sum(not c.equal_recall for c in found)} | '
+          f'{sum(bool(c.num_failed) for c in found)} |')
   return lines
 
 
@@ -733,6 +802,24 @@ def budget_lines(base, args) -> list[str]:
   m = base.model.to_dict()
   model = f'{m.pop("name")} ({", ".join(f"{k}={v}" for k, v in sorted(m.items()))})'
   i = base.input
+  spec = datasets.DATASETS.get(base.dataset.name)
+  source = ('the validation classes' if spec is not None and 'val' in spec.sides
+            else 'the training classes (the dataset has no validation side)')
+  regimes, when = [], []
+  if 'scratch' in args.regimes:
+    regimes.append(f'From scratch: {args.steps} steps.')
+    when.append(f're-estimated every {args.margin_every} steps from scratch'
+                if args.margin_every < args.steps else
+                'estimated once from scratch, from the untrained model before '
+                'the first step')
+  if 'finetune' in args.regimes:
+    regimes.append(
+        f'Fine-tuning: {args.pretrain_steps} steps of {args.pretrain_loss} '
+        f'(no TCM) on the `pretrain` side, then {args.finetune_steps} steps at '
+        f'{args.finetune_lr_scale:g} x the learning rate.')
+    when.append('once (from the pretrained model, its head included) when '
+                'fine-tuning')
+  defaults = (args.hard_pos_fraction, args.hard_neg_fraction) == (0.2, 0.01)
   return [
       f'- Config: `{args.config}` (the dataset, model, input and optimizer); '
       'no evaluation before the last step, which is evaluated once on the '
@@ -743,21 +830,30 @@ def budget_lines(base, args) -> list[str]:
       f'{base.optimizer.name} at {base.optimizer.learning_rate:g}, decayed '
       f'x{base.optimizer.decay_factor:g} at the config\'s milestones taken at '
       'the same fractions of each run.',
-      f'- From scratch: {args.steps} steps. Fine-tuning: {args.pretrain_steps}'
-      f' steps of {args.pretrain_loss} (no TCM) on the `pretrain` side, then '
-      f'{args.finetune_steps} steps at {args.finetune_lr_scale:g} x the '
-      'learning rate.',
+      f'- {" ".join(regimes)}',
       f'- TCM at the paper\'s margins: m+ {PAPER_MARGINS[0]}, m- '
       f'{PAPER_MARGINS[1]}. From the data: {100 * args.hard_pos_fraction:g}% '
       f'of positive and {100 * args.hard_neg_fraction:g}% of negative pairs '
-      'of the validation classes hard (at most '
-      f'{base.loss.tcm_from_data.max_samples} images), re-estimated every '
-      f'{args.margin_every} steps from scratch, once (from the pretrained '
-      'model, its head included) when fine-tuning. These fractions were '
-      'fixed before any run, not tuned.',
-      f'- Seeds: 0-{args.seeds - 1} (initialisation, batch order, '
-      'pretraining); one CPU device; base losses at their registry defaults.',
+      f'of {source} hard (at most {base.loss.tcm_from_data.max_samples} '
+      f'images), {" and ".join(when)}.'
+      + (' These fractions are the script\'s defaults, set before any run of '
+         'the studies, not tuned.' if defaults else ''),
+      f'- Seeds: 0-{args.seeds - 1} (initialisation, batch order'
+      + (', pretraining' if 'finetune' in args.regimes else '')
+      + f'); one {jax.local_devices()[0].platform.upper()} device; '
+      'base losses at their registry defaults.',
   ]
+
+
+def revisions_line(results) -> str:
+  """The code revisions the runs recorded, with their counts."""
+  counts = collections.Counter(r.get('code_revision') for r in results.values())
+  parts = [f'{revision} ({n} runs)' for revision, n in sorted(
+      counts.items(), key=lambda item: -item[1]) if revision]
+  if counts.get(None):
+    parts.append(f'not recorded ({counts[None]} runs, made before the script '
+                 'recorded it)')
+  return 'the runs\' revisions: ' + ', '.join(parts)
 
 
 def write_report(args, command: str, base, results, complete: bool,
@@ -789,10 +885,12 @@ def write_report(args, command: str, base, results, complete: bool,
       f'{jax.default_backend().upper()}, Python {platform.python_version()}.',
       f'- Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M}'
       ' UTC.',
+      f'- Code: {revisions_line(results)}.',
       f'- Time: {sum(seconds) / 60:.1f} min of training and evaluation over '
       f'{len(results)} runs (median {np.median(seconds) if seconds else 0:.1f}'
       ' s a run; a run paused or on a busy machine counts its whole wall '
-      f'time); this invocation {wall / 60:.1f} min.', '',
+      'time, a run resumed from its checkpoint only its last sitting); this '
+      f'invocation {wall / 60:.1f} min.', '',
       'The budget, the same for every run of a regime:', '',
       *budget_lines(base, args), '',
   ]
@@ -816,10 +914,13 @@ def write_report(args, command: str, base, results, complete: bool,
         'positive and negative pairs TCM counts as hard at those margins (the '
         'paper\'s for runs without TCM). Changes: against no TCM, OPIS '
         'relative, R@1 in points; `*`: larger than twice the standard error '
-        'over seeds. Each run\'s bootstrap intervals over test classes are in '
-        'its `metrics.json` and in the per-run list below.', '',
+        f'over seeds (unpaired; with {args.seeds} seeds a side roughly a '
+        f'{"10" if args.seeds <= 3 else "5-10"}% two-sided test; never given '
+        'to a loss with a failed run). Each run\'s bootstrap intervals over '
+        'test classes are in its `metrics.json` and in the per-run list '
+        'below.', '',
         *regime_table(results, regime, args), '',
-        *failure_lines(results, regime),
+        *failure_lines(results, regime, args),
         SUMMARY_START, regime_summary(results, regime, args), SUMMARY_END, '',
         *write_figures(results, regime, args)]
   lines += ['## Conclusion', '', 'Counts of base losses, from the tables '

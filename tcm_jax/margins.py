@@ -12,17 +12,20 @@ warns when a batch has almost none or almost only hard pairs
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from absl import logging
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
 from tcm_jax import losses
-from tcm_jax import writers
-from tcm_jax.data import datasets
-from tcm_jax.data import inputs as inputs_lib
+
+if TYPE_CHECKING:  # in annotations only: the trainer passes them in
+  import ml_collections
+
+  from tcm_jax import writers
+  from tcm_jax.data import datasets
+  from tcm_jax.data import inputs as inputs_lib
 
 _ALMOST_NONE, _ALMOST_ALL = 0.001, 0.95
 
@@ -117,6 +120,13 @@ def margin_sample(config: ml_collections.ConfigDict,
   options = config.loss.tcm_from_data
   if not options.enabled:
     return None
+  if not config.pretrained:
+    logging.warning(
+        'TCM\'s margins come from the data of a model that starts untrained '
+        '(no pretrained): its early embedding is nearly collapsed, and '
+        'margins from it have hurt from-scratch runs (the glyph study in '
+        'REPRODUCTION.md). They suit a pretrained starting model; from '
+        'scratch, prefer fixed margins (loss.tcm).')
   source = inputs.train if inputs.val is None else inputs.val
   if inputs.val is None:
     logging.info('%s has no validation side: TCM\'s margins come from its '

@@ -537,21 +537,48 @@ def test_regime_summary_counts_from_the_numbers(tmp_path):
   for part in ('TCM lowered the mean OPIS for 3 of 4 base losses',
                'median change -26.3%, from -47.6% to +100.0%',
                'beyond its uncertainty for 2 (contrastive, triplet)',
-               '1 of them at a Recall@1 not lower beyond its uncertainty '
-               '(contrastive)', 'OPIS rose beyond it for 1 (arcface)',
+               '1 of them at a Recall@1 and a mean utility not lower beyond '
+               'their uncertainty (contrastive)',
+               '0 with the mean utility lower beyond it',
+               'OPIS rose beyond it for 1 (arcface)',
                'by -0.25 points in the median (from -10.00 to +0.00)',
                'it fell beyond its uncertainty for 1 (triplet)'):
     assert part in paper, (part, paper)
   for part in ('TCM lowered the mean OPIS for 1 of 2 base losses',
                'median change -23.8%, from -47.6% to +0.0%',
                'beyond its uncertainty for 1 (contrastive)',
-               '1 of them at a Recall@1 not lower beyond its uncertainty '
-               '(contrastive)', 'OPIS rose beyond it for 0 (none)',
+               '1 of them at a Recall@1 and a mean utility not lower beyond '
+               'their uncertainty (contrastive)',
+               'OPIS rose beyond it for 0 (none)',
                'it fell beyond its uncertainty for 0 (none)'):
     assert part in data, (part, data)
   assert reproduce.conclusion_lines(results, args)[2:] == [
-      '| scratch | paper | 4 | 3 | 1 | 1 | 1 |',
-      '| scratch | data | 2 | 1 | 1 | 0 | 0 |']
+      '| scratch | paper | 4 | 3 | 1 | 0 | 1 | 1 | 0 |',
+      '| scratch | data | 2 | 1 | 1 | 0 | 0 | 0 | 0 |']
+
+
+def test_a_lower_opis_with_a_lower_mean_utility_is_no_win(tmp_path):
+  # A model that accepts little for every class has a low OPIS too: with
+  # the mean utility lower beyond its noise, the lower OPIS is not counted
+  # as more consistent.
+  args = reproduce.parse_args(['--config', CONFIG, '--losses', *HAND,
+                               '--seeds', '3', '--regimes', 'scratch',
+                               '--workdir', str(tmp_path)])
+  results = _hand_results()
+  for run, r in results.items():
+    if (run.loss, run.variant) == ('contrastive', 'paper'):
+      r['metrics']['mean_utility'] = 0.3 + 0.01 * run.seed
+  contrastive = reproduce.comparisons(results, 'scratch', ['contrastive'],
+                                      'paper')[0]
+  assert contrastive.lowers_opis and contrastive.equal_recall
+  assert contrastive.lower('mean_utility') and not contrastive.consistent_win
+  summary = reproduce.regime_summary(results, 'scratch', args)
+  assert ('0 of them at a Recall@1 and a mean utility not lower beyond '
+          'their uncertainty (none) and 1 with the mean utility lower beyond '
+          'it, a uniformly poorer model rather than a more consistent one '
+          '(contrastive)') in summary, summary
+  assert reproduce.conclusion_lines(results, args)[2] == (
+      '| scratch | paper | 4 | 3 | 0 | 1 | 1 | 1 | 0 |')
 
 
 # --- The command line ------------------------------------------------------------

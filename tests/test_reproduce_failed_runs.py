@@ -87,18 +87,28 @@ def test_a_cell_with_a_failed_run_is_the_mean_of_the_others(tmp_path):
 def test_failed_runs_are_listed_and_counted_in_the_summary(tmp_path):
   args = _args(tmp_path, 'contrastive', 'triplet')
   results = _results()
-  listed = reproduce.failure_lines(results, 'scratch')
+  listed = reproduce.failure_lines(results, 'scratch', args)
   assert [line for line in listed if line.startswith('- ')] == [
       f'- `scratch/{name}`: CalibrationRangeError: {COLLAPSED}' for name in (
           'contrastive-data-seed1', 'triplet-data-seed0',
           'triplet-data-seed1', 'triplet-data-seed2')]
-  assert reproduce.failure_lines(results, 'finetune') == []
+  assert reproduce.failure_lines(results, 'finetune', args) == []
   summary = reproduce.regime_summary(results, 'scratch', args)
   assert ('4 run(s) failed and are left out of the means: contrastive TCM, '
           'margins from data seed 1, triplet TCM, margins from data seed 0'
           in summary), summary
-  # Only contrastive has finished runs of both variants.
+  # Only contrastive has finished runs of both variants; with a failed seed
+  # its change is not judged: no `*`, not counted beyond the uncertainty.
   assert 'lowered the mean OPIS for 1 of 1 base losses' in summary
+  assert 'beyond its uncertainty for 0 (none)' in summary
+  assert 'Not judged, a run having failed: contrastive.' in summary
+  (found,) = reproduce.comparisons(results, 'scratch', ['contrastive'],
+                                   'data')
+  assert found.num_failed == 1 and not found.clear('opis')
+  row = _row(reproduce.regime_table(results, 'scratch', args), 'contrastive',
+             'TCM, margins from data (1 failed)')
+  assert '*' not in row[-2] and '*' not in row[-1]
+  assert reproduce.conclusion_lines(results, args)[2].endswith('| 1 |')
   figure = reproduce._figure_runs(results, 'scratch', 'data')  # pylint: disable=protected-access
   assert len(figure) == 3 + 2 + 3
 
@@ -157,3 +167,24 @@ def test_other_errors_of_a_run_stop_the_study(tmp_path, monkeypatch):
   with pytest.raises(ValueError, match='no CJK font found'):
     reproduce.train_run(run, config, str(tmp_path / run.name))
   assert not (tmp_path / run.name / 'result.json').exists()
+
+
+def test_a_failed_runs_recall_is_reported_from_its_embeddings(tmp_path):
+  # Recall@1 needs no calibration range: a collapsed run still has one.
+  args = _args(tmp_path, 'contrastive', 'triplet')
+  rng = np.random.default_rng(0)
+  labels = np.repeat(np.arange(6), 5)
+  z = rng.normal(size=(30, 4)).astype(np.float32)
+  run_dir = tmp_path / 'scratch' / 'contrastive-data-seed1'
+  run_dir.mkdir(parents=True)
+  np.savez(run_dir / 'embeddings.npz', embeddings=z, labels=labels)
+  unit = z / np.linalg.norm(z, axis=1, keepdims=True)
+  similarity = unit @ unit.T
+  np.fill_diagonal(similarity, -np.inf)
+  expected = np.mean(labels[np.argmax(similarity, axis=1)] == labels)
+  listed = reproduce.failure_lines(_results(), 'scratch', args)
+  assert (f'- `scratch/contrastive-data-seed1`: CalibrationRangeError: '
+          f'{COLLAPSED} (its Recall@1: {expected:.4f})') in listed
+  # Runs that saved no embeddings are listed without one.
+  assert (f'- `scratch/triplet-data-seed0`: CalibrationRangeError: '
+          f'{COLLAPSED}') in listed

@@ -911,3 +911,22 @@ def test_a_workdir_gives_its_latest_checkpoint_not_the_best_scored(tmp_path):
   np.testing.assert_array_equal(weights.params['backbone']['w'], [2.0, 2.0])
   one = checkpoint_lib.load_run_weights(str(tmp_path / 'checkpoints' / '1'))
   assert one.step == 1
+
+
+@pytest.mark.parametrize('pretrained, warns', [('', True),
+                                               ('/runs/pretrain', False)])
+def test_margins_from_an_untrained_start_warn(pretrained, warns, caplog):
+  # The glyph study: margins estimated from a model that starts untrained
+  # follow its collapsed early embedding; the run says so at the start.
+  config = _run_config()
+  config.pretrained = pretrained
+  labels = np.repeat(np.arange(5), 30)
+  split = datasets.Split('x/train', labels, list(range(len(labels))),
+                         np.arange(len(labels)), lambda record: record)
+  inputs = inputs_lib.Inputs(split, split, None, np.arange(5), None, None,
+                             None, 1)
+  with caplog.at_level(logging.WARNING, logger='absl'):
+    margins_lib.margin_sample(config, inputs)
+  untrained = [r for r in caplog.records
+               if 'a model that starts untrained' in r.getMessage()]
+  assert bool(untrained) == warns
