@@ -29,7 +29,7 @@ from tcm_jax.similarity import cosine_similarity
 
 # The calibration range comes from a histogram of negative-pair distances
 # over [0, 2] with bins 2**-14 wide: its quantiles are within 2**-15 (3.1e-5)
-# of the exact ones, inside the spec's 1e-4.
+# of the exact ones, well inside 1e-4 (docs/definitions.md, the calibration range).
 FINE_BINS_PER_UNIT = 2**14
 FINE_BINS = 2 * FINE_BINS_PER_UNIT
 

@@ -19,7 +19,9 @@ from tcm_jax.models._layers import Frozen
 
 
 def split(module: nnx.Module) -> tuple[nnx.GraphDef, nnx.State, nnx.State]:
-  """`(graphdef, params, state)`: the structure, the `nnx.Param`s, the rest.
+  """`(graphdef, params, state)`: the structure, the parameters, the rest.
+
+  `params` holds the `nnx.Param` variables, `state` every other variable.
 
   Examples:
     >>> from flax import nnx
@@ -113,8 +115,8 @@ def abstract(factory: Any, *args: Any, rngs: nnx.Rngs, **kwargs: Any
              ) -> nnx.Module:
   """The module `factory(*args, rngs=rngs, **kwargs)` would build, unallocated.
 
-  Its arrays are `jax.ShapeDtypeStruct`s: enough to count weights or plan
-  memory for a model too large to initialise here.
+  Its arrays are `jax.ShapeDtypeStruct` stand-ins: enough to count weights
+  or plan memory for a model too large to initialise here.
 
   Examples:
     >>> from flax import nnx

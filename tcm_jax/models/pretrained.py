@@ -1,11 +1,13 @@
 """Pretrained weights: timm safetensors (ResNet, ViT) and big_vision / AugReg `.npz` (ViT).
 
 Where to get the files (the paper's backbones):
+
 - ResNet-50, ImageNet-1k: timm's `resnet50.tv_in1k` (torchvision's weights) or
   `resnet50.a1_in1k`: `model.safetensors` from huggingface.co/timm/<name>.
 - ViT-B/16, ImageNet-21k: timm's `vit_base_patch16_224.augreg_in21k`
   (`model.safetensors`), or the original AugReg `.npz` from
   gs://vit_models/augreg/ (`B_16-i21k-300ep-lr_0.001-aug_medium1-wd_0.1-do_0.0-sd_0.0.npz`).
+
 Any timm ResNet-18/34/50 or ViT-Ti/S/B checkpoint with the same architecture
 works the same way. Reading safetensors needs the `safetensors` package, not
 PyTorch.

@@ -1,7 +1,7 @@
 """Independent NumPy references for the loss tests: loops over pairs, float64.
 
-Written straight from the definitions (README, "What `tcm_loss` computes"),
-sharing no code with tcm_jax.
+Written straight from the definitions (docs/definitions.md, "The TCM loss";
+docs/tcm_loss.md), sharing no code with tcm_jax.
 """
 
 import numpy as np
@@ -35,7 +35,7 @@ def hard_pairs(similarity, labels, ref_labels=None, margin_pos=0.9,
 
 def tcm(similarity, labels, ref_labels=None, margin_pos=0.9, margin_neg=0.5,
         lambda_pos=1.0, lambda_neg=1.0, where=None, ref_where=None):
-  """Returns (loss, dloss/dsimilarity) by the spec's formulas."""
+  """Returns (loss, dloss/dsimilarity) by the formulas of docs/definitions.md."""
   s = np.asarray(similarity, np.float64)
   hard_pos, hard_neg, _, _ = hard_pairs(
       s, labels, ref_labels, margin_pos, margin_neg, where, ref_where)
@@ -135,7 +135,7 @@ def numeric_gradient(fn, x, eps=1e-6):
 
 
 def _pair_lists(similarity, labels, ref_labels, where=None, ref_where=None):
-  """Per query: (row, positive indices, negative indices), spec rules."""
+  """Per query: (row, positive indices, negative indices), the rules of docs/definitions.md."""
   for _, row, positives, refs in _all_queries(similarity, labels, ref_labels,
                                               where, ref_where):
     yield row, positives, [j for j in refs if j not in positives]

@@ -1,4 +1,4 @@
-"""Tests of the TCM loss against the spec's golden vector and a NumPy reference."""
+"""Tests of the TCM loss against the worked example of docs/definitions.md and a NumPy reference."""
 
 import functools
 
@@ -63,8 +63,8 @@ def test_golden_vector_through_jit():
   assert abs(float(loss) - 0.517876) < 1e-6
   parts = advanced.tcm_diagnostics(
       advanced.tcm_statistics(similarity, GOLDEN_LABELS))
-  # The spec prints the parts to 6 digits; the negative part is 0.3249831
-  # in float64 (the spec's 0.324982 is truncated), hence 2e-6.
+  # The worked example prints the parts to 6 digits; the negative part is 0.3249831
+  # in float64 (its 0.324982 is truncated), hence 2e-6.
   assert abs(float(parts['tcm_pos']) - 0.192893) < 2e-6
   assert abs(float(parts['tcm_neg']) - 0.324982) < 2e-6
   from_embeddings = jax.jit(tcm_jax.tcm_loss_from_embeddings)(

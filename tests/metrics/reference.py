@@ -1,7 +1,7 @@
 """Independent NumPy references for the metric tests: full matrix, loops.
 
-Written straight from the definitions (README, "What is computed"), sharing no code with
-tcm_jax. Distances are `1 - S` in float32, as the library computes them, so
+Written straight from the definitions (docs/definitions.md), sharing no code
+with tcm_jax. Distances are `1 - S` in float32, as the library computes them, so
 that counts at the thresholds can be compared exactly.
 """
 
