@@ -14,8 +14,9 @@ nothing and fail before any computation. Scalars that are only known at run
 time (traced values) are let through by the checks that can be traced and
 refused by those that need a concrete number.
 
-This module imports only jax and numpy, so that the losses and metrics that
-use it stay light.
+This module imports only numpy (jax is looked up only to recognise a traced
+value, which exists only once jax is imported), so that the losses and
+metrics, and the data modules, that use it stay light.
 
 Examples:
   >>> from tcm_jax import _checks
@@ -32,9 +33,9 @@ from __future__ import annotations
 from collections.abc import Collection
 import math
 import operator
+import sys
 from typing import Any, TypeVar
 
-import jax
 import numpy as np
 
 _T = TypeVar('_T')
@@ -59,9 +60,12 @@ def concrete_float(name: str, value: Any) -> float | None:
                     f'{value!r}.')
   try:
     return float(value)
-  except jax.errors.ConcretizationTypeError:
-    return None
   except TypeError as e:
+    # A traced value exists only once jax is imported; its error is a
+    # TypeError.
+    jax = sys.modules.get('jax')
+    if jax is not None and isinstance(e, jax.errors.ConcretizationTypeError):
+      return None
     raise TypeError(
         f'{name} must be a scalar, got {type(value).__name__} '
         f'{np.shape(value)}.') from e
@@ -150,8 +154,25 @@ def check_far(name: str, value: Any) -> float:
 
 
 def check_number(name: str, value: Any, *, above: float | None = None,
-                 at_least: float | None = None) -> float:
-  """A Python or NumPy real number (not a bool) above or at a bound.
+                 at_least: float | None = None, at_most: float | None = None,
+                 finite: bool = False, expected: str | None = None) -> float:
+  """A Python or NumPy real number (not a bool) within the bounds given.
+
+  Args:
+    name: the argument's name.
+    value: the argument.
+    above: the value must be greater than this.
+    at_least: the value must be at least this (ignored when `above` is
+      given).
+    at_most: the value must be at most this.
+    finite: whether infinities (and NaN) are refused too; a bound refuses NaN
+      already.
+    expected: what the message says the value must be (default: from the
+      bounds, e.g. 'a number > 0', 'a finite number >= 0', 'a number in
+      (0, 1]').
+
+  Returns:
+    `value` as a Python float.
 
   Examples:
     >>> from tcm_jax import _checks
@@ -159,18 +180,59 @@ def check_number(name: str, value: Any, *, above: float | None = None,
     Traceback (most recent call last):
     ...
     ValueError: width must be a number > 0, got 0.
+    >>> _checks.check_number('ink_fraction', 1.5, above=0, at_most=1)
+    Traceback (most recent call last):
+    ...
+    ValueError: ink_fraction must be a number in (0, 1], got 1.5.
+    >>> _checks.check_number('shear', float('inf'), finite=True)
+    Traceback (most recent call last):
+    ...
+    ValueError: shear must be a finite number, got inf.
   """
-  if above is not None:
-    expected, ok = f'a number > {above}', lambda x: x > above
-  elif at_least is not None:
-    expected, ok = f'a number >= {at_least}', lambda x: x >= at_least
-  else:
-    expected, ok = 'a number', lambda x: True
+  low = above if above is not None else at_least
+  if expected is None:
+    kind = 'a finite number' if finite else 'a number'
+    if low is not None and at_most is not None:
+      bracket = '(' if above is not None else '['
+      expected = f'{kind} in {bracket}{low}, {at_most}]'
+    elif above is not None:
+      expected = f'{kind} > {above}'
+    elif at_least is not None:
+      expected = f'{kind} >= {at_least}'
+    elif at_most is not None:
+      expected = f'{kind} <= {at_most}'
+    else:
+      expected = kind
   real = (isinstance(value, (int, float, np.integer, np.floating))
           and not isinstance(value, (bool, np.bool_)))
-  if not real or not ok(value):
+  if real:
+    x = float(value)
+    ok = ((x > above) if above is not None else
+          (at_least is None or x >= at_least))
+    ok = (ok and (at_most is None or x <= at_most)
+          and (not finite or math.isfinite(x)))
+  if not real or not ok:
     raise ValueError(f'{name} must be {expected}, got {value!r}.')
-  return float(value)
+  return x
+
+
+def check_probability(name: str, value: Any) -> float:
+  """A probability: a Python or NumPy real number (not a bool) in `[0, 1]`.
+
+  Returns:
+    `value` as a Python float.
+
+  Examples:
+    >>> from tcm_jax import _checks
+    >>> _checks.check_probability('p', 1)
+    1.0
+    >>> _checks.check_probability('p', 1.5)
+    Traceback (most recent call last):
+    ...
+    ValueError: p must be a probability in [0, 1], got 1.5.
+  """
+  return check_number(name, value, at_least=0, at_most=1,
+                      expected='a probability in [0, 1]')
 
 
 # Integers, choices and types.
@@ -249,6 +311,37 @@ def check_optional_int(name: str, value: Any) -> int | None:
   if value is None:
     return None
   return check_int(name, value, 1, expected='a positive integer or None')
+
+
+def check_index(name: str, value: Any, size: int, *,
+                expected: str | None = None) -> int:
+  """`value` as a Python int in `[0, size)`: a position among `size` things.
+
+  Args:
+    name: the argument's name.
+    value: the argument.
+    size: the number of positions.
+    expected: what the message says the value must be (default: 'an
+      integer in [0, size)').
+
+  Returns:
+    `value` as a Python int.
+
+  Examples:
+    >>> from tcm_jax import _checks
+    >>> _checks.check_index('process_index', 1, 2)
+    1
+    >>> _checks.check_index('process_index', 2, 2)
+    Traceback (most recent call last):
+    ...
+    ValueError: process_index must be an integer in [0, 2), got 2.
+  """
+  if expected is None:
+    expected = f'an integer in [0, {size})'
+  index = as_int(name, value, expected)
+  if not 0 <= index < size:
+    raise ValueError(f'{name} must be {expected}, got {index}.')
+  return index
 
 
 def check_positive_ints(name: str, values: Any) -> tuple[int, ...]:

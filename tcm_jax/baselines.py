@@ -22,6 +22,7 @@ import itertools
 
 import numpy as np
 
+from tcm_jax import _checks
 from tcm_jax.data import transforms
 
 
@@ -98,8 +99,7 @@ class WhitenedPCA:
     if x.ndim != 2 or len(x) < 2:
       raise ValueError(f'WhitenedPCA needs [n >= 2, d] training features, got '
                        f'shape {x.shape}.')
-    if not isinstance(components, int) or components < 1:
-      raise ValueError(f'components must be an int >= 1, got {components!r}.')
+    components = _checks.check_int('components', components, 1)
     self.mean = x.mean(axis=0)
     _, singular, vt = np.linalg.svd(x - self.mean, full_matrices=False)
     keep = singular[:components] > 1e-6 * singular[0]

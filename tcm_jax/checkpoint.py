@@ -23,6 +23,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
+from tcm_jax import _checks
 from tcm_jax import config as config_lib
 
 ITEMS = ('state', 'data_state', 'config')
@@ -145,11 +146,8 @@ class Checkpointer:
     if path.exists() and not path.is_dir():
       raise ValueError(f'directory must be a directory (or not exist yet); '
                        f'received {directory!r}, which is a file.')
-    if keep < 1:
-      raise ValueError(f'keep must be an integer >= 1; received {keep!r}.')
-    if best_mode not in ('max', 'min'):
-      raise ValueError(
-          f"best_mode must be 'max' or 'min'; received {best_mode!r}.")
+    keep = _checks.check_int('keep', keep, 1)
+    _checks.check_choice('best_mode', best_mode, ('max', 'min'))
     self._best_metric = best_metric
     policies = [checkpoint_managers.LatestN(n=keep)]
     best_fn = None
@@ -430,6 +428,11 @@ def resume(checkpoints: Checkpointer, state: Any, config: dict,
     config: the run's config, as JSON (`json_safe(config.to_dict())`).
     total_steps: the steps the run trains.
     workdir: the run's folder, for the messages.
+
+  Returns:
+    `(state, step, margins, resumed)`: the restored state and its step, the
+    TCM margins the run had estimated from the data (None without), and
+    whether a checkpoint was found.
 
   Raises:
     ValueError: the checkpoint is of another config (a key outside

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from tcm_jax import _checks
 from tcm_jax.metrics import CalibrationRange
 from tcm_jax.metrics import UtilityCurves
 
@@ -156,9 +157,8 @@ def plot_opis_vs_recall(runs: Sequence[Mapping[str, Any]],
     if missing:
       raise ValueError(f'runs[{i}] lacks {sorted(missing)}; it has '
                        f'{sorted(run)}.')
-    if not isinstance(run['tcm'], (bool, np.bool_)):
-      raise ValueError(f"runs[{i}]['tcm'] must be True or False, got "
-                       f'{run["tcm"]!r}.')
+    _checks.check_type(f"runs[{i}]['tcm']", run['tcm'], (bool, np.bool_),
+                       'True or False')
     if not all(np.isfinite(float(run[k])) for k in ('recall_at_1', 'opis')):
       raise ValueError(f'runs[{i}] has a non-finite recall_at_1 or opis: '
                        f'{run["recall_at_1"]}, {run["opis"]}.')
@@ -243,10 +243,10 @@ def embedding_density(embeddings, labels, *, bins: int = 180,
                      f'embeddings, got {labels.shape}.')
   if not len(z):
     raise ValueError('embeddings is empty: nothing to draw.')
-  if bins < 2:
-    raise ValueError(f'bins must be at least 2, got {bins}.')
-  if not smoothing >= 0:
-    raise ValueError(f'smoothing must be >= 0 degrees, got {smoothing}.')
+  bins = _checks.check_int('bins', bins, 2)
+  smoothing = _checks.check_number('smoothing', smoothing, at_least=0,
+                                   finite=True,
+                                   expected='a finite number of degrees >= 0')
   if smoothing and z.shape[1] == 3:
     raise ValueError('smoothing applies to 2-D embeddings only; got 3-D '
                      f'embeddings and smoothing={smoothing}.')

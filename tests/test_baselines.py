@@ -68,7 +68,10 @@ def test_whitened_pca_drops_directions_without_variance():
 @pytest.mark.parametrize('features, components, message', [
     (np.zeros((1, 4)), 2, 'n >= 2'),
     (np.zeros(4), 2, 'n >= 2'),
-    (np.ones((5, 4)), 0, 'components'),
+    (np.ones((5, 4)), 0, r'components must be an integer >= 1, got 0\.'),
+    # A bool was once taken for 1 component.
+    (np.ones((5, 4)), True, r'components must be an integer >= 1, got True\.'),
+    (np.ones((5, 4)), 2.0, r'components must be an integer >= 1, got 2\.0\.'),
     (np.ones((5, 4)), 2, 'do not vary'),
 ])
 def test_whitened_pca_errors(features, components, message):

@@ -254,9 +254,12 @@ def test_directory_that_is_a_file_is_rejected(tmp_path):
 
 
 @pytest.mark.parametrize('kwargs, message', [
-    ({'keep': 0}, r'keep must be an integer >= 1; received 0'),
+    ({'keep': 0}, r'keep must be an integer >= 1, got 0\.'),
+    # Once let through to Orbax (True as 1, 2.5 as a count).
+    ({'keep': True}, r'keep must be an integer >= 1, got True\.'),
+    ({'keep': 2.5}, r'keep must be an integer >= 1, got 2\.5\.'),
     ({'best_mode': 'median'},
-     r"best_mode must be 'max' or 'min'; received 'median'"),
+     r"best_mode must be one of \['max', 'min'\], got 'median'\."),
 ])
 def test_bad_arguments_are_rejected(tmp_path, kwargs, message):
   with pytest.raises(ValueError, match=message):

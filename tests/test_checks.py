@@ -1,5 +1,8 @@
 """The shared argument checks: what they accept, and their messages."""
 
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -90,3 +93,67 @@ def test_labels_wider_than_jax_integers_are_refused_before_they_wrap():
   ids = np.array([0, 2**40], np.int64)
   with pytest.raises(ValueError, match=r'labels holds class ids in \[0, '):
     _array_checks.as_labels('labels', ids, 2, 'rows')
+
+
+@pytest.mark.parametrize('kwargs, value, message', [
+    (dict(above=0), 0, 'w must be a number > 0, got 0.'),
+    (dict(at_least=1), 0.5, 'w must be a number >= 1, got 0.5.'),
+    (dict(at_most=1), 2, 'w must be a number <= 1, got 2.'),
+    (dict(above=0, at_most=1), 0.0, 'w must be a number in (0, 1], got 0.0.'),
+    (dict(at_least=0, at_most=180), 181, 'w must be a number in [0, 180], '
+     'got 181.'),
+    (dict(finite=True), float('inf'), 'w must be a finite number, got inf.'),
+    (dict(finite=True), float('nan'), 'w must be a finite number, got nan.'),
+    (dict(at_least=0, finite=True), -1, 'w must be a finite number >= 0, '
+     'got -1.'),
+    (dict(above=0, finite=True), True, 'w must be a finite number > 0, '
+     'got True.'),
+    (dict(at_least=0, expected='a fraction'), -0.5,
+     'w must be a fraction, got -0.5.'),
+    (dict(), np.array(1.0), 'w must be a number, got array(1.).'),
+])
+def test_check_number_bounds_finiteness_and_wording(kwargs, value, message):
+  with pytest.raises(ValueError) as error:
+    _checks.check_number('w', value, **kwargs)
+  assert str(error.value) == message
+
+
+def test_check_number_accepts_numbers_within_the_bounds_as_floats():
+  for value in (0.5, 1, np.float32(0.5), np.int64(1)):
+    x = _checks.check_number('w', value, above=0, at_most=1)
+    assert isinstance(x, float) and x == float(value)
+  # No bound, not finite: any real, as before the bounds were added.
+  assert _checks.check_number('w', float('inf')) == float('inf')
+  assert _checks.check_number('w', 3, above=0, at_least=5) == 3.0  # above wins
+
+
+def test_check_probability():
+  assert _checks.check_probability('p', 0) == 0.0
+  assert _checks.check_probability('p', np.float32(1.0)) == 1.0
+  for value in (-0.1, 1.5, float('nan'), True, '0.5', None):
+    with pytest.raises(ValueError, match=r'p must be a probability in \[0, 1\], '
+                       f'got {value!r}'.replace('.', r'\.')):
+      _checks.check_probability('p', value)
+
+
+def test_check_index():
+  assert _checks.check_index('i', np.int64(1), 2) == 1
+  assert isinstance(_checks.check_index('i', np.int64(1), 2), int)
+  for value in (2, -1, 0.0, True, '0', None):
+    with pytest.raises(ValueError,
+                       match=rf'i must be an integer in \[0, 2\), got '
+                       f'{value!r}'):
+      _checks.check_index('i', value, 2)
+  with pytest.raises(ValueError,
+                     match=r'i must be one of 2 slots, got 2\.'):
+    _checks.check_index('i', 2, 2, expected='one of 2 slots')
+
+
+def test_the_checks_do_not_import_jax():
+  # A traced value exists only once jax is imported: the data modules that
+  # use the checks stay free of jax.
+  out = subprocess.run(
+      [sys.executable, '-c', 'import sys; from tcm_jax import _checks; '
+       "_checks.concrete_float('x', 1.0); print('jax' in sys.modules)"],
+      check=True, capture_output=True, text=True).stdout
+  assert out.strip() == 'False'

@@ -61,8 +61,18 @@ def test_sphere_density_is_equal_area_and_sums_to_one():
     (np.ones((4, 2)), [0, 1], {}, r'labels must have shape \(4,\)'),
     (np.array([[1., 0.], [0., 0.], [np.nan, 1.]]), [0, 0, 1], {},
      '2 of 3 rows'),
-    (np.ones((2, 2)), [0, 1], {'bins': 1}, 'bins must be at least 2'),
-    (np.ones((2, 2)), [0, 1], {'smoothing': -1.0}, 'smoothing must be >= 0'),
+    (np.ones((2, 2)), [0, 1], {'bins': 1},
+     r'bins must be an integer >= 2, got 1\.'),
+    (np.ones((2, 2)), [0, 1], {'smoothing': -1.0},
+     r'smoothing must be a finite number of degrees >= 0, got -1\.0\.'),
+    # Once refused by NumPy only (a TypeError), or let through (an infinite
+    # or a bool kernel width).
+    (np.ones((2, 2)), [0, 1], {'bins': 4.5},
+     r'bins must be an integer >= 2, got 4\.5\.'),
+    (np.ones((2, 2)), [0, 1], {'smoothing': np.inf},
+     r'smoothing must be a finite number of degrees >= 0, got inf\.'),
+    (np.ones((2, 2)), [0, 1], {'smoothing': True},
+     r'smoothing must be a finite number of degrees >= 0, got True\.'),
 ])
 def test_density_refuses_bad_input(z, labels, kwargs, message):
   with pytest.raises(ValueError, match=message):

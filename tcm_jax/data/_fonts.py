@@ -25,6 +25,8 @@ from PIL import Image
 from PIL import ImageDraw
 from PIL import ImageFont
 
+from tcm_jax import _checks
+
 _log = logging.getLogger(__name__)
 
 FONT_SUFFIXES = ('.ttf', '.otf', '.ttc', '.otc')
@@ -113,21 +115,22 @@ def _describe(error: Exception) -> str:
   return f'{type(error).__name__}: {error}' if str(error) else type(error).__name__
 
 
-def check_parameters(image_size: int, ink_fraction: float) -> None:
-  """Raises ValueError unless the render parameters draw at least a pixel.
+def check_parameters(image_size: int, ink_fraction: float) -> tuple[int, float]:
+  """The render parameters as (int, float); ValueError unless they draw a pixel.
 
   Examples:
     >>> from tcm_jax.data._fonts import check_parameters
     >>> check_parameters(4, 0.25)  # the smallest: a 1-pixel ink box
+    (4, 0.25)
   """
-  if (not isinstance(image_size, (int, np.integer)) or isinstance(image_size, bool)
-      or image_size < 4):
-    raise ValueError(f'image_size must be an int >= 4, got {image_size!r}.')
-  if (isinstance(ink_fraction, bool)
-      or not isinstance(ink_fraction, (int, float, np.floating))
-      or not 0 < ink_fraction <= 1 or round(ink_fraction * image_size) < 1):
-    raise ValueError(f'ink_fraction must be in (0, 1] and leave at least a '
-                     f'pixel, got {ink_fraction!r}.')
+  size = _checks.check_int('image_size', image_size, 4)
+  fraction = _checks.check_number('ink_fraction', ink_fraction, above=0,
+                                  at_most=1)
+  if round(fraction * size) < 1:
+    raise ValueError(
+        'ink_fraction must leave at least a pixel of ink (round(ink_fraction '
+        f'* image_size) >= 1), got {ink_fraction!r} at image_size {size}.')
+  return size, fraction
 
 
 def _sha256(path: str) -> str:
@@ -423,7 +426,7 @@ def render_chunk(path: str, index: int, code_points: Sequence[int],
     >>> images.shape, blank.tolist()
     ((2, 16, 16), [False, True])
   """
-  check_parameters(image_size, ink_fraction)
+  image_size, ink_fraction = check_parameters(image_size, ink_fraction)
   font = _open(path, index, RENDER_SCALE * image_size)
   side = round(ink_fraction * image_size)
   images = np.zeros((len(code_points), image_size, image_size), np.uint8)

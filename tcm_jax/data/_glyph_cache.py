@@ -29,6 +29,7 @@ import numpy as np
 import PIL
 from PIL import features
 
+from tcm_jax import _checks
 from tcm_jax.data._fonts import CHUNK, FONT_SETS, Face, GlyphFontError
 from tcm_jax.data._fonts import abbreviated, check_parameters, face_coverage
 from tcm_jax.data._fonts import face_order, render_chunk
@@ -127,13 +128,11 @@ class Request:
   def make(cls, faces: Sequence[Face], code_points: np.ndarray, fonts: str, *,
            image_size: int, ink_fraction: float, min_faces: int) -> Request:
     """A request with its parameters checked (ValueError)."""
-    check_parameters(image_size, ink_fraction)
-    if (isinstance(min_faces, bool) or not isinstance(min_faces, int)
-        or min_faces < 1):
-      raise ValueError(f'min_faces must be an int >= 1, got {min_faces!r}.')
+    image_size, ink_fraction = check_parameters(image_size, ink_fraction)
+    min_faces = _checks.check_int('min_faces', min_faces, 1)
     return cls(tuple(sorted(faces, key=face_order)),
                np.asarray(code_points, np.int64), fonts,
-               {'image_size': int(image_size), 'ink_fraction': float(ink_fraction),
+               {'image_size': image_size, 'ink_fraction': ink_fraction,
                 'min_faces': min_faces})
 
   @property
@@ -177,8 +176,9 @@ def rasterise(faces: Sequence[Face], code_points: np.ndarray, cover: np.ndarray,
     cover: bool `[len(faces), len(code_points)]`, what to render.
     image_size: as for `render_chunk`.
     ink_fraction: as for `render_chunk`.
-    workers: 1 renders here; more use a pool of `executor`s: 'process'
-      (spawned, never forked: the caller may run JAX's threads) or 'thread'.
+    workers: 1 renders here; more use a pool of that many workers, of the
+      kind `executor` names: 'process' (spawned, never forked: the caller
+      may run JAX's threads) or 'thread'.
     progress: a tqdm bar over the glyphs (on a terminal).
 
   Returns:
@@ -198,8 +198,7 @@ def rasterise(faces: Sequence[Face], code_points: np.ndarray, cover: np.ndarray,
     ([1], [[True, False], [True, False]])
   """
   import tqdm  # pylint: disable=g-import-not-at-top
-  if executor not in ('process', 'thread'):
-    raise ValueError(f"executor must be 'process' or 'thread', got {executor!r}.")
+  _checks.check_choice('executor', executor, ('process', 'thread'))
   images = [{} for _ in faces]
   blank = np.zeros(cover.shape, bool)
   tasks = []  # ((face, character positions), the arguments of render_chunk)

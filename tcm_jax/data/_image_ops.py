@@ -33,8 +33,8 @@ _CROP_ATTEMPTS = 10
 def _check_stats(mean, std, channels
                  ) -> tuple[tuple[float, ...], tuple[float, ...], int]:
   """`mean` and `std` as float tuples, one value per channel; `channels`."""
-  if _checks.check_int('channels', channels, 1) not in (1, 3):
-    raise ValueError(f'channels must be 1 or 3, got {channels!r}.')
+  channels = _checks.check_choice(
+      'channels', _checks.as_int('channels', channels, 'one of [1, 3]'), (1, 3))
   stats = []
   for name, value in (('mean', mean), ('std', std)):
     try:
@@ -52,7 +52,7 @@ def _check_stats(mean, std, channels
     stats.append(value)
   if min(stats[1]) <= 0.0:
     raise ValueError(f'std must be positive, got {stats[1]}.')
-  return stats[0], stats[1], int(channels)
+  return stats[0], stats[1], channels
 
 
 def _check_image(image) -> np.ndarray:
@@ -66,13 +66,6 @@ def _check_image(image) -> np.ndarray:
         f'(1, 3) and H, W >= 1, got shape {image.shape} and dtype '
         f'{image.dtype}.')
   return image
-
-
-def _check_rng(rng) -> np.random.Generator:
-  if not isinstance(rng, np.random.Generator):
-    raise ValueError(
-        f'rng must be a numpy.random.Generator, got {type(rng).__name__}.')
-  return rng
 
 
 def _resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -134,7 +127,8 @@ def random_resized_crop_box(height: int, width: int, rng: np.random.Generator,
   """
   height = _checks.check_int('height', height, 1)
   width = _checks.check_int('width', width, 1)
-  rng = _check_rng(rng)
+  rng = _checks.check_type('rng', rng, np.random.Generator,
+                           'a numpy.random.Generator')
   scale = _checks.check_positive_range('scale', scale, upper=1.0)
   ratio = _checks.check_positive_range('ratio', ratio)
   area = height * width
@@ -222,9 +216,9 @@ def horizontal_flip(image: np.ndarray, rng: np.random.Generator,
     array([[1, 2, 3]], dtype=uint8)
   """
   image = _check_image(image)
-  rng = _check_rng(rng)
-  if not 0.0 <= p <= 1.0:
-    raise ValueError(f'p must be a probability in [0, 1], got {p!r}.')
+  rng = _checks.check_type('rng', rng, np.random.Generator,
+                           'a numpy.random.Generator')
+  p = _checks.check_probability('p', p)
   return image[:, ::-1] if rng.random() < p else image
 
 
@@ -394,7 +388,8 @@ def random_translate(image: np.ndarray, rng: np.random.Generator,
     >>> transforms.random_translate(image, rng, max_shift=0)[0]
     array([9, 9, 9, 9], dtype=uint8)
   """
-  rng = _check_rng(rng)
+  rng = _checks.check_type('rng', rng, np.random.Generator,
+                           'a numpy.random.Generator')
   max_shift = _checks.check_int('max_shift', max_shift, 0)
   dy, dx = rng.integers(-max_shift, max_shift, size=2, endpoint=True)
   return translate(image, int(dy), int(dx))

@@ -32,6 +32,8 @@ from typing import Any
 from etils import epath
 import numpy as np
 
+from tcm_jax import _checks
+
 _log = logging.getLogger(__name__)
 
 INDEX_DIR = 'tcm_jax_label_index'
@@ -206,11 +208,11 @@ class SyntheticRecords(Sequence):
 
   def __init__(self, num_classes: int, images_per_class: int, image_size: int,
                *, channels: int = 3, jpeg: bool = False, seed: int = 0):
-    for arg, value in (('num_classes', num_classes),
-                       ('images_per_class', images_per_class),
-                       ('image_size', image_size)):
-      if not isinstance(value, int) or value < 1:
-        raise ValueError(f'synthetic {arg} must be a positive int, got {value!r}.')
+    num_classes, images_per_class, image_size = (
+        _checks.check_int(f'synthetic {arg}', value, 1)
+        for arg, value in (('num_classes', num_classes),
+                           ('images_per_class', images_per_class),
+                           ('image_size', image_size)))
     self.num_classes, self.image_size = num_classes, image_size
     self.channels, self.jpeg, self.seed = channels, jpeg, seed
     self._n = num_classes * images_per_class
@@ -475,9 +477,7 @@ def load_split(name: str, side: str, *, data_dir: str | None = None,
     raise ValueError(
         f'Unknown dataset {name!r}; expected one of {sorted(DATASETS)}.')
   spec = DATASETS[name]
-  if side not in spec.sides:
-    sides = ', '.join(map(repr, spec.sides[:-1])) + f' or {spec.sides[-1]!r}'
-    raise ValueError(f'side must be {sides} for {name}, got {side!r}.')
+  _checks.check_choice(f'side for {name}', side, spec.sides)
   if name == 'glyphs':
     from tcm_jax.data import glyphs as glyphs_lib  # pylint: disable=g-import-not-at-top
     return glyphs_lib.load_glyph_split(side, **dict(glyphs or {}))

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import numbers
 
 import numpy as np
 from PIL import Image
@@ -27,7 +26,6 @@ from PIL import ImageFilter
 
 from tcm_jax import _checks
 from tcm_jax.data._image_ops import _check_image
-from tcm_jax.data._image_ops import _check_rng
 from tcm_jax.data._image_ops import _check_stats
 from tcm_jax.data.transforms import _freeze
 from tcm_jax.data.transforms import SmallEvalTransform
@@ -39,26 +37,17 @@ from tcm_jax.data.transforms import resize
 _MIN_INK_KEPT = 0.1
 
 
-def _check_number(name: str, value, expected: str, low: float = -math.inf,
-                  high: float = math.inf) -> float:
-  """`value` as a finite float in `[low, high]`; `expected` words it."""
-  # numbers.Real admits NumPy scalars; bools are never a meaningful amount.
-  if (isinstance(value, (bool, np.bool_))
-      or not isinstance(value, numbers.Real)
-      or not (low <= value <= high and math.isfinite(value))):
-    raise ValueError(f'{name} must be {expected}, got {value!r}.')
-  return float(value)
-
-
 def _check_affine_ranges(max_rotation, scale, max_shear, max_shift
                          ) -> tuple[float, tuple[float, float], float, float]:
   """`random_affine`'s ranges, checked, as floats."""
-  return (_check_number('max_rotation', max_rotation,
-                        'a number of degrees in [0, 180]', 0.0, 180.0),
+  return (_checks.check_number('max_rotation', max_rotation, at_least=0,
+                               at_most=180,
+                               expected='a number of degrees in [0, 180]'),
           _checks.check_positive_range('scale', scale),
-          _check_number('max_shear', max_shear, 'a finite number >= 0', 0.0),
-          _check_number('max_shift', max_shift,
-                        'a fraction of the side in [0, 1]', 0.0, 1.0))
+          _checks.check_number('max_shear', max_shear, at_least=0,
+                               finite=True),
+          _checks.check_number('max_shift', max_shift, at_least=0, at_most=1,
+                               expected='a fraction of the side in [0, 1]'))
 
 
 def _on_pillow(image: np.ndarray, operation) -> np.ndarray:
@@ -140,13 +129,11 @@ def affine(image: np.ndarray, *, rotation: float = 0.0, scale: float = 1.0,
     1
   """
   image = _check_image(image)
-  rotation = _check_number('rotation', rotation, 'a finite number')
-  # The smallest positive float as the bound: scale > 0.
-  scale = _check_number('scale', scale, 'a finite number > 0',
-                        low=math.ulp(0.0))
-  shear = _check_number('shear', shear, 'a finite number')
-  dx = _check_number('dx', dx, 'a finite number')
-  dy = _check_number('dy', dy, 'a finite number')
+  rotation = _checks.check_number('rotation', rotation, finite=True)
+  scale = _checks.check_number('scale', scale, above=0, finite=True)
+  shear = _checks.check_number('shear', shear, finite=True)
+  dx = _checks.check_number('dx', dx, finite=True)
+  dy = _checks.check_number('dy', dy, finite=True)
   h, w = image.shape[:2]
   data = _inverse_coefficients(h, w, rotation, scale, shear, dx, dy)
   return _on_pillow(image, lambda im: im.transform(
@@ -198,7 +185,8 @@ def random_affine(image: np.ndarray, rng: np.random.Generator, *,
     True
   """
   image = _check_image(image)
-  rng = _check_rng(rng)
+  rng = _checks.check_type('rng', rng, np.random.Generator,
+                           'a numpy.random.Generator')
   max_rotation, scale, max_shear, max_shift = _check_affine_ranges(
       max_rotation, scale, max_shear, max_shift)
   h, w = image.shape[:2]
@@ -265,8 +253,9 @@ def random_stroke(image: np.ndarray, rng: np.random.Generator, *,
     True
   """
   image = _check_image(image)
-  rng = _check_rng(rng)
-  p = _check_number('p', p, 'a probability in [0, 1]', 0.0, 1.0)
+  rng = _checks.check_type('rng', rng, np.random.Generator,
+                           'a numpy.random.Generator')
+  p = _checks.check_probability('p', p)
   change, thicken = rng.random() < p, rng.random() < 0.5
   if not change:
     return image
@@ -333,8 +322,7 @@ class GlyphTrainTransform:
     _freeze(self, size=_checks.check_int('size', self.size, 1),
             max_rotation=max_rotation, scale=scale, max_shear=max_shear,
             max_shift=max_shift,
-            stroke_p=_check_number('stroke_p', self.stroke_p,
-                                   'a probability in [0, 1]', 0.0, 1.0),
+            stroke_p=_checks.check_probability('stroke_p', self.stroke_p),
             mean=mean, std=std, channels=channels)
 
   def __call__(self, image: np.ndarray,

@@ -26,6 +26,7 @@ from absl import flags
 import grain
 import numpy as np
 
+from tcm_jax import _checks
 from tcm_jax.data.datasets import Split
 from tcm_jax.data.sampler import ClassBalancedSampler
 
@@ -51,10 +52,9 @@ class LoaderOptions:
 
   def __post_init__(self):
     for name in ('num_threads', 'worker_count', 'prefetch'):
-      value = getattr(self, name)
       low = 1 if name == 'num_threads' else 0
-      if not isinstance(value, int) or value < low:
-        raise ValueError(f'{name} must be an int >= {low}, got {value!r}.')
+      object.__setattr__(self, name,
+                         _checks.check_int(name, getattr(self, name), low))
 
 
 def _batches(elements: grain.MapDataset, batch_size: int,
@@ -161,13 +161,12 @@ class TrainBatches:
         split, sampler, transform, sampler.seed if seed is None else seed)
     self._batch_size = sampler.process_batch_size
     self._options = options
-    self.set_state({'step': start_step})
+    self.set_state({'step': _checks.check_int('start_step', start_step, 0)})
 
   def set_state(self, state: dict[str, int]) -> None:
-    step = state.get('step') if isinstance(state, dict) else None
-    if not isinstance(step, int) or step < 0:
+    if not isinstance(state, dict) or 'step' not in state:
       raise ValueError(f"state must be {{'step': int >= 0}}, got {state!r}.")
-    self._step = step
+    self._step = _checks.check_int("state['step']", state['step'], 0)
     self._iterator = None  # Rebuilt lazily from the step.
 
   def get_state(self) -> dict[str, int]:
@@ -245,13 +244,10 @@ def eval_batches(split: Split, transform: Callable[[np.ndarray], np.ndarray],
     >>> len(batches), int(sum(b['mask'].sum() for b in batches)), len(test)
     (9, 896, 896)
   """
-  if num_devices is None:
-    num_devices = num_processes
-  for name, value in (('batch_size', batch_size),
-                      ('num_processes', num_processes),
-                      ('num_devices', num_devices)):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-      raise ValueError(f'{name} must be a positive int, got {value!r}.')
+  batch_size = _checks.check_int('batch_size', batch_size, 1)
+  num_processes = _checks.check_int('num_processes', num_processes, 1)
+  num_devices = (num_processes if num_devices is None
+                 else _checks.check_int('num_devices', num_devices, 1))
   if num_devices % num_processes:
     raise ValueError(f'num_devices ({num_devices}) must be a multiple of '
                      f'num_processes ({num_processes}).')
@@ -260,9 +256,8 @@ def eval_batches(split: Split, transform: Callable[[np.ndarray], np.ndarray],
     if batch_size % count:
       raise ValueError(
           f'batch_size ({batch_size}) must be divisible by {name} ({count}).')
-  if not 0 <= process_index < num_processes:
-    raise ValueError(f'process_index must be in [0, {num_processes}), got '
-                     f'{process_index}.')
+  process_index = _checks.check_index('process_index', process_index,
+                                      num_processes)
   if not len(split):
     raise ValueError(f'split {split.name!r} is empty.')
   num_batches = -(-len(split) // batch_size)

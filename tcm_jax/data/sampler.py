@@ -111,11 +111,9 @@ class ClassBalancedSampler:
           'the global batch size classes_per_batch * samples_per_class = '
           f'{batch_size} must be divisible by num_processes, got '
           f'{num_processes}.')
-    expected = f'an integer in [0, num_processes) = [0, {num_processes})'
-    process_index = _checks.as_int('process_index', process_index, expected)
-    if not 0 <= process_index < num_processes:
-      raise ValueError(
-          f'process_index must be {expected}, got {process_index}.')
+    process_index = _checks.check_index(
+        'process_index', process_index, num_processes,
+        expected=f'an integer in [0, num_processes) = [0, {num_processes})')
     if num_devices % num_processes:
       raise ValueError(
           f'num_devices must be a multiple of num_processes, {num_processes}, '

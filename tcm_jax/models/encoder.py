@@ -8,6 +8,7 @@ from flax import nnx
 import jax
 import jax.numpy as jnp
 
+from tcm_jax import _checks
 from tcm_jax.similarity import l2_normalize
 
 
@@ -27,8 +28,7 @@ class GeM(nnx.Module):
   """
 
   def __init__(self, p: float = 3.0, *, eps: float = 1e-6):
-    if not p >= 1:
-      raise ValueError(f'GeM p must be at least 1, got {p}.')
+    p = _checks.check_number('GeM p', p, at_least=1, finite=True)
     self.p = nnx.Param(jnp.asarray(p, jnp.float32))
     self.eps = eps
 
@@ -58,11 +58,8 @@ class EmbeddingHead(nnx.Module):
   def __init__(self, num_features: int, embedding_size: int = 512, *,
                pool: str = 'gem', gem_p: float = 3.0, dtype: Any = jnp.float32,
                rngs: nnx.Rngs):
-    if pool not in ('gem', 'cls'):
-      raise ValueError(f"pool must be 'gem' or 'cls', got {pool!r}.")
-    if embedding_size < 1:
-      raise ValueError(
-          f'embedding_size must be positive, got {embedding_size}.')
+    _checks.check_choice('pool', pool, ('gem', 'cls'))
+    embedding_size = _checks.check_int('embedding_size', embedding_size, 1)
     self.pool = pool
     self.gem = GeM(gem_p) if pool == 'gem' else None
     self.norm = nnx.LayerNorm(num_features, dtype=jnp.float32, rngs=rngs)

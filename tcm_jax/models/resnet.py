@@ -15,6 +15,7 @@ from flax import nnx
 import jax
 import jax.numpy as jnp
 
+from tcm_jax import _checks
 from tcm_jax.models._layers import batch_norm
 from tcm_jax.models._layers import check_images
 
@@ -161,8 +162,7 @@ class ResNet(nnx.Module):
     if name not in RESNETS:
       raise ValueError(
           f'Unknown ResNet {name!r}; expected one of {sorted(RESNETS)}.')
-    if not width > 0:
-      raise ValueError(f'width must be positive, got {width}.')
+    _checks.check_number('width', width, above=0, finite=True)
     arch = RESNETS[name]
     block = Bottleneck if arch.bottleneck else BasicBlock
     norm = _Norm(frozen_batch_norm, batch_norm_axis_name, dtype)

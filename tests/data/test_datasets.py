@@ -191,8 +191,22 @@ class TestBadInput:
       datasets.load_split('cub', 'train')
 
   def test_unknown_side(self):
-    with pytest.raises(ValueError, match="side must be 'train' or 'test'"):
+    with pytest.raises(ValueError, match=r"side for digits must be one of \['train', 'test'\], "
+                       "got 'validation'"):
       datasets.load_split('digits', 'validation')
+
+  @pytest.mark.parametrize('options, message', [
+      ({'num_classes': 0}, r'synthetic num_classes must be an integer >= 1, '
+       r'got 0\.'),
+      # A bool was once taken for 1.
+      ({'images_per_class': True}, r'synthetic images_per_class must be an '
+       r'integer >= 1, got True\.'),
+      ({'image_size': 8.0}, r'synthetic image_size must be an integer >= 1, '
+       r'got 8\.0\.'),
+  ])
+  def test_bad_synthetic_options(self, options, message):
+    with pytest.raises(ValueError, match=message):
+      datasets.load_split('synthetic', 'train', synthetic=options)
 
   def test_unprepared_tfds_dataset_says_how_to_prepare_it(self, tmp_path):
     with pytest.raises(datasets.DatasetNotPreparedError) as error:

@@ -424,10 +424,10 @@ def test_character_options_may_be_arrays(tmp_path):
 
 
 def test_load_split_rejects_bad_sides_and_options(tmp_path):
-  with pytest.raises(ValueError, match="side must be 'train', 'val', 'test' or "
-                     "'pretrain' for glyphs, got 'validation'"):
+  with pytest.raises(ValueError, match=r"side for glyphs must be one of \['train', "
+                     r"'val', 'test', 'pretrain'\], got 'validation'"):
     datasets.load_split('glyphs', 'validation', glyphs=_options(tmp_path))
-  with pytest.raises(ValueError, match="side must be 'train' or 'test' for digits"):
+  with pytest.raises(ValueError, match=r"side for digits must be one of \['train', 'test'\]"):
     datasets.load_split('digits', 'val')
   with pytest.raises(ValueError, match=r"Unknown glyphs option\(s\) \['size'\]; "
                      r"the options are \['cache_dir', 'characters'"):
@@ -446,3 +446,22 @@ def test_dataset_facts_describe_faces_counts_and_sides(tmp_path):
   for side in ('train', 'val', 'test'):
     assert re.search(rf'\n  {side}: \d+ classes, \d+ images', facts)
   assert 'pretrain' not in facts and f'Cache: {tmp_path}' in facts
+
+
+def test_request_and_rasterise_check_their_arguments(dejavu):
+  face = dejavu['DejaVuSans.ttf']
+  make = lambda **kwargs: _glyph_cache.Request.make(
+      [face], np.array([65]), 'dejavu',
+      **{'image_size': 12, 'ink_fraction': 0.75, 'min_faces': 1, **kwargs})
+  for min_faces in (0, True, 1.0):
+    with pytest.raises(ValueError, match=re.escape(
+        f'min_faces must be an integer >= 1, got {min_faces!r}.')):
+      make(min_faces=min_faces)
+  request = make(image_size=np.int64(12), min_faces=np.int64(2))
+  assert request.parameters == {'image_size': 12, 'ink_fraction': 0.75,
+                                'min_faces': 2}
+  assert [type(v) for v in request.parameters.values()] == [int, float, int]
+  with pytest.raises(ValueError, match=re.escape(
+      "executor must be one of ['process', 'thread'], got 'fork'.")):
+    _glyph_cache.rasterise([face], np.array([65]), np.ones((1, 1), bool), 12,
+                           0.75, executor='fork')

@@ -1,5 +1,6 @@
 """Glyph augmentation against NumPy references, geometry and replayed draws."""
 
+import fractions
 import inspect
 import math
 import re
@@ -447,6 +448,10 @@ _OK = np.zeros((8, 8), np.uint8)
      'dx must be a finite number, got inf.'),
     (lambda: glyph_transforms.affine(_OK, dy=True),
      'dy must be a finite number, got True.'),
+    # Once let through: a numbers.Real that is neither a Python nor a NumPy
+    # number.
+    (lambda: glyph_transforms.affine(_OK, rotation=fractions.Fraction(1, 2)),
+     'rotation must be a finite number, got Fraction(1, 2).'),
     (lambda: glyph_transforms.random_affine(_OK, _RNG, max_rotation=-1.0),
      'max_rotation must be a number of degrees in [0, 180], got -1.0.'),
     (lambda: glyph_transforms.random_affine(_OK, _RNG, max_rotation=181),
@@ -464,13 +469,13 @@ _OK = np.zeros((8, 8), np.uint8)
     (lambda: glyph_transforms.random_affine(_OK, _RNG, max_shift=1.5),
      'max_shift must be a fraction of the side in [0, 1], got 1.5.'),
     (lambda: glyph_transforms.random_affine(_OK, np.random.RandomState(0)),
-     'rng must be a numpy.random.Generator, got RandomState.'),
+     'rng must be a numpy.random.Generator, got RandomState(MT19937)'),
     (lambda: glyph_transforms.random_stroke(_OK, _RNG, p=1.5),
      'p must be a probability in [0, 1], got 1.5.'),
     (lambda: glyph_transforms.random_stroke(_OK, _RNG, p=None),
      'p must be a probability in [0, 1], got None.'),
     (lambda: glyph_transforms.random_stroke(_OK, 0),
-     'rng must be a numpy.random.Generator, got int.'),
+     'rng must be a numpy.random.Generator, got 0.'),
     (lambda: glyph_transforms.GlyphTrainTransform(size=0),
      'size must be an integer >= 1, got 0.'),
     (lambda: glyph_transforms.GlyphTrainTransform(max_rotation=200.0),
@@ -490,7 +495,7 @@ _OK = np.zeros((8, 8), np.uint8)
     (lambda: glyph_transforms.GlyphEvalTransform(size=2.5),
      'size must be an integer >= 1, got 2.5.'),
     (lambda: glyph_transforms.GlyphEvalTransform(channels=2),
-     'channels must be 1 or 3, got 2.'),
+     'channels must be one of [1, 3], got 2.'),
 ])
 def test_bad_arguments_raise(call, message):
   with pytest.raises(ValueError, match=re.escape(message)):

@@ -346,9 +346,13 @@ def test_the_blank_threshold_scales_with_the_image_size(dejavu):
 
 
 @pytest.mark.parametrize('size, fraction, message', [
-    (16, 1.5, 'ink_fraction must be in'), (16, 0.0, 'ink_fraction must be in'),
-    (16, 0.01, 'leave at least a pixel'), (16, True, 'ink_fraction must be in'),
-    (2, 0.5, 'image_size must be an int >= 4'), (16.0, 0.5, 'image_size must be'),
+    (16, 1.5, r'ink_fraction must be a number in \(0, 1\], got 1\.5\.'),
+    (16, 0.0, r'ink_fraction must be a number in \(0, 1\], got 0\.0\.'),
+    (16, 0.01, r'ink_fraction must leave at least a pixel .* got 0\.01 at '
+     r'image_size 16\.'),
+    (16, True, r'ink_fraction must be a number in \(0, 1\], got True\.'),
+    (2, 0.5, r'image_size must be an integer >= 4, got 2\.'),
+    (16.0, 0.5, r'image_size must be an integer >= 4, got 16\.0\.'),
 ])
 def test_render_parameters_are_checked(dejavu, size, fraction, message):
   sans = dejavu['DejaVuSans.ttf']
@@ -388,7 +392,7 @@ def test_command_prints_the_facts_and_draws_the_figure(tmp_path):
     (['--characters', 'U+4E00'], 'No face covers any of the 1 characters'),
     (['--cache_dir', '{file}/cache'], 'Cannot write the glyph cache'),
     (['--fonts', '{empty}'], 'holds no .ttf/.otf/.ttc/.otc font file'),
-    (['--ink_fraction', '1.5'], 'ink_fraction must be in (0, 1]'),
+    (['--ink_fraction', '1.5'], 'ink_fraction must be a number in (0, 1], got 1.5.'),
 ])
 def test_command_errors_are_one_line(tmp_path, arguments, message):
   (tmp_path / 'file').write_text('')

@@ -1,5 +1,7 @@
 """Training and evaluation batches: balanced, deterministic, resumable, complete."""
 
+import re
+
 import numpy as np
 import pytest
 
@@ -118,7 +120,7 @@ class TestBadInput:
                             batch_size=10, num_processes=4)
 
   @pytest.mark.parametrize('kwargs, message', [
-      (dict(num_processes=0), 'num_processes must be a positive int'),
+      (dict(num_processes=0), r'num_processes must be an integer >= 1, got 0\.'),
       (dict(num_devices=3, num_processes=2),
        r'num_devices \(3\) must be a multiple of num_processes \(2\)'),
   ])
@@ -137,9 +139,46 @@ class TestBadInput:
                             transforms.SmallTrainTransform(size=8))
 
   def test_bad_state(self, digits_train):
-    with pytest.raises(ValueError, match=r"state must be \{'step'"):
+    with pytest.raises(ValueError,
+                       match=r"state\['step'\] must be an integer >= 0, got -1"):
       _train(digits_train).set_state({'step': -1})
+    with pytest.raises(ValueError, match=r"state must be \{'step'"):
+      _train(digits_train).set_state({'epoch': 1})
 
   def test_bad_options(self):
-    with pytest.raises(ValueError, match='worker_count must be an int >= 0'):
+    with pytest.raises(ValueError, match='worker_count must be an integer >= 0, got -1'):
       pipeline.LoaderOptions(worker_count=-1)
+
+  @pytest.mark.parametrize('kwargs, message', [
+      # True was once taken for 1 thread; a float was refused already.
+      (dict(num_threads=True), 'num_threads must be an integer >= 1, got True.'),
+      (dict(prefetch=2.0), 'prefetch must be an integer >= 0, got 2.0.'),
+  ])
+  def test_options_refuse_bools_and_floats(self, kwargs, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+      pipeline.LoaderOptions(**kwargs)
+
+  def test_options_take_numpy_integers_as_ints(self):
+    options = pipeline.LoaderOptions(num_threads=np.int64(2))
+    assert options.num_threads == 2 and type(options.num_threads) is int
+
+  def test_state_step_must_be_an_int(self, digits_train):
+    with pytest.raises(ValueError, match=re.escape(
+        "state['step'] must be an integer >= 0, got True.")):
+      _train(digits_train).set_state({'step': True})
+    with pytest.raises(ValueError, match=re.escape(
+        'start_step must be an integer >= 0, got -1.')):
+      _train(digits_train, start_step=-1)
+
+  @pytest.mark.parametrize('process_index, message', [
+      (2, 'process_index must be an integer in [0, 2), got 2.'),
+      # once let through (0 <= 0.5 < 2) and made fractional positions
+      (0.5, 'process_index must be an integer in [0, 2), got 0.5.'),
+      (True, 'process_index must be an integer in [0, 2), got True.'),
+  ])
+  def test_bad_process_index(self, process_index, message):
+    split = datasets.load_split('digits', 'test')
+    with pytest.raises(ValueError, match=re.escape(message)):
+      pipeline.eval_batches(split, transforms.SmallEvalTransform(size=8),
+                            batch_size=12, num_processes=2,
+                            process_index=process_index)

@@ -424,9 +424,14 @@ _OK = np.zeros((8, 8, 3), np.uint8)
     (lambda: transforms.random_resized_crop(_OK, 4, _RNG, ratio=0.5),
      'ratio must be a pair (low, high), got 0.5.'),
     (lambda: transforms.random_resized_crop(_OK, 4, np.random.RandomState(0)),
-     'rng must be a numpy.random.Generator, got RandomState.'),
+     'rng must be a numpy.random.Generator, got RandomState(MT19937)'),
     (lambda: transforms.horizontal_flip(_OK, _RNG, p=1.5),
      'p must be a probability in [0, 1], got 1.5.'),
+    # Once let through (True as 1), or refused with a TypeError ('0.5').
+    (lambda: transforms.horizontal_flip(_OK, _RNG, p=True),
+     'p must be a probability in [0, 1], got True.'),
+    (lambda: transforms.horizontal_flip(_OK, _RNG, p='0.5'),
+     "p must be a probability in [0, 1], got '0.5'."),
     (lambda: transforms.center_crop(_OK, 9),
      'image of shape (8, 8, 3) is smaller than the crop size 9;'),
     (lambda: transforms.random_translate(_OK, _RNG, -1),
@@ -437,7 +442,7 @@ _OK = np.zeros((8, 8, 3), np.uint8)
     (lambda: transforms.normalize(_OK, std=(0.2, 0.0, 0.2)),
      'std must be positive, got (0.2, 0.0, 0.2).'),
     (lambda: transforms.normalize(_OK, channels=2),
-     'channels must be 1 or 3, got 2.'),
+     'channels must be one of [1, 3], got 2.'),
     (lambda: transforms.TrainTransform(size=0),
      'size must be an integer >= 1, got 0.'),
     (lambda: transforms.TrainTransform(scale=(1.0, 0.5)),
@@ -459,7 +464,7 @@ _OK = np.zeros((8, 8, 3), np.uint8)
     (lambda: transforms.SmallTrainTransform(size=0),
      'size must be an integer >= 1, got 0.'),
     (lambda: transforms.SmallEvalTransform(channels=4),
-     'channels must be 1 or 3, got 4.'),
+     'channels must be one of [1, 3], got 4.'),
 ])
 def test_bad_arguments_raise(call, message):
   with pytest.raises(ValueError, match=re.escape(message)):

@@ -252,6 +252,32 @@ class TestBadInput:
       models.create_encoder({'name': 'resnet18', option: value},
                             rngs=nnx.Rngs(0))
 
+  @pytest.mark.parametrize('make, message', [
+      (lambda: models.GeM(0.5), 'GeM p must be a finite number >= 1, got 0.5.'),
+      # Once let through: an infinite exponent, a bool as 1.
+      (lambda: models.GeM(float('inf')),
+       'GeM p must be a finite number >= 1, got inf.'),
+      (lambda: models.GeM(True), 'GeM p must be a finite number >= 1, got True.'),
+      (lambda: models.EmbeddingHead(8, 0, rngs=nnx.Rngs(0)),
+       'embedding_size must be an integer >= 1, got 0.'),
+      (lambda: models.EmbeddingHead(8, True, rngs=nnx.Rngs(0)),
+       'embedding_size must be an integer >= 1, got True.'),
+      (lambda: models.EmbeddingHead(8, 4.0, rngs=nnx.Rngs(0)),
+       'embedding_size must be an integer >= 1, got 4.0.'),
+      (lambda: models.EmbeddingHead(8, 4, pool='max', rngs=nnx.Rngs(0)),
+       "pool must be one of ['gem', 'cls'], got 'max'."),
+      (lambda: models.ResNet('resnet18', width=0, rngs=nnx.Rngs(0)),
+       'width must be a finite number > 0, got 0.'),
+      (lambda: models.ResNet('resnet18', width=True, rngs=nnx.Rngs(0)),
+       'width must be a finite number > 0, got True.'),
+      (lambda: models.ResNet('resnet18', width=float('inf'), rngs=nnx.Rngs(0)),
+       'width must be a finite number > 0, got inf.'),
+  ])
+  def test_bad_layer_arguments(self, make, message):
+    with pytest.raises(ValueError) as error:
+      make()
+    assert str(error.value) == message
+
   def test_empty_batch(self):
     with pytest.raises(ValueError, match=r'at least one image.*\(0, 16, 16, 3\)'):
       self.resnet(jnp.zeros((0, 16, 16, 3)), train=True)
