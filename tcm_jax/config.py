@@ -22,6 +22,9 @@ from typing import Any
 
 import ml_collections
 
+from tcm_jax import _config_ranges
+from tcm_jax import _encoder_options
+
 BACKBONES = {'resnet50': 'resnet50', 'vit_b16': 'vit_b'}
 RECIPES = ('imagenet', 'small', 'glyphs')
 OPTIMIZERS = ('adam', 'adamw', 'sgd')
@@ -37,19 +40,6 @@ RESUMABLE = ('train.', 'eval.', 'input.num_threads', 'input.worker_count',
 # hyperparameters and the encoder's options (checked by their registries).
 FREE_SECTIONS = ('loss.hyper', 'model')
 
-# The encoders' options with their defaults, as `tcm_jax.models` has them
-# (tests/test_config.py holds the two equal): a config is built without Flax.
-_COMMON = {'embedding_size': 512, 'dtype': 'float32', 'in_channels': 3}
-_ENCODER_OPTIONS = {
-    **dict.fromkeys(('resnet18', 'resnet34', 'resnet50'), {
-        **_COMMON, 'width': 1.0, 'small_images': False,
-        'frozen_batch_norm': False, 'batch_norm_axis_name': None,
-        'gem_p': 3.0}),
-    **dict.fromkeys(('vit_b', 'vit_s', 'vit_ti'), {
-        **_COMMON, 'patch_size': 16, 'image_size': 224}),
-}
-
-
 def model_config(name: str = 'resnet50', **overrides: Any
                  ) -> ml_collections.ConfigDict:
   """The `model` section: `tcm_jax.models.encoder_config`'s, without Flax.
@@ -64,10 +54,7 @@ def model_config(name: str = 'resnet50', **overrides: Any
     >>> model.width, model.embedding_size, model.frozen_batch_norm
     (0.25, 512, False)
   """
-  if name not in _ENCODER_OPTIONS:
-    raise ValueError(f'Unknown model {name!r}; expected one of '
-                     f'{list(_ENCODER_OPTIONS)}.')
-  options = _ENCODER_OPTIONS[name]
+  options = _encoder_options.defaults(name)
   unknown = sorted(set(overrides) - set(options))
   if unknown:
     raise ValueError(
@@ -366,35 +353,6 @@ def _check_sections(config: ml_collections.ConfigDict) -> None:
                      **config.loss.hyper.to_dict())
 
 
-def _int_from(low: int):
-  return lambda value, _: isinstance(value, int) and value >= low
-
-
-# Each key's test (of its value and the whole config) and what it expects.
-_RANGES = (
-    ('optimizer.learning_rate', lambda v, _: v > 0, '> 0'),
-    ('optimizer.decay_factor', lambda v, _: 0 < v <= 1, 'in (0, 1]'),
-    ('optimizer.warmup_steps', lambda v, _: v >= 0, '>= 0'),
-    ('optimizer.weight_decay', lambda v, _: v >= 0, '>= 0'),
-    ('train.keep_checkpoints', lambda v, _: v >= 1, '>= 1'),
-    ('eval.baseline_pca_components', _int_from(1), 'an int >= 1'),
-    ('train.num_epochs', lambda v, c: v > 0 or c.train.num_steps > 0,
-     '> 0 (or train.num_steps > 0)'),
-    ('loss.tcm_from_data.hard_pos_fraction', lambda v, _: 0 < v < 1,
-     'in (0, 1)'),
-    ('loss.tcm_from_data.hard_neg_fraction', lambda v, _: 0 < v < 1,
-     'in (0, 1)'),
-    ('loss.tcm_from_data.every_steps', _int_from(0), 'an int >= 0'),
-    ('loss.tcm_from_data.max_samples', _int_from(4), 'an int >= 4'),
-    ('loss.tcm_from_data.enabled', lambda v, c: not v or c.loss.tcm.enabled,
-     'False when loss.tcm.enabled is False (no TCM, no margins)'),
-    ('pretrained_head', lambda v, c: not v or bool(c.pretrained),
-     'False without pretrained (there is no head to load)'),
-    ('eval.bootstrap_resamples', _int_from(0), 'an int >= 0'),
-    ('eval.bootstrap_confidence', lambda v, _: 0 < v < 1, 'in (0, 1)'),
-)
-
-
 def check_config(config: ml_collections.ConfigDict) -> None:
   """Fails on a key `default_config` does not have, listing the valid ones.
 
@@ -418,7 +376,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   check_choice('optimizer.name', config.optimizer.name, OPTIMIZERS)
   check_choice('eval.final_split', config.eval.final_split, FINAL_SPLITS)
   _check_sections(config)
-  for key, test, expected in _RANGES:
+  for key, test, expected in _config_ranges.RANGES:
     value = config
     for part in key.split('.'):
       value = value[part]

@@ -24,9 +24,11 @@ from tcm_jax import _moved
 from tcm_jax import report
 
 # Old names, for one release.
-__getattr__ = _moved.moved(__name__, {'tcm_jax.report': (
-    'PLOT_THRESHOLDS', 'evaluate_arrays', 'load_npz', 'worst_classes',
-    'write_report')})
+__getattr__ = _moved.moved(
+    __name__,
+    {'tcm_jax.report': ('PLOT_THRESHOLDS', 'evaluate_arrays', 'load_npz',
+                        'worst_classes', 'write_report'),
+     'tcm_jax.metrics.advanced': ('curves_from_counts',)})
 
 _EMBEDDINGS = flags.DEFINE_string(
     'embeddings', None, 'npz with embeddings [N, D] and labels [N].')

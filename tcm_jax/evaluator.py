@@ -295,11 +295,15 @@ def final_evaluation(config: ml_collections.ConfigDict, workdir: str,
 
 def write_final_report(config: ml_collections.ConfigDict, workdir: str,
                        inputs: inputs_lib.Inputs, split: datasets.Split,
-                       num_steps: int, final: FinalEvaluation) -> None:
+                       num_steps: int, final: FinalEvaluation, *,
+                       with_baselines: bool = True) -> None:
   """Process 0's `metrics.json`, `report.md` and figure of a finished run.
 
-  With the raw-input baselines (`eval.baselines`) and TCM's margins as the
-  run estimated them (`tcm_margins` in `metrics.json`).
+  With the raw-input baselines (`eval.baselines`, unless `with_baselines` is
+  False) and TCM's margins as the run estimated them (`tcm_margins` in
+  `metrics.json`). The trainer writes the report without the baselines as
+  soon as the final evaluation is done, and again with them at the very end,
+  so that a failure in between leaves the run's metrics on disk.
 
   Examples:
     >>> import os, tempfile
@@ -326,7 +330,7 @@ def write_final_report(config: ml_collections.ConfigDict, workdir: str,
   if margins:
     extra['tcm_margins'] = margins
   baselines = None
-  if config.eval.baselines:
+  if config.eval.baselines and with_baselines:
     baselines = extra['baselines'] = baseline_metrics(config, inputs.train,
                                                       split)
   values, _ = report.load_results_dict(final.evaluation.to_dict())

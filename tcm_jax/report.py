@@ -16,14 +16,15 @@ import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-import ml_collections
 import numpy as np
 
 from tcm_jax import metrics
 from tcm_jax import plots
 from tcm_jax.metrics import advanced
 
-if TYPE_CHECKING:  # the data pipeline is not this module's to import
+if TYPE_CHECKING:  # in annotations only; the data is not this module's
+  import ml_collections
+
   from tcm_jax.data.datasets import Split
   from tcm_jax.data.inputs import Inputs
 

@@ -328,10 +328,6 @@ def train_and_evaluate(
   # --- Inputs, model and step: every config error before anything compiles.
   config_lib.check_config(config)
   mesh = parallel.data_mesh(devices)
-  if config.input.eval_batch_size % mesh.size:
-    raise ValueError(
-        f'input.eval_batch_size ({config.input.eval_batch_size}) must be a '
-        f'multiple of the number of devices ({mesh.size}).')
   os.makedirs(workdir, exist_ok=True)
   inputs = inputs_lib.create_inputs(config, num_devices=mesh.size,
                                     num_processes=jax.process_count(),
@@ -346,6 +342,8 @@ def train_and_evaluate(
       steps_per_epoch=inputs.steps_per_epoch, mesh=mesh)
   total_steps = inputs_lib.num_steps(config, inputs.steps_per_epoch)
   config_dict = checkpoint_lib.json_safe(config.to_dict())
+  write_report = functools.partial(evaluator_lib.write_final_report, config,
+                                   workdir, inputs, final_split, total_steps)
 
   # --- Resume, logs, data.
   checkpoints = checkpoint_lib.Checkpointer(
@@ -453,6 +451,8 @@ def train_and_evaluate(
       final = evaluator_lib.final_evaluation(
           config, workdir, *evaluator.embed(state, final_split),
           tcm_margins=tcm_margins)
+      if jax.process_index() == 0:  # on disk at once; the baselines come last
+        write_report(final, with_baselines=False)
       # The last step is scored on the selection split like the others, so
       # that the best-checkpoint policy and the eval curve never see test.
       selected = final.metrics
@@ -479,9 +479,8 @@ def train_and_evaluate(
     writer.close()
   # After the collective save: process 0's slow part (the baselines read the
   # split's images again) keeps no other process waiting at a barrier.
-  if jax.process_index() == 0:
-    evaluator_lib.write_final_report(config, workdir, inputs, final_split,
-                                     total_steps, final)
+  if jax.process_index() == 0 and config.eval.baselines:
+    write_report(final)
   return final.metrics
 
 

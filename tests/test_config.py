@@ -60,6 +60,13 @@ def test_model_config_is_the_encoders_config(name):
           == models.encoder_config(name, **overrides).to_dict())
 
 
+def test_the_option_table_names_every_encoder():
+  # tcm_jax._encoder_options lists the names without importing Flax.
+  from tcm_jax import _encoder_options  # pylint: disable=g-import-not-at-top
+  assert (sorted(_encoder_options.RESNETS + _encoder_options.VITS)
+          == sorted(models.MODELS))
+
+
 def test_model_config_refuses_what_the_encoders_refuse():
   for call in (config_lib.model_config, models.encoder_config):
     with pytest.raises(ValueError, match=r"Unknown option\(s\) \['patch_size'"

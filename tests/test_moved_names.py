@@ -17,7 +17,7 @@ from tcm_jax import metrics
 MODULES = ('tcm_jax.losses', 'tcm_jax.losses.tcm', 'tcm_jax.metrics.opis',
            'tcm_jax.metrics.pair_counts', 'tcm_jax.metrics.evaluation',
            'tcm_jax.metrics.threshold', 'tcm_jax.metrics.retrieval',
-           'tcm_jax.metrics.bootstrap')
+           'tcm_jax.metrics.bootstrap', 'tcm_jax.train', 'tcm_jax.evaluate')
 
 
 def _moved_names():
@@ -81,6 +81,63 @@ def test_a_renamed_function():
           == 'tcm_jax.metrics.advanced.evaluate_source')
   with pytest.warns(DeprecationWarning, match='advanced.evaluate_source;'):
     assert evaluation.evaluate is metrics.advanced.evaluate_source
+
+
+def _internal_names():
+  for module_name in MODULES:
+    served = importlib.import_module(module_name).__getattr__
+    for name, home in sorted(served.internal.items()):
+      yield module_name, name, home
+
+
+@pytest.mark.parametrize('module_name, name, home', list(_internal_names()))
+def test_an_internal_name_warns_without_naming_a_private_module(
+    module_name, name, home):
+  module = importlib.import_module(module_name)
+  with pytest.warns(DeprecationWarning) as caught:
+    obj = getattr(module, name)
+  assert obj is _resolve(home)
+  message = str(caught[0].message)
+  assert message == (f'{module_name}.{name} is internal now, with no public '
+                     f'replacement; {module_name} will stop providing it in '
+                     'the next release.')
+  assert '._' not in message
+
+
+def test_no_warning_points_at_a_private_module():
+  for module_name, name, new in _moved_names():
+    assert '._' not in new, (module_name, name, new)
+
+
+@pytest.mark.parametrize('old, new', [
+    ('tcm_jax.metrics.evaluation.UtilityCurves',
+     'tcm_jax.metrics.UtilityCurves'),
+    ('tcm_jax.metrics.evaluation.opis_from_utility',
+     'tcm_jax.metrics.opis_from_utility'),
+    ('tcm_jax.metrics.evaluation.eps_opis_from_utility',
+     'tcm_jax.metrics.eps_opis_from_utility'),
+    ('tcm_jax.metrics.evaluation.curves_from_counts',
+     'tcm_jax.metrics.advanced.curves_from_counts'),
+    ('tcm_jax.metrics.pair_counts.cosine_similarity',
+     'tcm_jax.similarity.cosine_similarity'),
+    ('tcm_jax.evaluate.curves_from_counts',
+     'tcm_jax.metrics.advanced.curves_from_counts'),
+])
+def test_names_the_old_modules_imported(old, new):
+  # The old modules imported these from their neighbours, so
+  # `from tcm_jax.metrics.evaluation import UtilityCurves` worked.
+  module, _, name = old.rpartition('.')
+  with pytest.warns(DeprecationWarning, match=f'has moved to {new};'):
+    assert getattr(importlib.import_module(module), name) is _resolve(new)
+
+
+def test_old_submodule_paths_are_attributes_without_an_import():
+  out = subprocess.run([sys.executable, '-W', 'error', '-c', textwrap.dedent(
+      """
+      import tcm_jax
+      print(tcm_jax.losses.tcm.__name__, tcm_jax.metrics.threshold.__name__)
+      """)], check=True, capture_output=True, text=True).stdout
+  assert out.split() == ['tcm_jax.losses.tcm', 'tcm_jax.metrics.threshold']
 
 
 def test_unknown_names_raise_attribute_error():

@@ -120,6 +120,36 @@ def test_subpackages_and_trainer_modules_load_when_first_used():
     tcm_jax.no_such_module  # pylint: disable=pointless-statement
 
 
+@pytest.mark.parametrize('module, absent', [
+    # Each module of the data package pulls in only what it uses.
+    ('tcm_jax.data', ('grain', 'PIL', 'jax', 'tcm_jax.data.datasets')),
+    ('tcm_jax.data.datasets', ('grain', 'PIL', 'flax', 'matplotlib')),
+    ('tcm_jax.data.sampler', ('grain', 'PIL', 'tensorflow_datasets')),
+    ('tcm_jax.report', ('ml_collections', 'flax', 'grain')),
+    ('tcm_jax.margins', ('ml_collections', 'grain', 'flax')),
+])
+def test_a_module_imports_only_what_it_uses(module, absent):
+  out = _run(f"""
+      import sys, {module}
+      print(sorted(m for m in {absent!r} if m in sys.modules))
+      """)
+  assert out.split('\n')[0] == '[]'
+
+
+def test_the_data_package_serves_its_names_from_their_modules():
+  out = _run("""
+      import sys
+      from tcm_jax import data
+      print(data.Split.__module__, 'grain' in sys.modules)
+      print(data.eval_batches.__module__, 'grain' in sys.modules)
+      print(sorted(data.__all__) == data.__all__, 'glyphs' in dir(data))
+      """)
+  assert out.split('\n')[:3] == ['tcm_jax.data.datasets False',
+                                  'tcm_jax.data.pipeline True', 'True True']
+  with pytest.raises(AttributeError, match='no attribute'):
+    tcm_jax.data.no_such_name  # pylint: disable=pointless-statement
+
+
 def test_losses_and_metrics_do_not_import_models_data_or_train():
   forbidden = ('tcm_jax.models', 'tcm_jax.data', 'tcm_jax.train',
                'tcm_jax.config', 'tcm_jax.evaluate', 'tcm_jax.checkpoint',

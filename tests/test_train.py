@@ -494,6 +494,15 @@ BAD_VALUES = {
                                                    'temperature']),
     'model_option': ('model.patch_size', 16, ['patch_size', 'resnet18',
                                               'gem_p']),
+    # ml_collections lets a bool into an int key: a bool is not a count.
+    'bool_count': ('eval.bootstrap_resamples', True,
+                   ['eval.bootstrap_resamples must be an int >= 0, got True']),
+    'negative_steps': ('train.num_steps', -1,
+                       ['train.num_steps must be an int >= 0, got -1']),
+    'nan_rate': ('optimizer.learning_rate', float('nan'),
+                 ['optimizer.learning_rate must be > 0, got nan']),
+    'no_prefetch': ('input.prefetch', 0,
+                    ['input.prefetch must be an int >= 1, got 0']),
 }
 
 
@@ -521,9 +530,36 @@ def test_bad_value_fails_before_compiling(case, tmp_path, monkeypatch):
       tmp_path / 'run' / 'checkpoints')
 
 
-@pytest.mark.parametrize('case', [
-    'best_metric', 'model_option', 'recipe', 'optimizer', 'loss_name',
-    'loss_hyper'])
+def test_eval_batch_size_must_split_over_the_devices():
+  config = _digits_config()
+  config.input.eval_batch_size = 12
+  with pytest.raises(ValueError, match=re.escape(
+      'input.eval_batch_size (12) must be a multiple of the number of devices '
+      '(8).')):
+    inputs_lib.create_inputs(config, num_devices=8)
+
+
+def test_a_failure_after_the_final_evaluation_leaves_the_metrics(
+    tmp_path, monkeypatch):
+  # The report is written as soon as the final evaluation is done, and again
+  # with the baselines at the end: a failure in between loses nothing.
+  def fail(*args, **kwargs):
+    raise RuntimeError('the baselines failed')
+
+  monkeypatch.setattr(evaluator_lib, 'baseline_metrics', fail)
+  config = _digits_config()
+  config.train.num_steps, config.eval.baselines = 2, True
+  workdir = tmp_path / 'run'
+  with pytest.raises(RuntimeError, match='the baselines failed'):
+    train.train_and_evaluate(config, str(workdir), devices=jax.devices()[:1])
+  saved = json.loads((workdir / 'metrics.json').read_text())
+  assert 0 <= saved['opis'] and 0 < saved['recall_at_k']['1'] <= 1
+  assert 'baselines' not in saved
+  assert '## Training' in (workdir / 'report.md').read_text()
+  assert (workdir / 'checkpoints' / '2').is_dir()
+
+
+@pytest.mark.parametrize('case', sorted(BAD_VALUES))
 def test_check_config_finds_bad_values(case):
   """Before the data is read or anything built: what `check_config` promises."""
   with pytest.raises(ValueError) as error:

@@ -7,8 +7,9 @@ transforms, and the grain pipeline that turns a split into batches.
 
 `tcm_jax.data.glyphs` (the glyph benchmark, also a command line: `python -m
 tcm_jax.data.glyphs`) is imported when first used. Importing this package
-needs the `data` extra (grain, TFDS's file layer, Pillow); `import tcm_jax`
-does not import it.
+imports none of its modules: each name imports its own when first used (the
+datasets need etils, the pipeline grain, the glyph transforms Pillow: the
+`data` extra). `import tcm_jax` does not import it.
 
 Examples:
   >>> from tcm_jax import data
@@ -21,83 +22,64 @@ Examples:
 
 import importlib
 
-from tcm_jax.data.datasets import DATASETS
-from tcm_jax.data.datasets import DatasetNotPreparedError
-from tcm_jax.data.datasets import DatasetSpec
-from tcm_jax.data.datasets import load_split
-from tcm_jax.data.datasets import prepare_command
-from tcm_jax.data.datasets import read_class_list
-from tcm_jax.data.datasets import record_image
-from tcm_jax.data.datasets import Split
-from tcm_jax.data.datasets import SyntheticRecords
-from tcm_jax.data.glyph_transforms import affine
-from tcm_jax.data.glyph_transforms import GlyphEvalTransform
-from tcm_jax.data.glyph_transforms import GlyphTrainTransform
-from tcm_jax.data.glyph_transforms import random_affine
-from tcm_jax.data.glyph_transforms import random_stroke
-from tcm_jax.data.pipeline import eval_batches
-from tcm_jax.data.pipeline import LoaderOptions
-from tcm_jax.data.pipeline import TrainBatches
-from tcm_jax.data.sampler import ClassBalancedSampler
-from tcm_jax.data.transforms import center_crop
-from tcm_jax.data.transforms import EvalTransform
-from tcm_jax.data.transforms import horizontal_flip
-from tcm_jax.data.transforms import IMAGENET_MEAN
-from tcm_jax.data.transforms import IMAGENET_STD
-from tcm_jax.data.transforms import normalize
-from tcm_jax.data.transforms import random_resized_crop
-from tcm_jax.data.transforms import random_resized_crop_box
-from tcm_jax.data.transforms import random_translate
-from tcm_jax.data.transforms import resize
-from tcm_jax.data.transforms import resize_shorter
-from tcm_jax.data.transforms import SmallEvalTransform
-from tcm_jax.data.transforms import SmallTrainTransform
-from tcm_jax.data.transforms import TrainTransform
-from tcm_jax.data.transforms import translate
+# Each public name, with the module (of this package) that defines it.
+_EXPORTS = {
+    'affine': 'glyph_transforms',
+    'center_crop': 'transforms',
+    'ClassBalancedSampler': 'sampler',
+    'DatasetNotPreparedError': 'datasets',
+    'DATASETS': 'datasets',
+    'DatasetSpec': 'datasets',
+    'eval_batches': 'pipeline',
+    'EvalTransform': 'transforms',
+    'GlyphEvalTransform': 'glyph_transforms',
+    'GlyphTrainTransform': 'glyph_transforms',
+    'horizontal_flip': 'transforms',
+    'IMAGENET_MEAN': 'transforms',
+    'IMAGENET_STD': 'transforms',
+    'load_split': 'datasets',
+    'LoaderOptions': 'pipeline',
+    'normalize': 'transforms',
+    'prepare_command': 'datasets',
+    'random_affine': 'glyph_transforms',
+    'random_resized_crop': 'transforms',
+    'random_resized_crop_box': 'transforms',
+    'random_stroke': 'glyph_transforms',
+    'random_translate': 'transforms',
+    'read_class_list': 'datasets',
+    'record_image': 'datasets',
+    'resize': 'transforms',
+    'resize_shorter': 'transforms',
+    'SmallEvalTransform': 'transforms',
+    'SmallTrainTransform': 'transforms',
+    'Split': 'datasets',
+    'SyntheticRecords': 'datasets',
+    'TrainBatches': 'pipeline',
+    'TrainTransform': 'transforms',
+    'translate': 'transforms',
+}
 
-__all__ = [
-    'DATASETS',
-    'ClassBalancedSampler',
-    'DatasetNotPreparedError',
-    'DatasetSpec',
-    'EvalTransform',
-    'GlyphEvalTransform',
-    'GlyphTrainTransform',
-    'IMAGENET_MEAN',
-    'IMAGENET_STD',
-    'LoaderOptions',
-    'SmallEvalTransform',
-    'SmallTrainTransform',
-    'Split',
-    'SyntheticRecords',
-    'TrainBatches',
-    'TrainTransform',
-    'affine',
-    'center_crop',
-    'eval_batches',
-    'horizontal_flip',
-    'load_split',
-    'normalize',
-    'prepare_command',
-    'random_affine',
-    'random_resized_crop',
-    'random_resized_crop_box',
-    'random_stroke',
-    'random_translate',
-    'read_class_list',
-    'record_image',
-    'resize',
-    'resize_shorter',
-    'translate',
-]
+__all__ = sorted(_EXPORTS)
+# The package's modules, imported when first used as attributes.
+_MODULES = ('datasets', 'glyph_transforms', 'glyphs', 'inputs', 'pipeline',
+            'sampler', 'transforms')
 
 
 def __getattr__(name: str):
-  """`tcm_jax.data.glyphs`, imported when first used.
-
-  Importing it with the package would make `python -m tcm_jax.data.glyphs`
-  run a module already imported (runpy warns about that).
+  """The names above from their modules, and the modules themselves
+  (`tcm_jax.data.glyphs`, the benchmark's command line, too: importing it
+  with the package would make `python -m tcm_jax.data.glyphs` run a module
+  already imported, which runpy warns about), each imported when first used.
   """
-  if name == 'glyphs':
-    return importlib.import_module(f'{__name__}.glyphs')
+  if name in _EXPORTS:
+    value = getattr(importlib.import_module(f'{__name__}.{_EXPORTS[name]}'),
+                    name)
+    globals()[name] = value
+    return value
+  if name in _MODULES:
+    return importlib.import_module(f'{__name__}.{name}')
   raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
+
+
+def __dir__() -> list[str]:
+  return sorted({*__all__, *_MODULES})

@@ -109,6 +109,10 @@ def create_inputs(config: ml_collections.ConfigDict, *, num_devices: int = 1,
     >>> inputs.val is None, inputs.selection.name
     (True, 'digits/test')
   """
+  if config.input.eval_batch_size % num_devices:
+    raise ValueError(
+        f'input.eval_batch_size ({config.input.eval_batch_size}) must be a '
+        f'multiple of the number of devices ({num_devices}).')
   d = config.dataset
   class_lists = ((d.train_class_list, d.test_class_list)
                  if d.train_class_list or d.test_class_list else None)

@@ -75,6 +75,7 @@ __all__ = [
     'tcm_loss_from_embeddings',
     'triplet_loss',
 ]
+_moved.publish(globals())  # pickles name this package, not a private module
 
 # Names this package had before `tcm_jax.losses.advanced` and
 # `tcm_jax.similarity`: served for one release, with a DeprecationWarning.
@@ -87,4 +88,5 @@ __getattr__ = _moved.moved(
         'recall_at_k_statistics', 'sharded_statistics',
         'sharded_tcm_statistics', 'smooth_ap_statistics', 'tcm_diagnostics',
         'tcm_loss_from_statistics', 'tcm_statistics', 'triplet_statistics'),
-     'tcm_jax.similarity': ('cosine_similarity', 'l2_normalize')})
+     'tcm_jax.similarity': ('cosine_similarity', 'l2_normalize')},
+    submodules=('tcm',))

@@ -24,6 +24,7 @@ Examples:
   True
 """
 
+from tcm_jax import _moved
 from tcm_jax.losses._pair_based import contrastive_loss_from_statistics
 from tcm_jax.losses._pair_based import contrastive_statistics
 from tcm_jax.losses._pair_based import ContrastiveStatistics
@@ -81,3 +82,4 @@ __all__ = [
     'triplet_loss_from_statistics',
     'triplet_statistics',
 ]
+_moved.publish(globals())  # pickles name this package, not a private module

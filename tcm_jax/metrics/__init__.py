@@ -23,6 +23,7 @@ import importlib
 # The old module path `tcm_jax.metrics.opis` is loaded before the function
 # `opis` is bound below: loaded later, it would bind the package's `opis` to
 # itself, over the function.
+from tcm_jax import _moved
 from tcm_jax.metrics import opis as _opis_module_path  # pylint: disable=all
 
 from tcm_jax.metrics import advanced
@@ -78,6 +79,7 @@ __all__ = [
     'utility_curves',
     'utility_from_rates',
 ]
+_moved.publish(globals())  # pickles name this package, not a private module
 
 # Old module paths, now thin modules whose names warn and name their new
 # homes; `tcm_jax.metrics.<old>` still reaches them without an import.

@@ -24,6 +24,7 @@ Examples:
   (2, 5)
 """
 
+from tcm_jax import _moved
 from tcm_jax.metrics._evaluation import evaluate_source
 from tcm_jax.metrics._opis import curves_from_counts
 from tcm_jax.metrics._pair_counts import Block
@@ -49,3 +50,4 @@ __all__ = [
     'source_from_similarity',
     'thresholds_between',
 ]
+_moved.publish(globals())  # pickles name this package, not a private module

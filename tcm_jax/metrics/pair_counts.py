@@ -10,8 +10,9 @@ __getattr__ = _moved.moved(
         'Block', 'ClassCounts', 'PairSource', 'blocks', 'class_counts',
         'negative_histogram', 'source_from_embeddings',
         'source_from_similarity'),
-     'tcm_jax.metrics._pair_counts': (
-         'ACCELERATOR_BLOCK_ELEMENTS', 'DEFAULT_BLOCK_ELEMENTS', 'FINE_BINS',
-         'FINE_BINS_PER_UNIT', 'ProgressFn', 'block_similarity',
-         'check_enough_classes', 'class_histogram_block', 'evaluated_classes',
-         'negative_histogram_block', 'self_pair_mask', 'threshold_bins')})
+     'tcm_jax.similarity': ('cosine_similarity',)},
+    internal={'tcm_jax.metrics._pair_counts': (
+        'ACCELERATOR_BLOCK_ELEMENTS', 'DEFAULT_BLOCK_ELEMENTS', 'FINE_BINS',
+        'FINE_BINS_PER_UNIT', 'ProgressFn', 'block_similarity',
+        'check_enough_classes', 'class_histogram_block', 'evaluated_classes',
+        'negative_histogram_block', 'self_pair_mask', 'threshold_bins')})

@@ -8,7 +8,7 @@ __getattr__ = _moved.moved(
     __name__,
     {'tcm_jax.metrics': ('CalibrationRange', 'ThresholdCalibration',
                          'calibrate_threshold', 'calibration_range'),
-     'tcm_jax.metrics.advanced': ('thresholds_between',),
-     'tcm_jax.metrics._threshold': ('calibrate', 'far_quantile',
-                                    'resolve_range'),
-     'tcm_jax._checks': ('check_far', 'check_range')})
+     'tcm_jax.metrics.advanced': ('thresholds_between',)},
+    internal={'tcm_jax.metrics._threshold': ('calibrate', 'far_quantile',
+                                             'resolve_range'),
+              'tcm_jax._checks': ('check_far', 'check_range')})

@@ -9,6 +9,7 @@ from flax import nnx
 import ml_collections
 
 from tcm_jax import _checks
+from tcm_jax import _encoder_options
 from tcm_jax.models._layers import as_dtype
 from tcm_jax.models.encoder import EmbeddingHead
 from tcm_jax.models.encoder import Encoder
@@ -16,12 +17,6 @@ from tcm_jax.models.resnet import RESNETS
 from tcm_jax.models.resnet import ResNet
 from tcm_jax.models.vit import VITS
 from tcm_jax.models.vit import ViT
-
-# Every encoder's options, with their defaults (the paper's, at 224 pixels).
-_COMMON = {'embedding_size': 512, 'dtype': 'float32', 'in_channels': 3}
-_RESNET = {'width': 1.0, 'small_images': False, 'frozen_batch_norm': False,
-           'batch_norm_axis_name': None, 'gem_p': 3.0}
-_VIT = {'patch_size': 16, 'image_size': 224}
 
 MODELS = tuple(sorted(RESNETS)) + tuple(sorted(VITS))
 
@@ -49,14 +44,6 @@ def _check(name: str, options: Mapping[str, Any]) -> None:
                        'a mesh axis name (str) or None')
 
 
-def _options(name: str) -> dict[str, Any]:
-  if name in RESNETS:
-    return {**_COMMON, **_RESNET}
-  if name in VITS:
-    return {**_COMMON, **_VIT}
-  raise ValueError(f'Unknown model {name!r}; expected one of {list(MODELS)}.')
-
-
 def encoder_config(name: str = 'resnet50', **overrides: Any
                    ) -> ml_collections.ConfigDict:
   """The config section of an encoder, with every option at its default.
@@ -78,7 +65,7 @@ def encoder_config(name: str = 'resnet50', **overrides: Any
     >>> config.patch_size, config.embedding_size
     (4, 512)
   """
-  options = _options(name)
+  options = _encoder_options.defaults(name)  # (shared with tcm_jax.config)
   unknown = sorted(set(overrides) - set(options))
   if unknown:
     raise ValueError(
