@@ -61,12 +61,22 @@ def __getattr__(name: str):
     except ModuleNotFoundError as e:
       if e.name is None or e.name.startswith(__name__):
         raise
+      extra = _EXTRAS.get(e.name.split('.')[0], 'all')
       raise ModuleNotFoundError(
           f'tcm_jax.{name} needs {e.name!r}, which the core install does not '
-          'have: pip install "tcm_jax[all]" (or the extra it belongs to: '
-          'train, data, plots).', name=e.name) from e
+          f'have: pip install "tcm_jax[{extra}]" (or "tcm_jax[all]").',
+          name=e.name) from e
   raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
 
+
+# The extra that installs each package the subpackages need (setup.cfg).
+_EXTRAS = {
+    'flax': 'train', 'optax': 'train', 'orbax': 'train', 'absl': 'train',
+    'ml_collections': 'train', 'tensorboardX': 'train', 'tqdm': 'train',
+    'safetensors': 'train', 'tensorflow_datasets': 'data', 'grain': 'data',
+    'sklearn': 'data', 'fontTools': 'data', 'PIL': 'data', 'etils': 'data',
+    'matplotlib': 'plots',
+}
 
 # The command lines, which define absl flags when imported: never imported by
 # introspection (`dir`, `help`), only by name.

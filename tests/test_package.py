@@ -215,3 +215,28 @@ def test_doctests(module_name):
   result = doctest.testmod(
       module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
   assert result.failed == 0
+
+
+def test_a_missing_extra_is_named():
+  out = _run("""
+      import importlib.abc, sys
+
+      class Missing(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+          if name.split('.')[0] in ('flax', 'PIL'):
+            raise ModuleNotFoundError(f'No module named {name!r}',
+                                      name=name)
+
+      sys.meta_path.insert(0, Missing())
+      import tcm_jax
+      for module in ('models', 'baselines'):
+        try:
+          getattr(tcm_jax, module)
+        except ModuleNotFoundError as e:
+          print(e)
+      """)
+  assert out.split('\n')[:2] == [
+      "tcm_jax.models needs 'flax', which the core install does not have: "
+      'pip install "tcm_jax[train]" (or "tcm_jax[all]").',
+      "tcm_jax.baselines needs 'PIL', which the core install does not "
+      'have: pip install "tcm_jax[data]" (or "tcm_jax[all]").']
