@@ -85,6 +85,9 @@ VARIANT_PHRASES = {'paper': "At the paper's margins",
                    'data': 'At margins from the data'}
 REGIMES = ('finetune', 'scratch')  # the paper's regime first
 PAPER_MARGINS = (0.9, 0.5)
+# The checkout this script is in.
+REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 METRICS = (('recall_at_1', 'R@1', 4), ('map_at_r', 'MAP@R', 4),
            ('opis', 'OPIS', 5), ('eps_opis', 'eps-OPIS', 5),
            ('mean_utility', 'mean utility', 4), ('mean_tpr', 'mean TPR', 4))
@@ -115,8 +118,10 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                       '/tmp/tcm_reproduce_<config name>).')
   parser.add_argument('--out', default='REPRODUCTION.md',
                       help='the report to write.')
-  parser.add_argument('--figures', default='docs',
-                      help='folder of the report\'s figures.')
+  parser.add_argument('--figures', default=None,
+                      help='folder of the report\'s figures (default: the '
+                      '--out file\'s folder; docs/ for a report at the '
+                      'repository\'s root).')
   parser.add_argument('--regimes', nargs='+', default=list(REGIMES),
                       choices=REGIMES)
   parser.add_argument('--losses', nargs='+', default=registered_losses(),
@@ -173,6 +178,10 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
   args.name = os.path.splitext(os.path.basename(args.config.split(':')[0]))[0]
   if args.workdir is None:
     args.workdir = f'/tmp/tcm_reproduce_{args.name}'
+  if args.figures is None:  # beside the report: a trial's never overwrite
+    folder = os.path.dirname(os.path.abspath(args.out))  # the committed ones
+    args.figures = (os.path.join(folder, 'docs') if folder == REPOSITORY
+                    else folder)
   return args
 
 
@@ -306,7 +315,7 @@ def read_result(path: str, config: ml_collections.ConfigDict,
 def code_revision() -> str | None:
   """The checkout's commit (with `+changes` when its files differ from it),
   or None outside a git checkout."""
-  repository = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  repository = REPOSITORY
   try:
     commit = subprocess.run(['git', '-C', repository, 'rev-parse', '--short',
                              'HEAD'], capture_output=True, text=True,

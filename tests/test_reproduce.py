@@ -642,3 +642,16 @@ def test_pretraining_identity_is_the_hash_of_its_result(tmp_path):
   import hashlib  # pylint: disable=import-outside-toplevel
   assert reproduce._identity(str(path)) == hashlib.sha256(  # pylint: disable=protected-access
       b'{"seconds": 2.0}').hexdigest()
+
+
+def test_figures_go_beside_the_report_unless_it_is_the_repositorys(tmp_path):
+  # A trial report elsewhere must not overwrite the committed figures.
+  args = reproduce.parse_args(['--config', CONFIG,
+                               '--out', str(tmp_path / 'trial.md')])
+  assert args.figures == str(tmp_path)
+  args = reproduce.parse_args(['--config', CONFIG, '--out',
+                               os.path.join(reproduce.REPOSITORY, 'R.md')])
+  assert args.figures == os.path.join(reproduce.REPOSITORY, 'docs')
+  args = reproduce.parse_args(['--config', CONFIG, '--out', os.path.join(
+      reproduce.REPOSITORY, 'docs', 'reproduction_x.md')])
+  assert args.figures == os.path.join(reproduce.REPOSITORY, 'docs')
