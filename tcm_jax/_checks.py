@@ -399,6 +399,22 @@ def check_type(name: str, value: _T, types: type | tuple[type, ...],
   return value
 
 
+def check_rng(name: str, value: Any) -> np.random.Generator:
+  """A `numpy.random.Generator` (the transforms' source of randomness).
+
+  Examples:
+    >>> import numpy as np
+    >>> from tcm_jax import _checks
+    >>> rng = _checks.check_rng('rng', np.random.default_rng(0))
+    >>> _checks.check_rng('rng', 0)
+    Traceback (most recent call last):
+    ...
+    ValueError: rng must be a numpy.random.Generator, got 0.
+  """
+  return check_type(name, value, np.random.Generator,
+                    'a numpy.random.Generator')
+
+
 # Pairs of numbers.
 
 

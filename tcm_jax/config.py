@@ -305,8 +305,9 @@ def check_choice(key: str, value: str, allowed: Sequence[str]) -> None:
     ...
     ValueError: optimizer.name must be one of ['adam', 'adamw', 'sgd'], got 'adamm'.
   """
+  # Imported here: _checks needs NumPy, which building a config does not.
   from tcm_jax import _checks  # pylint: disable=import-outside-toplevel
-  _checks.check_choice(key, value, allowed)  # (imported here: it needs jax)
+  _checks.check_choice(key, value, allowed)
 
 
 def metric_names(config: ml_collections.ConfigDict) -> list[str]:

@@ -127,8 +127,7 @@ def random_resized_crop_box(height: int, width: int, rng: np.random.Generator,
   """
   height = _checks.check_int('height', height, 1)
   width = _checks.check_int('width', width, 1)
-  rng = _checks.check_type('rng', rng, np.random.Generator,
-                           'a numpy.random.Generator')
+  rng = _checks.check_rng('rng', rng)
   scale = _checks.check_positive_range('scale', scale, upper=1.0)
   ratio = _checks.check_positive_range('ratio', ratio)
   area = height * width
@@ -216,8 +215,7 @@ def horizontal_flip(image: np.ndarray, rng: np.random.Generator,
     array([[1, 2, 3]], dtype=uint8)
   """
   image = _check_image(image)
-  rng = _checks.check_type('rng', rng, np.random.Generator,
-                           'a numpy.random.Generator')
+  rng = _checks.check_rng('rng', rng)
   p = _checks.check_probability('p', p)
   return image[:, ::-1] if rng.random() < p else image
 
@@ -388,8 +386,7 @@ def random_translate(image: np.ndarray, rng: np.random.Generator,
     >>> transforms.random_translate(image, rng, max_shift=0)[0]
     array([9, 9, 9, 9], dtype=uint8)
   """
-  rng = _checks.check_type('rng', rng, np.random.Generator,
-                           'a numpy.random.Generator')
+  rng = _checks.check_rng('rng', rng)
   max_shift = _checks.check_int('max_shift', max_shift, 0)
   dy, dx = rng.integers(-max_shift, max_shift, size=2, endpoint=True)
   return translate(image, int(dy), int(dx))

@@ -185,8 +185,7 @@ def random_affine(image: np.ndarray, rng: np.random.Generator, *,
     True
   """
   image = _check_image(image)
-  rng = _checks.check_type('rng', rng, np.random.Generator,
-                           'a numpy.random.Generator')
+  rng = _checks.check_rng('rng', rng)
   max_rotation, scale, max_shear, max_shift = _check_affine_ranges(
       max_rotation, scale, max_shear, max_shift)
   h, w = image.shape[:2]
@@ -253,8 +252,7 @@ def random_stroke(image: np.ndarray, rng: np.random.Generator, *,
     True
   """
   image = _check_image(image)
-  rng = _checks.check_type('rng', rng, np.random.Generator,
-                           'a numpy.random.Generator')
+  rng = _checks.check_rng('rng', rng)
   p = _checks.check_probability('p', p)
   change, thicken = rng.random() < p, rng.random() < 0.5
   if not change:
