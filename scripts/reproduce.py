@@ -1015,5 +1015,5 @@ if __name__ == '__main__':
   try:
     main()
   except (RuntimeError, ValueError, OSError, KeyError, TypeError) as error:
-    print(f'reproduce.py: {error}', file=sys.stderr)
+    print(f'reproduce.py: error: {error}', file=sys.stderr)
     sys.exit(1)

@@ -1,8 +1,9 @@
 """What the commands share: a user's mistake is one line, not a traceback.
 
-`run(main)` is `absl.app.run(main)` for the package's commands
-(`python -m tcm_jax.main`, `python -m tcm_jax.evaluate`, `python -m
-tcm_jax.data.glyphs`): an error while the flags are parsed (a misspelt
+`run(main)` is `absl.app.run(main)` for the package's absl commands
+(`python -m tcm_jax.main`, `python -m tcm_jax.evaluate`; the argparse ones,
+`python -m tcm_jax.data.glyphs` and `scripts/reproduce.py`, keep the same
+rule by hand): an error while the flags are parsed (a misspelt
 `--config.` override, a value of the wrong type) or while `main` runs prints
 
   error: <what was wrong, which argument or path, what was received>
