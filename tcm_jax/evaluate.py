@@ -7,19 +7,26 @@ The npz holds `embeddings` `[N, D]` and integer `labels` `[N]` (optionally
 `ref_embeddings` and `ref_labels`, to rank queries against a separate
 gallery), so a model trained anywhere, PyTorch included, can be checked:
 `np.savez('embeddings.npz', embeddings=z, labels=y)`. The output folder gets
-`metrics.json`, `report.md` and `utility_curves.png`. The work is done by
+`metrics.json` (the machine-readable results), `report.md` and
+`utility_curves.png`; the command prints the metrics as the trainer does (a
+table) and where the files are. The work is done by
 `tcm_jax.report.evaluate_arrays`, which a notebook can call directly.
+
+A mistake (a missing or unreadable file, an `--out` that cannot be written,
+a malformed flag) is one line, `error: ...`, naming the flag or the file,
+and is found before any evaluation; `--verbose` shows the traceback.
 """
 
 from __future__ import annotations
 
-import json
 import os
+import tempfile
 from typing import Any, Sequence
 
 from absl import app
 from absl import flags
 
+from tcm_jax import _cli
 from tcm_jax import _moved
 from tcm_jax import report
 
@@ -47,13 +54,60 @@ _KS = flags.DEFINE_list('ks', ['1', '2', '4', '8'], 'Recall@K values.')
 _BLOCK_SIZE = flags.DEFINE_integer('block_size', None, 'query rows per block.')
 
 
-def _floats(name: str, values: Sequence[str] | None) -> tuple[float, ...] | None:
+def _pair(name: str, values: Sequence[str] | None
+          ) -> tuple[float, float] | None:
+  """A `--name=low,high` flag as two floats (None when not given)."""
   if values is None:
     return None
   try:
-    return tuple(float(v) for v in values)
-  except ValueError as e:
-    raise app.UsageError(f'--{name} takes numbers, got {values}.') from e
+    low, high = (float(v) for v in values)
+  except ValueError:
+    raise app.UsageError(
+        f'--{name} takes two numbers, low,high; got '
+        f'{",".join(values)!r}.') from None
+  return low, high
+
+
+def _positive_ints(name: str, values: Sequence[str]) -> list[int]:
+  """A `--name=1,2,4` flag as positive integers."""
+  bad = [v for v in values if not (v.strip().isdigit() and int(v) > 0)]
+  if bad or not values:
+    raise app.UsageError(
+        f'--{name} takes positive integers, comma-separated; got '
+        f'{",".join(values)!r}' + (f' ({bad[0]!r} is not one).' if bad
+                                   else '.'))
+  return [int(v) for v in values]
+
+
+def _nearest_existing(path: str) -> str:
+  """`path`, or its nearest ancestor that exists."""
+  path = os.path.abspath(path)
+  while not os.path.lexists(path) and os.path.dirname(path) != path:
+    path = os.path.dirname(path)
+  return path
+
+
+def _check_out_dir(path: str, name: str = '--out') -> None:
+  """A folder the report can be written into (made later if missing).
+
+  Raises:
+    ValueError: `path`, or the nearest of its parents that exists, is a
+      file, or that folder cannot be written in.
+  """
+  subject = f'{name}={path}'
+  if os.path.lexists(path) and not os.path.isdir(path):
+    raise ValueError(
+        f'{subject} is a file, not a folder: give a folder for '
+        f'{", ".join(report.REPORT_FILES)}.')
+  existing = _nearest_existing(path)
+  if not os.path.isdir(existing):
+    raise ValueError(f'{subject}: {existing} is a file, not a folder.')
+  try:
+    with tempfile.TemporaryFile(dir=existing):
+      pass
+  except OSError as e:
+    raise ValueError(
+        f'{subject}: cannot write in {existing} ({e.strerror}).') from None
 
 
 def main(argv: Sequence[str]) -> None:
@@ -61,21 +115,27 @@ def main(argv: Sequence[str]) -> None:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   if not _EMBEDDINGS.value or not _OUT.value:
     raise app.UsageError('--embeddings and --out are required.')
-  arrays = report.load_npz(_EMBEDDINGS.value)
   kwargs: dict[str, Any] = dict(
-      far_range=_floats('far_range', _FAR_RANGE.value),
-      distance_range=_floats('distance_range', _DISTANCE_RANGE.value),
+      far_range=_pair('far_range', _FAR_RANGE.value),
+      distance_range=_pair('distance_range', _DISTANCE_RANGE.value),
       beta=_BETA.value, num_thresholds=_NUM_THRESHOLDS.value,
       epsilon=_EPSILON.value, target_far=_TARGET_FAR.value,
-      ks=[int(k) for k in _KS.value])
+      ks=_positive_ints('ks', _KS.value))
+  _check_out_dir(_OUT.value)
+  arrays = report.load_npz(_EMBEDDINGS.value,
+                           name=f'--embeddings={_EMBEDDINGS.value}')
+  source_name = os.path.basename(_EMBEDDINGS.value)
   evaluation = report.evaluate_arrays(
-      arrays, _OUT.value, source_name=os.path.basename(_EMBEDDINGS.value),
+      arrays, _OUT.value, source_name=source_name,
       block_size=_BLOCK_SIZE.value, **kwargs)
-  summary = evaluation.to_dict()
-  print(json.dumps({k: summary[k] for k in (
-      'recall_at_k', 'map_at_r', 'opis', 'eps_opis', 'calibration_range')}))
-  print(f'report: {os.path.join(_OUT.value, "report.md")}')
+  values, _ = report.load_results_dict(evaluation.to_dict())
+  print(report.results_table(values, column=source_name,
+                             epsilon=evaluation.epsilon))
+  paths = report.report_paths(_OUT.value)
+  print(f'report: {paths["report.md"]}')
+  print(f'metrics: {paths["metrics.json"]}')
+  print(f'figure: {paths["utility_curves.png"]}')
 
 
 if __name__ == '__main__':
-  app.run(main)
+  _cli.run(main)

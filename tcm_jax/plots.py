@@ -21,6 +21,9 @@ from tcm_jax.metrics import CalibrationRange
 from tcm_jax.metrics import UtilityCurves
 
 MAX_CLASS_LINES = 200
+# The x-axis of every utility-curve figure: the whole distance range, so
+# that the figures of two runs can be laid side by side.
+DISTANCE_AXIS = (0.0, 2.0)
 
 
 def _figure(ax, path, figsize):
@@ -54,22 +57,28 @@ def _finish(fig, path: str | None):
 def plot_utility_curves(curves: UtilityCurves,
                         calibration_range: CalibrationRange,
                         path: str | None = None, *, worst_classes=(),
-                        title: str | None = None, ax=None):
+                        title: str | None = None, ax=None,
+                        xlim: tuple[float, float] = DISTANCE_AXIS):
   """The paper's figure: one utility curve per class, the range shaded.
 
   Each class's utility (F-beta of its TNR and TPR) is drawn against the
   distance threshold, with the mean curve, the 10-90% band over classes, the
   worst classes in red and the calibration range shaded. Beyond
   `MAX_CLASS_LINES` classes a random subset is drawn (the band and mean use
-  all of them).
+  all of them). The x-axis is the whole distance range [0, 2]
+  (`DISTANCE_AXIS`) whatever the curves span, so that two runs' figures
+  compare side by side; the reports draw curves over all of it
+  (`tcm_jax.report.plot_curves`).
 
   Args:
     curves: utility curves over any thresholds (e.g. wider than the range).
     calibration_range: the range to shade.
     path: where to write the image; None: only return the figure.
     worst_classes: labels of classes to draw in red.
-    title: axes title.
+    title: axes title: say which run or file, and whether TCM was on
+      (default: the number of classes).
     ax: draw into these axes (default: a new figure).
+    xlim: the x-axis limits (default: [0, 2], for comparable figures).
 
   Returns:
     The matplotlib figure.
@@ -87,6 +96,7 @@ def plot_utility_curves(curves: UtilityCurves,
     >>> len(fig.axes[0].lines)  # four classes and the mean
     5
   """
+  xlim = _checks.check_range('xlim', xlim, -1.0, 3.0)
   fig, ax = _figure(ax, path, (7.5, 4.5))
   thresholds, utility = curves.thresholds, curves.utility
   low, high = calibration_range.distance
@@ -112,7 +122,7 @@ def plot_utility_curves(curves: UtilityCurves,
   ax.set_xlabel('distance threshold t (accept a pair when 1 - cos <= t)')
   ax.set_ylabel('utility (F-beta of TNR and TPR)')
   ax.set_ylim(0, 1.02)
-  ax.set_xlim(thresholds[0], thresholds[-1])
+  ax.set_xlim(*xlim)
   ax.set_title(title or f'Per-class utility, {len(utility)} classes')
   ax.legend(loc='lower right', fontsize=8)
   return _finish(fig, path)

@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import zipfile
+import zlib
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -28,7 +30,8 @@ if TYPE_CHECKING:  # in annotations only; the data is not this module's
   from tcm_jax.data.datasets import Split
   from tcm_jax.data.inputs import Inputs
 
-PLOT_THRESHOLDS = 61
+# Thresholds of the figure's curves over [0, 2]: 0.01 apart.
+PLOT_THRESHOLDS = 201
 
 
 class _ProgressBar:
@@ -47,8 +50,72 @@ class _ProgressBar:
     self._bar.close()
 
 
-def load_npz(path: str) -> dict[str, np.ndarray]:
+# The first bytes of a zip (with entries, or empty) and of a .npy file.
+_ZIP_MAGIC = (b'PK\x03\x04', b'PK\x05\x06')
+_NPY_MAGIC = b'\x93NUMPY'
+# What reading an npz that is cut short or damaged raises, inside numpy.
+_DAMAGED = (zipfile.BadZipFile, EOFError, zlib.error, ValueError, OSError)
+
+
+def _check_npz_file(path: str, name: str) -> None:
+  """A file that is there, readable and starts as an npz archive does."""
+  if os.path.isdir(path):
+    raise ValueError(f'{name} is a folder, not an npz file.')
+  try:
+    with open(path, 'rb') as f:
+      head = f.read(8)
+  except FileNotFoundError:
+    raise ValueError(f'{name}: no such file.') from None
+  except OSError as e:
+    raise ValueError(f'{name} cannot be read ({e.strerror}).') from None
+  if not head:
+    raise ValueError(f'{name} is empty (0 bytes), not an npz archive.')
+  if head.startswith(_NPY_MAGIC):
+    raise ValueError(
+        f'{name} holds a single .npy array, not an npz archive of named '
+        'arrays: save one with np.savez(path, embeddings=z, labels=y).')
+  if not head.startswith(_ZIP_MAGIC):
+    raise ValueError(
+        f'{name} is not an npz archive (a zip of .npy arrays, as np.savez '
+        f'writes): it starts with {head!r}.')
+
+
+def _read_array(data, key: str, name: str) -> np.ndarray:
+  try:
+    return data[key]
+  except ValueError as e:
+    if 'pickle' in str(e):  # an object array: loading it would unpickle
+      raise ValueError(
+          f'{name}: array {key!r} holds Python objects (dtype object), which '
+          'are not loaded (unpickling can run code); save numeric arrays.'
+      ) from None
+    raise ValueError(f'{name} is not a readable npz archive (truncated or '
+                     f'damaged: array {key!r}: {e}).') from None
+  except _DAMAGED as e:
+    raise ValueError(f'{name} is not a readable npz archive (truncated or '
+                     f'damaged: array {key!r}: {e}).') from None
+
+
+def load_npz(path: str, *, name: str | None = None) -> dict[str, np.ndarray]:
   """The arrays of an evaluation file, checked for the keys it needs.
+
+  Never unpickles: a file that is not an npz archive (text, a single
+  `.npy` array, an empty or truncated file) or that holds object arrays is
+  refused with an error naming it.
+
+  Args:
+    path: the npz file.
+    name: what the errors call it (default: the path), e.g. the flag that
+      gave it.
+
+  Returns:
+    Every array of the file by key: `embeddings` and `labels`, and
+    `ref_embeddings` with `ref_labels` when there is a gallery.
+
+  Raises:
+    ValueError: the file is missing, not an npz archive, damaged, holds
+      object arrays, lacks `embeddings` or `labels` (the keys it has are
+      listed), or has only one of `ref_embeddings` and `ref_labels`.
 
   Examples:
     >>> import os, tempfile
@@ -58,16 +125,30 @@ def load_npz(path: str) -> dict[str, np.ndarray]:
     >>> np.savez(path, embeddings=np.eye(4), labels=np.array([0, 0, 1, 1]))
     >>> sorted(report.load_npz(path))
     ['embeddings', 'labels']
+    >>> _ = open(path, 'w').write('0.1, 0.2\\n')
+    >>> report.load_npz(path, name='the file')
+    Traceback (most recent call last):
+    ...
+    ValueError: the file is not an npz archive (a zip of .npy arrays, as np.savez writes): it starts with b'0.1, 0.2'.
   """
-  with np.load(path) as data:
-    arrays = {key: data[key] for key in data.files}
+  path = os.fspath(path)
+  name = path if name is None else name
+  _check_npz_file(path, name)
+  try:
+    data = np.load(path, allow_pickle=False)
+  except _DAMAGED as e:
+    raise ValueError(f'{name} is not a readable npz archive (truncated or '
+                     f'damaged: {e}).') from None
+  with data:
+    arrays = {key: _read_array(data, key, name) for key in data.files}
   missing = {'embeddings', 'labels'} - arrays.keys()
   if missing:
     raise ValueError(
-        f'{path} must hold arrays named embeddings and labels; missing '
+        f'{name} must hold arrays named embeddings and labels; missing '
         f'{sorted(missing)}, found {sorted(arrays)}.')
   if ('ref_embeddings' in arrays) != ('ref_labels' in arrays):
-    raise ValueError(f'{path}: ref_embeddings and ref_labels go together.')
+    raise ValueError(f'{name}: ref_embeddings and ref_labels go together; '
+                     f'found {sorted(arrays)}.')
   return arrays
 
 
@@ -75,7 +156,12 @@ def plot_curves(evaluation: metrics.Evaluation, embeddings, labels,
                 ref_embeddings=None, ref_labels=None, *,
                 block_size: int | None = None,
                 progress=None) -> metrics.UtilityCurves:
-  """Utility curves over three times the calibration range, for the figure.
+  """Utility curves over the whole distance range [0, 2], for the figure.
+
+  `PLOT_THRESHOLDS` thresholds from 0 to 2 whatever the run, so that the
+  figures of two runs share their x-axis (`plots.plot_utility_curves`
+  draws [0, 2] and shades the calibration range). The curves' calibration
+  range is the evaluation's.
 
   Examples:
     >>> import numpy as np
@@ -84,8 +170,8 @@ def plot_curves(evaluation: metrics.Evaluation, embeddings, labels,
     >>> z = np.random.default_rng(0).normal(size=(40, 8)) + np.eye(8)[labels]
     >>> wide = report.plot_curves(metrics.evaluate_embeddings(z, labels), z,
     ...                           labels)
-    >>> wide.utility.shape
-    (4, 61)
+    >>> wide.utility.shape, wide.thresholds[[0, -1]].tolist()
+    ((4, 201), [0.0, 2.0])
   """
   source = advanced.source_from_embeddings(
       embeddings, labels, ref_embeddings, ref_labels, block_size=block_size)
@@ -94,10 +180,9 @@ def plot_curves(evaluation: metrics.Evaluation, embeddings, labels,
 
 def _wide_curves(source: advanced.PairSource, evaluation: metrics.Evaluation,
                  progress) -> metrics.UtilityCurves:
-  low, high = evaluation.curves.calibration_range.distance
-  width = high - low
-  thresholds = advanced.thresholds_between(
-      max(low - width, 0.0), min(high + width, 2.0), PLOT_THRESHOLDS)
+  high = evaluation.curves.calibration_range.distance[1]
+  thresholds = advanced.thresholds_between(*plots.DISTANCE_AXIS,
+                                           PLOT_THRESHOLDS)
   counts = advanced.class_counts(source, thresholds, high, progress)
   mask = np.isin(source.classes, evaluation.curves.classes)
   return advanced.curves_from_counts(counts, mask, source.classes,
@@ -125,12 +210,13 @@ def worst_classes(evaluation: metrics.Evaluation) -> np.ndarray:
 
 def evaluate_arrays(arrays: dict[str, np.ndarray], out_dir: str, *,
                     source_name: str = 'arrays', block_size: int | None = None,
-                    show_progress: bool = True,
+                    show_progress: bool = True, title: str | None = None,
                     **kwargs) -> metrics.Evaluation:
   """Evaluates `embeddings`/`labels` and writes the report into `out_dir`.
 
   `arrays` may also hold `ref_embeddings` and `ref_labels` (a separate
-  gallery); `kwargs` are `metrics.evaluate_embeddings`'s.
+  gallery); `title` is the figure's (see `write_report`); `kwargs` are
+  `metrics.evaluate_embeddings`'s.
 
   Examples:
     >>> import os, tempfile
@@ -159,7 +245,8 @@ def evaluate_arrays(arrays: dict[str, np.ndarray], out_dir: str, *,
   finally:
     if bar is not None:
       bar.close()
-  write_report(evaluation, out_dir, source_name=source_name, plot_curves=wide)
+  write_report(evaluation, out_dir, source_name=source_name, plot_curves=wide,
+               title=title)
   return evaluation
 
 
@@ -175,13 +262,11 @@ def _format_report(evaluation: metrics.Evaluation, source_name: str,
       f'references; {result["num_classes_evaluated"]} classes evaluated.', '',
       '| metric | value |', '|---|---|',
   ]
-  lines += [f'| Recall@{k} | {v:.4f} |'
-            for k, v in evaluation.retrieval.recall_at_k.items()]
+  values, _ = load_results_dict(result)
+  lines += [f'| {metric_label(key, evaluation.epsilon)} | '
+            f'{metric_value(key, value)} |' for key, value in values.items()]
   lines += [
-      f'| MAP@R | {evaluation.retrieval.map_at_r:.4f} |',
-      f'| R-precision | {evaluation.retrieval.r_precision:.4f} |',
-      f'| OPIS | {evaluation.opis:.5f} |',
-      f'| {evaluation.epsilon:g}-OPIS | {evaluation.eps_opis:.5f} |', '',
+      '',
       '## Calibration range', '',
       (f'Distances {low:.5f} to {high:.5f}'
        + ('' if far is None else f', where the global FAR goes from '
@@ -218,20 +303,39 @@ def _format_report(evaluation: metrics.Evaluation, source_name: str,
   return '\n'.join(lines)
 
 
+REPORT_FILES = ('metrics.json', 'report.md', 'utility_curves.png')
+
+
+def report_paths(out_dir: str) -> dict[str, str]:
+  """Where `write_report` writes each of its files, by name.
+
+  Examples:
+    >>> from tcm_jax import report
+    >>> report.report_paths('out')['report.md']
+    'out/report.md'
+  """
+  return {name: os.path.join(out_dir, name) for name in REPORT_FILES}
+
+
 def write_report(evaluation: metrics.Evaluation, out_dir: str, *,
                  source_name: str,
                  plot_curves: metrics.UtilityCurves | None = None,
                  extra: dict[str, Any] | None = None,
-                 sections: Sequence[str] = ()) -> dict[str, str]:
+                 sections: Sequence[str] = (),
+                 title: str | None = None) -> dict[str, str]:
   """Writes metrics.json, report.md and utility_curves.png into `out_dir`.
 
   Args:
     evaluation: what the report is of.
     out_dir: the folder (made if missing).
-    source_name: what was evaluated, for the title.
-    plot_curves: the curves to draw (default: `evaluation.curves`).
+    source_name: what was evaluated, for the report's heading.
+    plot_curves: the curves to draw (default: `evaluation.curves`; see
+      `plot_curves` for the whole distance range).
     extra: more `metrics.json` keys, after the evaluation's own.
     sections: more markdown, after the evaluation's own.
+    title: the figure's title, which should say which run or file it is
+      (a training run: `run_title`); default `Per-class utility of
+      <source_name>`.
 
   Returns:
     The path of each file, by name.
@@ -251,8 +355,7 @@ def write_report(evaluation: metrics.Evaluation, out_dir: str, *,
     True
   """
   os.makedirs(out_dir, exist_ok=True)
-  paths = {name: os.path.join(out_dir, name)
-           for name in ('metrics.json', 'report.md', 'utility_curves.png')}
+  paths = report_paths(out_dir)
   with open(paths['metrics.json'], 'w') as f:
     json.dump({**evaluation.to_dict(), **(extra or {})}, f, indent=2,
               allow_nan=False)
@@ -260,7 +363,7 @@ def write_report(evaluation: metrics.Evaluation, out_dir: str, *,
   plots.plot_utility_curves(
       plot_curves or evaluation.curves, evaluation.curves.calibration_range,
       paths['utility_curves.png'], worst_classes=worst,
-      title=f'Per-class utility of {source_name}')
+      title=title or f'Per-class utility of {source_name}')
   with open(paths['report.md'], 'w') as f:
     f.write(_format_report(evaluation, source_name, 'utility_curves.png')
             + ''.join(sections))
@@ -270,35 +373,88 @@ def write_report(evaluation: metrics.Evaluation, out_dir: str, *,
 # --- A run's results -------------------------------------------------------------
 
 
+# The report's names of the metrics (`metric_label`) and their decimals.
+_LABELS = {'map_at_r': 'MAP@R', 'r_precision': 'R-precision', 'opis': 'OPIS',
+           'mean_utility': 'mean utility', 'mean_tpr': 'mean TPR'}
+_DECIMALS = {'opis': 5, 'eps_opis': 5}  # the others: 4
+
+
+def metric_label(key: str, epsilon: float | None = None) -> str:
+  """The report's name of a metric key (`recall_at_1` is Recall@1).
+
+  Args:
+    key: a key of `load_results`' metrics (or of `config.metric_names`).
+    epsilon: the worst-class fraction of eps-OPIS, to name it as the report
+      does (`0.1-OPIS`); unknown: `eps-OPIS`.
+
+  Returns:
+    The label; an unknown key as it is.
+
+  Examples:
+    >>> from tcm_jax import report
+    >>> [report.metric_label(k, 0.1) for k in ('recall_at_4', 'map_at_r',
+    ...                                         'eps_opis', 'loss')]
+    ['Recall@4', 'MAP@R', '0.1-OPIS', 'loss']
+  """
+  if key.startswith('recall_at_'):
+    return f'Recall@{key[len("recall_at_"):]}'
+  if key == 'eps_opis':
+    return 'eps-OPIS' if epsilon is None else f'{epsilon:g}-OPIS'
+  return _LABELS.get(key, key)
+
+
+def metric_value(key: str, value: float | None) -> str:
+  """A metric's value as the report writes it (`-` when there is none).
+
+  Examples:
+    >>> from tcm_jax import report
+    >>> report.metric_value('recall_at_1', 0.9), report.metric_value(
+    ...     'opis', 0.0123), report.metric_value('opis', None)
+    ('0.9000', '0.01230', '-')
+  """
+  if value is None:
+    return '-'
+  return f'{value:.{_DECIMALS.get(key, 4)}f}'
+
+
 def results_table(values: dict[str, float],
-                  baselines: dict[str, dict[str, float]] | None = None) -> str:
+                  baselines: dict[str, dict[str, float]] | None = None, *,
+                  column: str = 'model',
+                  epsilon: float | None = None) -> str:
   """A markdown table of evaluation metrics, as printed at the end of a run.
+
+  Rows are named and valued as in `report.md` (`metric_label`,
+  `metric_value`); `python -m tcm_jax.evaluate` prints the same table.
 
   Args:
     values: the model's metrics.
     baselines: optional metrics of raw-input baselines by name (as in
       `metrics.json['baselines']`), one more column each.
+    column: the heading of the `values` column.
+    epsilon: eps-OPIS's worst-class fraction, for its label.
 
   Examples:
     >>> from tcm_jax import report
     >>> print(report.results_table({'recall_at_1': 0.9, 'opis': 0.0123}))
     | metric | model |
     |---|---|
-    | recall_at_1 | 0.9000 |
-    | opis | 0.0123 |
-    >>> print(report.results_table({'recall_at_1': 0.9},
-    ...                            {'pixels': {'recall_at_1': 0.8}}))
+    | Recall@1 | 0.9000 |
+    | OPIS | 0.01230 |
+    >>> print(report.results_table({'recall_at_1': 0.9, 'eps_opis': 0.05},
+    ...                            {'pixels': {'recall_at_1': 0.8}},
+    ...                            epsilon=0.1))
     | metric | model | pixels |
     |---|---|---|
-    | recall_at_1 | 0.9000 | 0.8000 |
+    | Recall@1 | 0.9000 | 0.8000 |
+    | 0.1-OPIS | 0.05000 | - |
   """
   baselines = baselines or {}
-  lines = ['| ' + ' | '.join(['metric', 'model', *baselines]) + ' |',
+  lines = ['| ' + ' | '.join(['metric', column, *baselines]) + ' |',
            '|---' * (2 + len(baselines)) + '|']
   for key, value in values.items():
     cells = [value] + [baseline.get(key) for baseline in baselines.values()]
-    lines.append(f'| {key} | ' + ' | '.join(
-        '-' if v is None else f'{v:.4f}' for v in cells) + ' |')
+    lines.append(f'| {metric_label(key, epsilon)} | ' + ' | '.join(
+        metric_value(key, v) for v in cells) + ' |')
   return '\n'.join(lines)
 
 
@@ -396,6 +552,29 @@ def run_sections(config: ml_collections.ConfigDict, inputs: Inputs,
   return sections
 
 
+def run_title(config: ml_collections.ConfigDict, run_name: str,
+              split_name: str) -> str:
+  """The figure title of a training run: which run, its loss, TCM or not.
+
+  Args:
+    config: the run's config.
+    run_name: the run's name (e.g. its workdir's folder name).
+    split_name: the split evaluated.
+
+  Examples:
+    >>> from tcm_jax import config as config_lib, report
+    >>> config = config_lib.default_config()
+    >>> config.loss.name, config.loss.tcm.enabled = 'arcface', True
+    >>> report.run_title(config, 'arcface-tcm-seed0', 'test')
+    'arcface-tcm-seed0: arcface + TCM, the test split'
+    >>> config.loss.tcm.enabled = False
+    >>> report.run_title(config, 'arcface-seed0', 'test')
+    'arcface-seed0: arcface without TCM, the test split'
+  """
+  tcm = ' + TCM' if config.loss.tcm.enabled else ' without TCM'
+  return f'{run_name}: {config.loss.name}{tcm}, the {split_name} split'
+
+
 def _baseline_section(final: dict[str, float],
                       baselines: dict[str, dict[str, float]], config,
                       split: Split) -> str:
@@ -410,7 +589,7 @@ def _baseline_section(final: dict[str, float],
       'classes\' images. A trained embedding should beat both.'
       + (f' Omitted, as they could not be computed: {", ".join(omitted)} '
          '(see the log).' if omitted else '') + '\n\n'
-      + results_table(final, baselines) + '\n')
+      + results_table(final, baselines, epsilon=config.eval.epsilon) + '\n')
 
 
 def _margins_text(config, margins: list[dict[str, float]]) -> str:

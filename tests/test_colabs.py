@@ -97,9 +97,9 @@ EXPECTED_OUTPUT = {
         rf'hard negatives {_NUMBER}% of [0-9]+ negative pairs$',
     ],
     'train_on_tfds': [
-        r'^\| metric \| value \|$',
-        rf'^\| recall_at_1 \| {_NUMBER} \|$',
-        rf'^\| opis \| {_NUMBER} \|$',
+        r'^\| metric \| model \|$',
+        rf'^\| Recall@1 \| {_NUMBER} \|$',
+        rf'^\| OPIS \| {_NUMBER} \|$',
     ],
 }
 

@@ -1,12 +1,16 @@
 """The evaluation command: metrics.json, report.md and the figure."""
 
 import json
+import os
+import re
 import subprocess
 import sys
+import tempfile
 
 import numpy as np
 import pytest
 
+from tcm_jax import config as config_lib
 from tcm_jax import evaluate
 from tcm_jax import metrics
 from tcm_jax import report
@@ -28,8 +32,19 @@ def test_command_writes_the_report(npz_file, tmp_path):
       [sys.executable, '-m', 'tcm_jax.evaluate', f'--embeddings={path}',
        f'--out={out}', '--target_far=0.05', '--ks=1,5'],
       capture_output=True, text=True, check=True)
-  assert 'report:' in run.stdout
   written = json.loads((out / 'metrics.json').read_text())
+  # The human table the trainer prints too, then where everything went.
+  lines = run.stdout.splitlines()
+  assert lines[:2] == ['| metric | embeddings.npz |', '|---|---|']
+  rows = dict(re.findall(r'^\| (.+?) \| ([0-9.]+) \|$', run.stdout, re.M))
+  assert list(rows) == ['Recall@1', 'Recall@5', 'MAP@R', 'R-precision',
+                        'OPIS', '0.1-OPIS']
+  assert float(rows['Recall@5']) == pytest.approx(
+      written['recall_at_k']['5'], abs=5e-5)
+  assert float(rows['OPIS']) == pytest.approx(written['opis'], abs=5e-6)
+  assert lines[-3:] == [f'report: {out / "report.md"}',
+                        f'metrics: {out / "metrics.json"}',
+                        f'figure: {out / "utility_curves.png"}']
   expected = metrics.evaluate_embeddings(z, labels, target_far=0.05,
                                          ks=(1, 5)).to_dict()
   assert written['opis'] == pytest.approx(expected['opis'], abs=1e-7)
@@ -85,3 +100,154 @@ def test_old_names_still_work_with_a_warning(name):
     assert getattr(evaluate, name) is getattr(report, name)
   with pytest.raises(AttributeError, match="has no attribute 'nothing'"):
     evaluate.nothing  # pylint: disable=pointless-statement
+
+
+def _evaluate(*args):
+  return subprocess.run(
+      [sys.executable, '-m', 'tcm_jax.evaluate', *map(str, args)],
+      capture_output=True, text=True, timeout=300,
+      env={**os.environ, 'JAX_PLATFORMS': 'cpu'})
+
+
+def _assert_one_line_error(run, *fragments, status=1):
+  """Exit status, one `error:` line naming what was wrong, no traceback."""
+  assert run.returncode == status, run.stderr
+  assert 'Traceback' not in run.stderr
+  lines = run.stderr.splitlines()
+  assert len(lines) == 1 and lines[0].startswith('error: '), run.stderr
+  for fragment in fragments:
+    assert fragment in lines[0], (fragment, lines[0])
+  return lines[0]
+
+
+@pytest.fixture
+def bad_files(tmp_path):
+  good = tmp_path / 'good.npz'
+  np.savez(good, embeddings=np.eye(4), labels=np.arange(4))
+  files = {name: tmp_path / name for name in (
+      'text.npz', 'empty.npz', 'truncated.npz', 'array.npy', 'keys.npz',
+      'objects.npz', 'missing.npz')}
+  files['text.npz'].write_text('embeddings, labels\n0.1, 0\n')
+  files['empty.npz'].write_bytes(b'')
+  files['truncated.npz'].write_bytes(good.read_bytes()[:150])
+  np.save(files['array.npy'], np.eye(3))
+  np.savez(files['keys.npz'], z=np.zeros((3, 2)), labels=np.zeros(3, int))
+  np.savez(files['objects.npz'], embeddings=np.array([1, 'a'], object),
+           labels=np.arange(2))
+  files['folder'] = tmp_path
+  return files
+
+
+def test_command_names_each_bad_embeddings_file(bad_files, tmp_path):
+  expected = {
+      # Once numpy's advice to load it unsafely, with allow_pickle.
+      'text.npz': 'is not an npz archive (a zip of .npy arrays',
+      'empty.npz': 'is empty (0 bytes), not an npz archive',
+      'truncated.npz': 'is not a readable npz archive (truncated or damaged',
+      'array.npy': 'holds a single .npy array, not an npz archive',
+      'keys.npz': ("must hold arrays named embeddings and labels; missing "
+                   "['embeddings'], found ['labels', 'z']"),
+      'objects.npz': "array 'embeddings' holds Python objects",
+      'missing.npz': 'no such file',
+      'folder': 'is a folder, not an npz file',
+  }
+  for name, fragment in expected.items():
+    path = bad_files[name]
+    run = _evaluate(f'--embeddings={path}', f'--out={tmp_path / "out"}')
+    line = _assert_one_line_error(run, f'--embeddings={path}', fragment)
+    assert 'allow_pickle' not in line and 'pickle' not in line
+  assert not (tmp_path / 'out').exists()  # nothing was written
+
+
+def test_command_checks_out_before_any_work(bad_files, tmp_path):
+  # The embeddings file is bad too: --out, checked first, is what is named.
+  bad = bad_files['text.npz']
+  a_file = tmp_path / 'results.txt'
+  a_file.write_text('')
+  run = _evaluate(f'--embeddings={bad}', f'--out={a_file}')
+  _assert_one_line_error(run, f'--out={a_file}', 'is a file, not a folder')
+  run = _evaluate(f'--embeddings={bad}', f'--out={a_file / "report"}')
+  _assert_one_line_error(run, f'--out={a_file / "report"}',
+                         f'{a_file} is a file, not a folder')
+  assert a_file.read_text() == ''
+  locked = tmp_path / 'locked'
+  locked.mkdir()
+  locked.chmod(0o500)
+  if os.access(locked, os.W_OK):  # root: a folder no one can write in
+    locked = '/sys'
+  try:
+    with tempfile.TemporaryFile(dir=locked):
+      pytest.skip(f'no unwritable folder here ({locked} is writable)')
+  except OSError:
+    pass
+  run = _evaluate(f'--embeddings={bad}', f'--out={locked}/report')
+  _assert_one_line_error(run, f'--out={locked}/report',
+                         f'cannot write in {locked}')
+
+
+def test_command_refuses_bad_flags_as_usage_errors(npz_file, tmp_path):
+  path, _, _ = npz_file
+  out = tmp_path / 'out'
+  run = _evaluate(f'--embeddings={path}', f'--out={out}', '--ks=1,x')
+  _assert_one_line_error(run, '--ks takes positive integers', "'x'", status=2)
+  run = _evaluate(f'--embeddings={path}', f'--out={out}',
+                  '--distance_range=0.2')
+  _assert_one_line_error(run, '--distance_range takes two numbers', status=2)
+  run = _evaluate(f'--out={out}')
+  _assert_one_line_error(run, '--embeddings', 'required', status=2)
+  assert not out.exists()
+
+
+def _markdown_rows(text):
+  return re.findall(r'^\| ([^|]+) \| ([0-9.]+) \|$', text, re.M)
+
+
+def test_results_table_is_the_report_s_table(npz_file, tmp_path):
+  # The trainer prints `results_table`; it once said recall_at_1 where the
+  # report says Recall@1.
+  _, z, labels = npz_file
+  evaluation = metrics.evaluate_embeddings(z, labels, ks=(1, 4), epsilon=0.2)
+  report.write_report(evaluation, str(tmp_path), source_name='toy')
+  in_report = (tmp_path / 'report.md').read_text().split('## Calibration')[0]
+  values, _ = report.load_results_dict(evaluation.to_dict())
+  table = report.results_table(values, epsilon=0.2)
+  assert _markdown_rows(table) == _markdown_rows(in_report)
+  assert [label for label, _ in _markdown_rows(table)] == [
+      'Recall@1', 'Recall@4', 'MAP@R', 'R-precision', 'OPIS', '0.2-OPIS']
+  assert report.results_table(
+      {'recall_at_1': 0.91234, 'opis': 0.0123456, 'eps_opis': 0.05},
+      {'pixels': {'recall_at_1': 0.5}}, column='run') == (
+          '| metric | run | pixels |\n|---|---|---|\n'
+          '| Recall@1 | 0.9123 | 0.5000 |\n| OPIS | 0.01235 | - |\n'
+          '| eps-OPIS | 0.05000 | - |')
+
+
+def test_the_figure_has_the_run_s_title_and_the_whole_distance_axis(
+    npz_file, tmp_path, monkeypatch):
+  _, z, labels = npz_file
+  drawn = []
+  draw = report.plots.plot_utility_curves
+  monkeypatch.setattr(report.plots, 'plot_utility_curves',
+                      lambda *a, **k: drawn.append(draw(*a, **k)))
+  report.evaluate_arrays({'embeddings': z, 'labels': labels}, str(tmp_path),
+                         show_progress=False, title='run-a: arcface + TCM')
+  report.evaluate_arrays({'embeddings': z, 'labels': labels}, str(tmp_path),
+                         show_progress=False, source_name='set.npz')
+  titles = [fig.axes[0].get_title() for fig in drawn]
+  assert titles == ['run-a: arcface + TCM', 'Per-class utility of set.npz']
+  for fig in drawn:
+    ax = fig.axes[0]
+    assert ax.get_xlim() == (0.0, 2.0)
+    mean = ax.lines[-1].get_xdata()  # the curves span the whole axis too
+    assert (mean[0], mean[-1], len(mean)) == (0.0, 2.0,
+                                              report.PLOT_THRESHOLDS)
+
+
+def test_run_title_says_which_run_and_whether_tcm_was_on():
+  config = config_lib.default_config()
+  config.loss.name = 'multisimilarity'
+  for enabled, words in ((True, 'multisimilarity + TCM'),
+                         (False, 'multisimilarity without TCM')):
+    config.loss.tcm.enabled = enabled
+    assert report.run_title(config, 'ms-seed3', 'val') == (
+        f'ms-seed3: {words}, the val split')

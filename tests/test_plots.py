@@ -185,3 +185,42 @@ def test_utility_curves_into_given_axes_and_to_a_file(tmp_path):
   path = tmp_path / 'curves.png'
   plots.plot_utility_curves(curves, curves.calibration_range, str(path))
   assert path.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+
+
+def _shaded_span(ax):
+  """The x extent of the shaded calibration range (the axvspan patch)."""
+  (span,) = [p for p in ax.patches if p.get_label().startswith('calibration')]
+  if hasattr(span, 'get_width'):  # a Rectangle (matplotlib >= 3.9)
+    return span.get_x(), span.get_x() + span.get_width()
+  xs = np.asarray(span.get_xy())[:, 0]  # a Polygon before
+  return xs.min(), xs.max()
+
+
+def test_utility_curves_of_two_runs_share_a_fixed_axis_and_their_titles():
+  # Two sets whose calibration ranges differ: once each figure's x-axis was
+  # its own range, so two runs could not be laid side by side.
+  rng = np.random.default_rng(4)
+  labels = np.repeat(np.arange(5), 8)
+  figures = []
+  for spread, title in ((0.5, 'run-a: arcface + TCM, the test split'),
+                        (2.0, 'run-b: arcface without TCM, the test split')):
+    z = rng.normal(size=(5, 6))[labels] + spread * rng.normal(size=(40, 6))
+    curves = metrics.evaluate_embeddings(z, labels).curves
+    fig = plots.plot_utility_curves(curves, curves.calibration_range,
+                                    title=title)
+    ax = fig.axes[0]
+    assert ax.get_title() == title
+    assert ax.get_xlim() == (0.0, 2.0)
+    np.testing.assert_allclose(_shaded_span(ax),
+                               curves.calibration_range.distance)
+    figures.append((fig, curves.calibration_range.distance))
+    plt.close(fig)
+  assert figures[0][1] != figures[1][1]
+  # Zooming in stays possible, and is checked.
+  fig = plots.plot_utility_curves(curves, curves.calibration_range,
+                                  xlim=(0.2, 1.2))
+  assert fig.axes[0].get_xlim() == (0.2, 1.2)
+  plt.close(fig)
+  with pytest.raises(ValueError, match=r'xlim .* got \(1\.2, 0\.2\)'):
+    plots.plot_utility_curves(curves, curves.calibration_range,
+                              xlim=(1.2, 0.2))

@@ -159,7 +159,7 @@ def test_baselines_in_metrics_json_and_report_are_the_test_pixels(
   report = (workdir / 'report.md').read_text()
   section = report.split('## Against raw-input baselines')[1]
   assert '| metric | model | pixels | pca8 |' in section
-  row = re.search(r'^\| recall_at_1 \| (.*) \|$', section, re.M).group(1)
+  row = re.search(r'^\| Recall@1 \| (.*) \|$', section, re.M).group(1)
   assert [float(v) for v in row.split(' | ')] == pytest.approx(
       [final['recall_at_1'], baselines['pixels']['recall_at_1'],
        baselines['pca8']['recall_at_1']], abs=5e-5)

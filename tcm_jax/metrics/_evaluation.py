@@ -228,6 +228,7 @@ def evaluate_source(source: _pair_counts.PairSource, *,
   else:
     _checks.check_range('distance_range', distance_range, -1.0, 3.0)
   _checks.check_int('num_thresholds', num_thresholds, 2)
+  _threshold.check_num_thresholds_before(num_thresholds, distance_range)
   _checks.check_fraction('epsilon', epsilon)
   _checks.check_far('target_far', target_far)
   _checks.check_positive('beta', beta)
@@ -251,8 +252,7 @@ def evaluate_source(source: _pair_counts.PairSource, *,
 
   calibration_range = _threshold.resolve_range(far_range, distance_range,
                                                   histogram)
-  thresholds = _threshold.thresholds_between(*calibration_range.distance,
-                                                num_thresholds)
+  thresholds = _threshold.range_thresholds(calibration_range, num_thresholds)
   global_threshold = _threshold.far_quantile(histogram, target_far)
   counts = _pair_counts.class_counts(source, thresholds, global_threshold,
                                     second_progress)
@@ -307,9 +307,13 @@ def evaluate_embeddings(embeddings, labels, ref_embeddings=None,
 
   Raises:
     ValueError: NaN or infinite embeddings (with the count of bad rows),
-      labels of the wrong length, fewer than two classes with two samples,
-      an empty or reversed range, `num_thresholds < 2`, `epsilon` outside
+      labels of the wrong length, no query with a positive, fewer than two
+      classes with two samples, an empty or reversed range,
+      `num_thresholds < 2` or more than the range holds, `epsilon` outside
       (0, 1).
+    CalibrationRangeError: the negative pairs' distances are so
+      concentrated (a collapsed embedding) that the calibration range is
+      empty.
     TypeError: non-integer labels.
 
   Examples:
@@ -333,7 +337,9 @@ def evaluate_similarity(similarity, labels, ref_labels=None, *,
   """Every metric of a `[Q, R]` similarity matrix.
 
   Args:
-    similarity: `[Q, R]` cosine similarities.
+    similarity: `[Q, R]` cosine similarities, in [-1, 1] (within float
+      rounding, 1e-5): a matrix beyond that, such as dot products of
+      unnormalised embeddings, is refused.
     labels: `[Q]` integer class ids of the queries.
     ref_labels: `[R]` class ids of the references; default: the queries
       (self pairs excluded).

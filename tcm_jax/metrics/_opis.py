@@ -237,13 +237,16 @@ def utility_curves(similarity, labels, ref_labels=None, *,
 
 
 def _curves(source, far_range, distance_range, beta, num_thresholds):
+  if distance_range is not None:
+    distance_range = _checks.check_range('distance_range', distance_range,
+                                         -1.0, 3.0)
+  _threshold.check_num_thresholds_before(num_thresholds, distance_range)
   mask = _pair_counts.check_enough_classes(source)
   histogram = (None if distance_range is not None
                else _pair_counts.negative_histogram(source))
   calibration = _threshold.resolve_range(far_range, distance_range,
                                             histogram)
-  thresholds = _threshold.thresholds_between(*calibration.distance,
-                                                num_thresholds)
+  thresholds = _threshold.range_thresholds(calibration, num_thresholds)
   counts = _pair_counts.class_counts(source, thresholds, thresholds[-1])
   return curves_from_counts(counts, mask, source.classes, beta, calibration)
 

@@ -310,6 +310,24 @@ def class_counts(source: PairSource, thresholds: np.ndarray,
       pos_accepted_extra=at_extra[:, 1], neg_accepted_extra=at_extra[:, 0])
 
 
+@jax.jit
+def _rescale_rows(embeddings: jax.Array) -> jax.Array:
+  """Each row times the power of two that brings its largest entry into
+  [0.5, 1): scale-free cosines whatever the embeddings' magnitude.
+
+  In float32 the squared norm of a row of entries near 1e20 overflows (and
+  of entries near 1e-20 falls below the normalisation's clamp), which would
+  make such rows zero vectors; after this scaling the squared norm is in
+  [0.25, dim]. A power of two is exact, so rows of ordinary magnitude get
+  bit-for-bit the cosines they had; zero rows stay zero.
+  """
+  if not jnp.issubdtype(embeddings.dtype, jnp.floating):
+    embeddings = embeddings.astype(jnp.float32)
+  peak = jnp.max(jnp.abs(embeddings), axis=1, keepdims=True)
+  _, exponent = jnp.frexp(peak)
+  return jnp.ldexp(embeddings, -exponent)
+
+
 def _host_labels(name: str, labels, length: int) -> np.ndarray:
   labels = np.asarray(labels)
   _array_checks.check_labels(name, labels, length, context=', one per row')
@@ -329,12 +347,47 @@ def _source(labels, ref_labels, block_size, **arrays) -> PairSource:
                     classes=classes, block_size=block_size, **arrays)
 
 
+# Cosines computed in float32 stray beyond +-1 by a few rounding units.
+COSINE_TOLERANCE = 1e-5
+
+
+def _check_cosine_range(similarity: jax.Array) -> None:
+  """Every entry a cosine, in [-1, 1] within `COSINE_TOLERANCE` (eager).
+
+  Distances `1 - S` are clipped to [0, 2] by the histograms, so a matrix of
+  dot products would be measured quietly and wrongly.
+
+  Examples:
+    >>> import numpy as np
+    >>> from tcm_jax.metrics import _pair_counts
+    >>> _pair_counts._check_cosine_range(np.array([[1.0, 2.5], [2.5, 4.0]]))
+    Traceback (most recent call last):
+    ...
+    ValueError: similarity must hold cosine similarities, in [-1, 1] (within 1e-05); got values from 1 to 4 (3 of 4 beyond). A dot product of unnormalised embeddings is the usual mistake: pass tcm_jax.cosine_similarity(z), or the embeddings to metrics.evaluate_embeddings.
+  """
+  similarity = jnp.asarray(similarity)
+  if not similarity.size:
+    return
+  beyond = jnp.abs(similarity) > 1.0 + COSINE_TOLERANCE
+  count = int(jnp.sum(beyond))
+  if count:
+    low, high = float(jnp.min(similarity)), float(jnp.max(similarity))
+    raise ValueError(
+        'similarity must hold cosine similarities, in [-1, 1] (within '
+        f'{COSINE_TOLERANCE:g}); got values from {low:.6g} to {high:.6g} '
+        f'({count} of {similarity.size} beyond). A dot product of '
+        'unnormalised embeddings is the usual mistake: pass '
+        'tcm_jax.cosine_similarity(z), or the embeddings to '
+        'metrics.evaluate_embeddings.')
+
+
 def source_from_similarity(similarity, labels, ref_labels=None, *,
                            block_size: int | None = None) -> PairSource:
   """Validates a `[Q, R]` similarity matrix and its labels as a pair source.
 
   Args:
-    similarity: `[Q, R]` cosine similarities, finite.
+    similarity: `[Q, R]` cosine similarities, finite and in [-1, 1] (within
+      `COSINE_TOLERANCE`, float rounding).
     labels: `[Q]` integer class ids of the queries.
     ref_labels: `[R]` class ids of the references; default: the queries
       (self pairs excluded).
@@ -362,6 +415,7 @@ def source_from_similarity(similarity, labels, ref_labels=None, *,
   else:
     ref_labels = _host_labels('ref_labels', ref_labels, num_refs)
   _array_checks.check_finite_rows('similarity', similarity)
+  _check_cosine_range(similarity)
   return _source(labels, ref_labels, block_size, similarity=similarity)
 
 
@@ -393,12 +447,14 @@ def source_from_embeddings(embeddings, labels, ref_embeddings=None,
   if (ref_embeddings is None) != (ref_labels is None):
     raise ValueError('ref_embeddings and ref_labels must be given together.')
   _array_checks.check_finite_rows('embeddings', embeddings)
+  embeddings = _rescale_rows(embeddings)
   if ref_embeddings is not None:
     dim = embeddings.shape[1]
     ref_embeddings = _array_checks.check_embeddings(
         'ref_embeddings', ref_embeddings, dim=dim, expected=f'2-D [m, {dim}]')
     ref_labels = _host_labels('ref_labels', ref_labels, ref_embeddings.shape[0])
     _array_checks.check_finite_rows('ref_embeddings', ref_embeddings)
+    ref_embeddings = _rescale_rows(ref_embeddings)
   return _source(labels, ref_labels, block_size, embeddings=embeddings,
                  ref_embeddings=ref_embeddings)
 
@@ -417,12 +473,58 @@ def evaluated_classes(source: PairSource) -> np.ndarray:
   return (positives > 0) & (negatives > 0)
 
 
+def _label_names(source: PairSource) -> str:
+  return 'labels' if source.exclude_self else 'labels and ref_labels'
+
+
+def check_has_positives(source: PairSource) -> None:
+  """Raises unless some query has a positive (a reference of its class).
+
+  Without one there is nothing to retrieve (Recall@K, MAP@R, R-precision
+  would be 0/0) and no class has a utility curve.
+
+  Examples:
+    >>> import numpy as np
+    >>> from tcm_jax.metrics import _pair_counts
+    >>> _pair_counts.check_has_positives(
+    ...     _pair_counts.source_from_embeddings(np.eye(3), [4, 5, 6]))
+    Traceback (most recent call last):
+    ...
+    ValueError: labels: no query has a positive (another sample of its class among the references): got 3 labels, all distinct (3 classes of one sample each); retrieval and utility curves need a class with two samples.
+  """
+  queries = np.bincount(source.query_ids, minlength=source.num_classes)
+  refs = np.bincount(source.ref_ids, minlength=source.num_classes)
+  if np.any((queries > 0) & (refs > int(source.exclude_self))):
+    return
+  if source.exclude_self:
+    raise ValueError(
+        'labels: no query has a positive (another sample of its class among '
+        f'the references): got {source.num_queries} labels, all distinct '
+        f'({source.num_classes} classes of one sample each); retrieval and '
+        'utility curves need a class with two samples.')
+  query_classes = source.classes[queries > 0]
+  ref_classes = source.classes[refs > 0]
+  raise ValueError(
+      'labels and ref_labels: no query has a positive (a reference of its '
+      f"class): the queries' {len(query_classes)} classes "
+      f"{_first_few(query_classes)} and the references' {len(ref_classes)} "
+      f'classes {_first_few(ref_classes)} share none.')
+
+
+def _first_few(values: np.ndarray, count: int = 10) -> str:
+  """`[a, b, ...]`: the first `count` values, for a message."""
+  shown = ', '.join(str(v) for v in values[:count].tolist())
+  return f'[{shown}{", ..." if len(values) > count else ""}]'
+
+
+
 def check_enough_classes(source: PairSource) -> np.ndarray:
   """The evaluated-class mask; raises unless two classes can be compared."""
+  check_has_positives(source)
   mask = evaluated_classes(source)
   if mask.sum() < 2:
     raise ValueError(
-        'need at least two classes with at least two samples (a positive and '
-        f'a negative pair each), got {int(mask.sum())} among '
-        f'{source.num_classes} classes.')
+        f'{_label_names(source)}: need at least two classes with at least two '
+        'samples (a positive and a negative pair each), got '
+        f'{int(mask.sum())} among {source.num_classes} classes.')
   return mask

@@ -159,6 +159,7 @@ class RetrievalPlan:
 def plan(source: _pair_counts.PairSource, ks: Sequence[int]) -> RetrievalPlan:
   """Ranks deep enough for the largest K and the largest R of any query."""
   ks = tuple(sorted(set(_checks.check_positive_ints('ks', ks))))
+  _pair_counts.check_has_positives(source)
   refs_per_class = np.bincount(source.ref_ids, minlength=source.num_classes)
   num_relevant = refs_per_class[source.query_ids] - int(source.exclude_self)
   candidates = source.num_refs - int(source.exclude_self)
@@ -236,6 +237,11 @@ def recall_at_k(similarity, labels, ref_labels=None, *,
 
   Returns:
     `{K: Recall@K}`.
+
+  Raises:
+    ValueError: no query has a positive (every class a single sample, or
+      no query's class among `ref_labels`), as for `opis`: the metrics
+      would be 0/0; a similarity beyond [-1, 1]; labels of the wrong length.
 
   Examples:
     >>> import numpy as np

@@ -63,8 +63,14 @@ class ThresholdCalibration:
 class CalibrationRangeError(ValueError):
   """The negative pairs' distances are so concentrated that the calibration
   range (the distances between two false-accept rates) is empty: the
-  embedding has collapsed. Pass `distance_range` explicitly to evaluate it
-  anyway."""
+  embedding has collapsed (its message says how many negative pairs share
+  one distance). Look at the model first; pass `distance_range` explicitly
+  to measure a collapsed embedding anyway.
+
+  Embeddings of any scale and similarities in [-1, 1] never reach it
+  otherwise: rows are compared by cosine whatever their magnitude, and a
+  similarity beyond [-1, 1] (dot products of unnormalised embeddings) is
+  refused as such."""
 
 
 def far_quantile(negative_histogram: np.ndarray, far: float) -> float:
@@ -100,25 +106,99 @@ def far_quantile(negative_histogram: np.ndarray, far: float) -> float:
   return (index + 0.5) / _pair_counts.FINE_BINS_PER_UNIT
 
 
-def thresholds_between(low: float, high: float, num: int) -> np.ndarray:
+def _rounding_unit(low: float, high: float) -> float:
+  return float(np.spacing(np.float32(max(abs(low), abs(high)))))
+
+
+def max_thresholds(low: float, high: float) -> int:
+  """The most evenly spaced float32 thresholds from `low` to `high`, ends
+  included, at least 4 float32 rounding units apart (0 when not even 2).
+
+  Examples:
+    >>> from tcm_jax.metrics import _threshold
+    >>> _threshold.max_thresholds(0.0, 2.0)  # any range of distances
+    2097153
+  """
+  spacing = 4 * _rounding_unit(low, high)
+  count = int(math.floor((high - low) / spacing)) + 1
+  while count >= 2 and (high - low) / (count - 1) < spacing:
+    count -= 1  # the division above rounded up
+  return count if count >= 2 else 0
+
+
+def check_num_thresholds(num: int, low: float, high: float,
+                         range_name: str = 'the range',
+                         widen: str | None = None) -> int:
+  """`num` thresholds fit in `(low, high)` at least 4 rounding units apart.
+
+  Args:
+    num: the number of thresholds asked for (`num_thresholds`).
+    low: the range's lower end.
+    high: its upper end.
+    range_name: what the range is, for the message.
+    widen: the argument that would widen the range, for the message.
+
+  Returns:
+    `num`, as an int.
+  """
+  num = _checks.check_int('num_thresholds', num, 2)
+  limit = max_thresholds(low, high)
+  spacing = 4 * _rounding_unit(low, high)
+  why = (f'at least 4 float32 rounding units ({spacing:.2g}) apart, so that '
+         'they are distinct and the pair counts at them exact')
+  advice = f', or a wider {widen}' if widen else ''
+  if limit < 2:
+    raise ValueError(
+        f'{range_name} ({low:.6g}, {high:.6g}) is too narrow for 2 thresholds '
+        f'{why}; widen it{advice.replace(", or", " with")}.')
+  if num > limit:
+    raise ValueError(
+        f'num_thresholds={num} is more than the {limit} thresholds '
+        f'{range_name} ({low:.6g}, {high:.6g}) holds {why}: use '
+        f'num_thresholds <= {limit}{advice}.')
+  return num
+
+
+def check_num_thresholds_before(num: int, distance_range) -> int:
+  """`num_thresholds` checked against the range before any pass: the
+  explicit `distance_range`, or [0, 2] (every distance) when the range is
+  still to be read off the FAR."""
+  if distance_range is not None:
+    low, high = (float(v) for v in distance_range)
+    return check_num_thresholds(num, low, high, 'distance_range',
+                                'distance_range')
+  return check_num_thresholds(num, 0.0, 2.0, 'the whole distance range')
+
+
+def thresholds_between(low: float, high: float, num: int, *,
+                       range_name: str = 'the range',
+                       widen: str | None = None) -> np.ndarray:
   """`num` evenly spaced float32 distance thresholds, both ends included.
 
   The spacing must be at least 4 float32 rounding units, so that thresholds
-  are distinct and the pair counts at them are exact.
+  are distinct and the pair counts at them are exact (`range_name` and
+  `widen` word the error: see `check_num_thresholds`).
 
   Examples:
     >>> from tcm_jax.metrics import advanced
     >>> advanced.thresholds_between(0.2, 0.4, 3)
     array([0.2, 0.3, 0.4], dtype=float32)
   """
-  num = _checks.check_int('num_thresholds', num, 2)
-  thresholds = np.linspace(low, high, int(num), dtype=np.float32)
-  unit = np.spacing(np.float32(max(abs(low), abs(high))))
-  if (high - low) / (num - 1) < 4 * unit:
-    raise ValueError(
-        f'the range ({low}, {high}) is too narrow for {num} distinct float32 '
-        'thresholds; widen it or use fewer thresholds.')
-  return thresholds
+  num = check_num_thresholds(num, low, high, range_name, widen)
+  return np.linspace(low, high, num, dtype=np.float32)
+
+
+def range_thresholds(calibration_range: CalibrationRange,
+                     num: int) -> np.ndarray:
+  """`thresholds_between` the ends of a calibration range, its errors
+  naming where the range came from."""
+  far = calibration_range.far
+  if far is None:
+    names = dict(range_name='distance_range', widen='distance_range')
+  else:
+    names = dict(range_name='the calibration range (where the global FAR '
+                 f'goes from {far[0]:g} to {far[1]:g})', widen='far_range')
+  return thresholds_between(*calibration_range.distance, num, **names)
 
 
 def _spread(values: np.ndarray) -> dict[str, float]:
@@ -157,11 +237,28 @@ def resolve_range(far_range, distance_range,
     raise ValueError(f'far_range must start above 0, got {far}.')
   low, high = (far_quantile(negative_histogram, f) for f in far)
   if not low < high:
-    raise CalibrationRangeError(
-        f'the calibration range collapsed: FAR {far[0]} and {far[1]} are '
-        f'reached within one 2**-14 distance bin (at {low:.6f}); pass '
-        'distance_range explicitly.')
+    raise CalibrationRangeError(_collapsed_message(negative_histogram, far,
+                                                   low))
   return CalibrationRange(distance=(low, high), far=far)
+
+
+def _collapsed_message(negative_histogram: np.ndarray,
+                       far: tuple[float, float], distance: float) -> str:
+  """Why the range is empty: how many negatives share one distance bin."""
+  index = int(distance * _pair_counts.FINE_BINS_PER_UNIT)
+  total = int(negative_histogram.sum())
+  share = int(negative_histogram[index]) / total
+  cause = {0: ' (different classes point the same way)',
+           _pair_counts.FINE_BINS_PER_UNIT: (
+               ' (all at cosine 0 is what zero embeddings give)')}.get(
+                   index, '')
+  return (
+      f'the calibration range collapsed: {share:.1%} of the {total} negative '
+      f'pairs are at distance {distance:.6f} (cosine {1 - distance:.6f}), so '
+      f'FAR {far[0]:g} and {far[1]:g} are reached within one 2**-14 distance '
+      'bin. The classes are not told apart: the embeddings have collapsed'
+      f'{cause}. Check the model and its inputs; to measure such an '
+      'embedding anyway, pass distance_range.')
 
 
 def calibration_range(similarity, labels, ref_labels=None, *,

@@ -1,5 +1,6 @@
 """The streamed evaluation of embeddings against the matrix functions."""
 
+import dataclasses
 import json
 
 import jax
@@ -215,3 +216,52 @@ def test_per_class_report_is_behind_a_flag_and_json_ready(matrix_result):
                              matrix_result.curves.tpr.mean(axis=1))
   without = {k: v for k, v in report.items() if k != 'per_class'}
   assert without == matrix_result.to_dict()
+
+
+def _assert_same_evaluation(got, want, path='evaluation'):
+  """Every field of two evaluations (nested dataclasses, arrays, dicts)."""
+  if dataclasses.is_dataclass(want):
+    assert type(got) is type(want), path
+    for field in dataclasses.fields(want):
+      _assert_same_evaluation(getattr(got, field.name),
+                              getattr(want, field.name),
+                              f'{path}.{field.name}')
+  elif isinstance(want, dict):
+    assert got.keys() == want.keys(), path
+    for key in want:
+      _assert_same_evaluation(got[key], want[key], f'{path}[{key!r}]')
+  elif isinstance(want, (tuple, list)) and not all(
+      isinstance(v, (int, float)) for v in want):
+    assert len(got) == len(want), path
+    for i, (g, w) in enumerate(zip(got, want)):
+      _assert_same_evaluation(g, w, f'{path}[{i}]')
+  else:
+    np.testing.assert_allclose(np.asarray(got, np.float64),
+                               np.asarray(want, np.float64), rtol=1e-6,
+                               atol=1e-7, err_msg=path)
+
+
+@pytest.mark.parametrize('scale', ['2**66', '1e20', '1e-20', 'per row'])
+def test_the_scale_of_the_embeddings_does_not_matter(scale):
+  # Cosine similarity is scale-free; in float32 the squared norm of a row
+  # x 1e20 overflows (and of a row x 1e-20 underflows below the clamp),
+  # which once made such rows zero vectors.
+  z = np.asarray(jax.random.normal(jax.random.key(0), (8, 4)))
+  labels = np.array([0, 0, 1, 1, 2, 2, 3, 3])
+  z = np.concatenate([z, clustered_set(3, [5, 6, 7, 4], dim=4)[0]])
+  labels = np.concatenate([labels, np.repeat(np.arange(4, 8), [5, 6, 7, 4])])
+  factor = {'2**66': 2.0**66, '1e20': 1e20, '1e-20': 1e-20,
+            'per row': 10.0**np.random.default_rng(0).uniform(
+                -30, 30, (len(z), 1))}[scale]
+  scaled = (z.astype(np.float64) * factor).astype(np.float32)
+  assert np.all(np.isfinite(scaled)) and np.all(np.abs(scaled).max(1) > 0)
+  want = metrics.evaluate_embeddings(z, labels, ks=(1, 2))
+  _assert_same_evaluation(metrics.evaluate_embeddings(scaled, labels,
+                                                      ks=(1, 2)), want)
+  # And as a separate gallery.
+  half = np.arange(len(z)) % 2 == 0
+  want = metrics.evaluate_embeddings(z[half], labels[half], z[~half],
+                                     labels[~half], ks=(1,))
+  _assert_same_evaluation(metrics.evaluate_embeddings(
+      scaled[half], labels[half], scaled[~half], labels[~half], ks=(1,)),
+                          want)

@@ -141,11 +141,57 @@ def test_extreme_utilities_give_the_maximum_opis():
   assert float(metrics.eps_opis_from_utility(utility, epsilon=0.5)) == 1.0
 
 
+def _most_thresholds(low, high):
+  """Reference: thresholds at least 4 float32 rounding units apart."""
+  unit = float(np.spacing(np.float32(max(abs(low), abs(high)))))
+  return int(np.floor((high - low) / (4 * unit))) + 1
+
+
 def test_too_narrow_a_range_for_distinct_thresholds_is_refused():
   s = np.full((4, 4), 0.1, np.float32)
-  with pytest.raises(ValueError, match=r'too narrow for 1001 distinct float32'):
+  limit = _most_thresholds(0.89999, 0.90001)
+  assert 2 < limit < 1001
+  with pytest.raises(ValueError, match=(
+      rf'num_thresholds=1001 is more than the {limit} thresholds '
+      r'distance_range \(0\.89999, 0\.90001\) holds at least 4 float32 '
+      r'rounding units \(2\.4e-07\) apart.*use num_thresholds <= '
+      rf'{limit}, or a wider distance_range')):
     metrics.utility_curves(s, [0, 0, 1, 1], distance_range=(0.89999, 0.90001),
                            num_thresholds=1001)
+  curves = metrics.utility_curves(s, [0, 0, 1, 1],
+                                  distance_range=(0.89999, 0.90001),
+                                  num_thresholds=limit)
+  assert len(np.unique(curves.thresholds)) == limit
+
+
+def test_too_many_thresholds_for_any_range_are_refused_before_any_pass():
+  # Once an error quoting the calibration range found (never passed), after
+  # a pass over all pairs.
+  z, labels = clustered_set(1, [5, 6, 7])
+  limit = _most_thresholds(0.0, 2.0)
+  calls = []
+  with pytest.raises(ValueError, match=(
+      rf'num_thresholds=10000000 is more than the {limit} thresholds the '
+      r'whole distance range \(0, 2\) holds at least 4 float32 rounding '
+      r'units')):
+    metrics.evaluate_embeddings(z, labels, num_thresholds=10**7,
+                                progress=lambda *a: calls.append(a))
+  assert not calls
+  with pytest.raises(ValueError, match=r'num_thresholds=10000000 is more'):
+    metrics.opis(cosine(z), labels, num_thresholds=10**7)
+
+
+def test_too_many_thresholds_for_the_range_found_name_it():
+  z, labels = clustered_set(1, [5, 6, 7])
+  result = metrics.evaluate_embeddings(z, labels)
+  low, high = result.curves.calibration_range.distance
+  limit = _most_thresholds(low, high)
+  with pytest.raises(ValueError, match=(
+      rf'num_thresholds={limit + 1} is more than the {limit} thresholds the '
+      r'calibration range \(where the global FAR goes from 0\.001 to 0\.1\) '
+      rf'\({low:.6g}, {high:.6g}\) holds.*use num_thresholds <= {limit}, or '
+      r'a wider far_range')):
+    metrics.evaluate_embeddings(z, labels, num_thresholds=limit + 1)
 
 
 @pytest.mark.parametrize('beta', [1e-20, 1e20])

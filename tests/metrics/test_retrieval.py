@@ -151,3 +151,39 @@ def test_class_sums_with_separate_references():
   classes, sums = _expected_class_sums(s, labels[queries], (1, 3),
                                        labels[refs])
   _check_class_sums(got, classes, sums)
+
+
+_SINGLETONS = (r'labels: no query has a positive \(another sample of its '
+               r'class among the references\): got 8 labels, all distinct '
+               r'\(8 classes of one sample each\)')
+
+
+@pytest.mark.parametrize('metric', [
+    lambda s, y: metrics.recall_at_k(s, y, ks=(1, 2)),
+    metrics.map_at_r, metrics.r_precision,
+    # The threshold metrics give the same error for the same input.
+    metrics.opis, metrics.utility_curves,
+    lambda s, y: metrics.evaluate_similarity(s, y, distance_range=(0.1, 0.9)),
+], ids=['recall_at_k', 'map_at_r', 'r_precision', 'opis', 'utility_curves',
+        'evaluate_similarity'])
+def test_only_singleton_classes_are_refused_not_nan(metric):
+  z, _ = clustered_set(4, [8])
+  with pytest.raises(ValueError, match=_SINGLETONS):
+    metric(cosine(z), np.arange(8) * 10)
+
+
+def test_no_query_class_among_the_references_is_refused():
+  z, _ = clustered_set(4, [10])
+  s = cosine(z[:4], z[4:])
+  with pytest.raises(ValueError, match=(
+      r'labels and ref_labels: no query has a positive \(a reference of its '
+      r'class\): the queries\' 2 classes \[0, 1\] and the references\' 3 '
+      r'classes \[2, 3, 4\] share none')):
+    metrics.recall_at_k(s, [0, 0, 1, 1], [2, 2, 3, 3, 4, 4], ks=(1,))
+
+
+def test_one_positive_is_enough_for_retrieval():
+  # Queries without a positive are left out (and counted), as before.
+  s = np.array([[1.0, 0.9, 0.2], [0.9, 1.0, 0.1], [0.2, 0.1, 1.0]],
+               np.float32)
+  assert metrics.recall_at_k(s, [0, 0, 1], ks=(1,)) == {1: 1.0}

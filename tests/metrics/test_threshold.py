@@ -36,3 +36,74 @@ def test_global_threshold_and_per_class_rates(target_far):
   assert got.far_spread['worst'] == pytest.approx(np.max(1 - tnr[:, 0]))
   assert got.frr_spread['best'] == pytest.approx(np.min(1 - tpr[:, 0]))
   assert got.frr_spread['std'] == pytest.approx(np.std(1 - tpr[:, 0]))
+
+
+def _unit_set():
+  z, labels = clustered_set(12, [6, 7, 5, 8])
+  return cosine(z), labels
+
+
+_NOT_COSINE = (r'similarity must hold cosine similarities, in \[-1, 1\] '
+               r'\(within 1e-05\); got values from -[\d.]+ to 3 '
+               r'\(\d+ of 676 beyond\)\. A dot product of unnormalised '
+               r'embeddings is the usual mistake')
+
+
+@pytest.mark.parametrize('metric', [
+    lambda s, y: metrics.opis(s, y),
+    lambda s, y: metrics.utility_curves(s, y, distance_range=(0.1, 0.9)),
+    lambda s, y: metrics.calibration_range(s, y),
+    lambda s, y: metrics.calibrate_threshold(s, y),
+    lambda s, y: metrics.recall_at_k(s, y),
+    lambda s, y: metrics.evaluate_similarity(s, y),
+], ids=['opis', 'utility_curves', 'calibration_range', 'calibrate_threshold',
+        'recall_at_k', 'evaluate_similarity'])
+def test_similarities_beyond_one_are_refused(metric):
+  s, labels = _unit_set()
+  # 3 * S once gave an OPIS of its own: distances clipped to [0, 2].
+  with pytest.raises(ValueError, match=_NOT_COSINE):
+    metric(3 * s, labels)
+
+
+def test_the_similarity_range_allows_float_rounding_only():
+  s, labels = _unit_set()
+  np.fill_diagonal(s, 1.0 + 8e-6)  # within the tolerance
+  s[0, 1] = s[1, 0] = -1.0 - 8e-6
+  assert metrics.recall_at_k(s, labels, ks=(1,))[1] >= 0
+  s[2, 3] = 1.0 + 2e-5  # beyond it
+  with pytest.raises(ValueError, match=r'from -1\.00001 to 1\.00002 \(1 of '
+                     r'676 beyond\)'):
+    metrics.recall_at_k(s, labels, ks=(1,))
+
+
+def test_a_dot_product_of_unnormalised_embeddings_is_refused_as_such():
+  # Once refused as a collapsed calibration range, advising distance_range.
+  z, labels = clustered_set(12, [6, 7, 5, 8])
+  with pytest.raises(ValueError, match=r'A dot product of unnormalised '
+                     r'embeddings is the usual mistake: pass '
+                     r'tcm_jax\.cosine_similarity\(z\), or the embeddings '
+                     r'to metrics\.evaluate_embeddings'):
+    metrics.evaluate_similarity(z @ z.T, labels)
+
+
+def test_a_collapsed_embedding_is_named_as_such():
+  z, labels = clustered_set(13, [5, 6, 7], dim=4)  # 214 negative pairs
+  collapsed = np.ones_like(z) + 1e-9 * z  # every row in one direction
+  with pytest.raises(metrics.CalibrationRangeError, match=(
+      r'the calibration range collapsed: 100\.0% of the 214 negative pairs '
+      r'are at distance 0\.0000\d+ \(cosine 0\.99\d+\), so FAR 0\.001 and 0\.1 '
+      r'are reached within one 2\*\*-14 distance bin\. The classes are not '
+      r'told apart: the embeddings have collapsed \(different classes point '
+      r'the same way\)\. Check the model and its inputs; to measure such an '
+      r'embedding anyway, pass distance_range\.')):
+    metrics.evaluate_embeddings(collapsed, labels)
+
+
+def test_zero_embeddings_are_named_as_the_likely_cause():
+  z, labels = clustered_set(13, [5, 6, 7], dim=4)
+  z[:] = 0.0
+  with pytest.raises(metrics.CalibrationRangeError, match=(
+      r'100\.0% of the 214 negative pairs are at distance 1\.0000\d+ '
+      r'\(cosine -?0\.0000\d+\).*collapsed \(all at cosine 0 is what zero '
+      r'embeddings give\)')):
+    metrics.evaluate_embeddings(z, labels)
