@@ -1,4 +1,10 @@
-"""Per-sample transforms against torchvision and hand-computed values."""
+"""Per-sample transforms against torchvision and hand-computed values.
+
+torchvision's outputs for seeded images and explicit parameters are stored in
+tests/fixtures (made by scripts/make_reference_fixtures.py), so the comparisons
+run without PyTorch; with the `reference` extra installed, the live comparisons
+run too.
+"""
 
 import math
 import re
@@ -7,14 +13,28 @@ from hypothesis import given
 from hypothesis import settings
 from hypothesis import strategies as st
 import numpy as np
+import PIL
 from PIL import Image
 import pytest
 
+from tcm_jax.data import _image_ops
 from tcm_jax.data import transforms
+from tests.fixtures import reference_cases as rc
+
+_STORED = rc.load(rc.TORCHVISION)
+# torchvision resizes with Pillow, as tcm_jax does: a fixture holds for the
+# Pillow that made it.
+_PILLOW = (f'torchvision ran on Pillow {rc.manifest()["versions"]["pillow"]} '
+           f'(tests/fixtures/manifest.json), this test on {PIL.__version__}')
 
 
 def _image(seed, shape):
-  return np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8)
+  return rc.uint8_image(seed, shape)
+
+
+def _digit(seed):
+  """An 8x8 handwritten-digit-like image: 0..16 ink scaled to 0..255."""
+  return rc.digit(seed)
 
 
 def _torch_normalized(tensor):
@@ -34,12 +54,132 @@ def _fallback_box(height, width, ratio):
   return (height - h) // 2, (width - w) // 2, h, w
 
 
-# --- Against torchvision. ---------------------------------------------------
+def _box_key(shape, box, size):
+  return f'box/{rc.shape_key(shape)}/{rc.shape_key(box)}/{size}'
 
 
-@pytest.mark.parametrize('shape', [(300, 257, 3), (225, 400, 3),
-                                   (230, 240, 3), (256, 256, 3), (20, 30, 3),
-                                   (1100, 1030, 3)])
+# --- Against torchvision's stored outputs (tests/fixtures). ------------------
+# The outputs of 224 pixels are stored on every 2nd row and column
+# (reference_cases.kept); ToTensor + Normalize through torchvision's per-value
+# table (reference_cases.normalized), which the script checked is exact.
+
+
+@pytest.mark.parametrize('shape', rc.EVAL_SHAPES)
+def test_eval_transform_matches_stored_torchvision(shape):
+  got = transforms.EvalTransform()(_image(sum(shape), shape))
+  assert got.shape == (224, 224, 3) and got.dtype == np.float32
+  expected = rc.normalized(_STORED['lut/imagenet'],
+                           _STORED[f'eval/{rc.shape_key(shape)}'])
+  np.testing.assert_allclose(rc.kept(got), expected, rtol=0, atol=1e-6,
+                             err_msg=_PILLOW)
+
+
+@pytest.mark.parametrize('shape', rc.GRAY_EVAL_SHAPES)
+def test_grayscale_eval_transform_matches_stored_torchvision(shape):
+  got = transforms.EvalTransform(mean=rc.GRAY_MEAN, std=rc.GRAY_STD,
+                                 channels=1)(_image(1, shape))
+  assert got.shape == (224, 224, 1)
+  expected = rc.normalized(_STORED['lut/gray'],
+                           _STORED[f'gray_eval/{rc.shape_key(shape)}'])
+  np.testing.assert_allclose(rc.kept(got), expected, rtol=0, atol=1e-6,
+                             err_msg=_PILLOW)
+
+
+@pytest.mark.parametrize('box', rc.BOXES)
+@pytest.mark.parametrize('shape', rc.BOX_SHAPES)
+@pytest.mark.parametrize('size', rc.BOX_SIZES)
+def test_resized_box_matches_stored_torchvision_resized_crop(box, shape, size):
+  top, left, h, w = box
+  got = transforms.resize(_image(2, shape)[top:top + h, left:left + w], size)
+  assert got.shape == (size, size) + shape[2:] and got.dtype == np.uint8
+  np.testing.assert_array_equal(rc.kept(got),
+                                _STORED[_box_key(shape, box, size)],
+                                err_msg=_PILLOW)
+
+
+@pytest.mark.parametrize('box', rc.BOXES)
+def test_train_transform_is_stored_torchvision_on_the_drawn_box(monkeypatch,
+                                                                 box):
+  # Whatever box random_resized_crop_box draws (here: one of the stored ones),
+  # TrainTransform is torchvision's resized_crop of it, ToTensor, Normalize.
+  draws = []
+
+  def drawn(*args, **kwargs):
+    draws.append(real(*args, **kwargs))  # checks the arguments, draws
+    return box
+
+  real = _image_ops.random_resized_crop_box
+  monkeypatch.setattr(_image_ops, 'random_resized_crop_box', drawn)
+  shape = rc.BOX_SHAPES[0]
+  image = _image(2, shape)
+  got = transforms.TrainTransform(flip=False)(image, np.random.default_rng(0))
+  assert len(draws) == 1 and got.shape == (224, 224, 3)
+  crop = _STORED[_box_key(shape, box, 224)]
+  np.testing.assert_allclose(rc.kept(got),
+                             rc.normalized(_STORED['lut/imagenet'], crop),
+                             rtol=0, atol=1e-6, err_msg=_PILLOW)
+  np.testing.assert_array_equal(
+      rc.kept(transforms.random_resized_crop(image, 224,
+                                             np.random.default_rng(0))),
+      crop, err_msg=_PILLOW)
+
+
+@pytest.mark.parametrize('shape, scale, ratio', rc.FALLBACK_CASES)
+def test_fallback_box_matches_stored_torchvision(shape, scale, ratio):
+  # No random box fits these, so torchvision's answer is deterministic.
+  expected = tuple(int(v) for v in _STORED[rc.fallback_key(shape, scale,
+                                                           ratio)])
+  for seed in range(3):
+    got = transforms.random_resized_crop_box(
+        *shape, np.random.default_rng(seed), scale=scale, ratio=ratio)
+    assert got == expected
+
+
+def _box_statistics(boxes, height, width):
+  """Area fraction, log aspect ratio, relative top, relative left."""
+  top, left, h, w = np.asarray(boxes, np.float64).T
+  return np.stack([h * w / (height * width), np.log(w / h),
+                   top / np.maximum(height - h, 1),
+                   left / np.maximum(width - w, 1)])
+
+
+def _assert_same_box_distribution(ours, theirs):
+  # About 4.5 standard errors of a difference of two statistics of n draws
+  # (area fraction, log aspect ratio, relative top, relative left).
+  atol = np.array([0.03, 0.02, 0.03, 0.03])
+  np.testing.assert_array_less(
+      np.abs(ours.mean(axis=1) - theirs.mean(axis=1)), atol)
+  for q in (0.1, 0.5, 0.9):
+    np.testing.assert_array_less(
+        np.abs(np.quantile(ours, q, axis=1) - np.quantile(theirs, q, axis=1)),
+        1.5 * atol)
+
+
+def test_crop_box_distribution_matches_stored_torchvision():
+  # torchvision's own draws (get_params at its defaults), stored.
+  d = rc.DISTRIBUTION
+  theirs = _STORED['distribution/boxes']
+  assert theirs.shape == (d['draws'], 4)
+  rng = np.random.default_rng(0)
+  ours = [transforms.random_resized_crop_box(d['height'], d['width'], rng)
+          for _ in range(d['draws'])]
+  _assert_same_box_distribution(
+      _box_statistics(ours, d['height'], d['width']),
+      _box_statistics(theirs, d['height'], d['width']))
+
+
+def test_small_eval_transform_matches_stored_torchvision():
+  got = transforms.SmallEvalTransform()(_digit(rc.SMALL_DIGIT_SEED))
+  assert got.shape == (32, 32, 3)
+  for c in range(3):
+    np.testing.assert_allclose(got[..., c], _STORED['small_eval'], rtol=0,
+                               atol=1e-6, err_msg=_PILLOW)
+
+
+# --- Against torchvision itself (live, with the reference extra). ------------
+
+
+@pytest.mark.parametrize('shape', rc.EVAL_SHAPES)
 def test_eval_transform_matches_torchvision(shape):
   T = pytest.importorskip('torchvision.transforms')
   image = _image(sum(shape), shape)
@@ -53,24 +193,24 @@ def test_eval_transform_matches_torchvision(shape):
                              atol=1e-6)
 
 
-@pytest.mark.parametrize('shape', [(300, 257), (225, 400, 1)])
+@pytest.mark.parametrize('shape', rc.GRAY_EVAL_SHAPES)
 def test_grayscale_eval_transform_matches_torchvision(shape):
   T = pytest.importorskip('torchvision.transforms')
   image = _image(1, shape)
   expected = T.Compose([
       T.Resize(256), T.CenterCrop(224), T.ToTensor(),
-      T.Normalize([0.5], [0.25])])(Image.fromarray(image.reshape(shape[:2])))
-  got = transforms.EvalTransform(mean=(0.5,), std=(0.25,), channels=1)(image)
+      T.Normalize(rc.GRAY_MEAN, rc.GRAY_STD)])(
+          Image.fromarray(image.reshape(shape[:2])))
+  got = transforms.EvalTransform(mean=rc.GRAY_MEAN, std=rc.GRAY_STD,
+                                 channels=1)(image)
   assert got.shape == (224, 224, 1)
   np.testing.assert_allclose(got, _torch_normalized(expected), rtol=0,
                              atol=1e-6)
 
 
-@pytest.mark.parametrize('box', [(0, 0, 300, 257), (10, 20, 100, 50),
-                                 (299, 256, 1, 1), (5, 7, 37, 211),
-                                 (150, 0, 150, 257)])
-@pytest.mark.parametrize('shape', [(300, 257, 3), (300, 257)])
-@pytest.mark.parametrize('size', [224, 40])
+@pytest.mark.parametrize('box', rc.BOXES)
+@pytest.mark.parametrize('shape', rc.BOX_SHAPES)
+@pytest.mark.parametrize('size', rc.BOX_SIZES)
 def test_resized_box_matches_torchvision_resized_crop(box, shape, size):
   F = pytest.importorskip('torchvision.transforms.functional')
   image = _image(2, shape)
@@ -100,14 +240,7 @@ def test_train_transform_is_torchvision_on_the_drawn_box(seed):
       np.asarray(crop))
 
 
-@pytest.mark.parametrize('shape, scale, ratio', [
-    ((2, 500), (0.08, 1.0), (3 / 4, 4 / 3)),
-    ((500, 2), (0.08, 1.0), (3 / 4, 4 / 3)),
-    ((1, 1000), (0.08, 1.0), (3 / 4, 4 / 3)),
-    ((100, 100), (1.0, 1.0), (2.0, 3.0)),
-    ((100, 100), (1.0, 1.0), (0.2, 0.5)),
-    ((90, 100), (1.0, 1.0), (1.2, 1.2)),
-])
+@pytest.mark.parametrize('shape, scale, ratio', rc.FALLBACK_CASES)
 def test_fallback_box_matches_torchvision(shape, scale, ratio):
   # No random box fits these, so torchvision's answer is deterministic.
   torch = pytest.importorskip('torch')
@@ -127,26 +260,23 @@ def test_crop_box_distribution_matches_torchvision():
   rng = np.random.default_rng(0)
   torch.manual_seed(0)
   image = torch.zeros((1, height, width))
+  ours = [transforms.random_resized_crop_box(height, width, rng)
+          for _ in range(n)]
+  theirs = [T.RandomResizedCrop.get_params(image, [0.08, 1.0], [3 / 4, 4 / 3])
+            for _ in range(n)]
+  _assert_same_box_distribution(_box_statistics(ours, height, width),
+                                _box_statistics(theirs, height, width))
 
-  def stats(boxes):
-    top, left, h, w = np.asarray(boxes, np.float64).T
-    return np.stack([h * w / (height * width), np.log(w / h),
-                     top / np.maximum(height - h, 1),
-                     left / np.maximum(width - w, 1)])
 
-  ours = stats([transforms.random_resized_crop_box(height, width, rng)
-                for _ in range(n)])
-  theirs = stats([T.RandomResizedCrop.get_params(
-      image, [0.08, 1.0], [3 / 4, 4 / 3]) for _ in range(n)])
-  # About 4.5 standard errors of a difference of two statistics of n draws
-  # (area fraction, log aspect ratio, relative top, relative left).
-  atol = np.array([0.03, 0.02, 0.03, 0.03])
-  np.testing.assert_array_less(
-      np.abs(ours.mean(axis=1) - theirs.mean(axis=1)), atol)
-  for q in (0.1, 0.5, 0.9):
-    np.testing.assert_array_less(
-        np.abs(np.quantile(ours, q, axis=1) - np.quantile(theirs, q, axis=1)),
-        1.5 * atol)
+def test_small_eval_transform_matches_torchvision():
+  T = pytest.importorskip('torchvision.transforms')
+  digit = _digit(rc.SMALL_DIGIT_SEED)
+  expected = T.Compose([T.Resize((32, 32)), T.ToTensor(),
+                        T.Normalize([0.5], [0.5])])(Image.fromarray(digit))
+  got = transforms.SmallEvalTransform()(digit)
+  for c in range(3):
+    np.testing.assert_allclose(got[..., c], expected.numpy()[0], rtol=0,
+                               atol=1e-6)
 
 
 # --- Crop-box properties. ---------------------------------------------------
@@ -319,13 +449,6 @@ def test_normalize_to_one_channel():
 # --- Small images. ----------------------------------------------------------
 
 
-def _digit(seed):
-  """An 8x8 handwritten-digit-like image: 0..16 ink scaled to 0..255."""
-  ink = np.random.default_rng(seed).integers(0, 17, (8, 8))
-  ink[:, :2] = 0
-  return (ink * 255 // 16).astype(np.uint8)
-
-
 @pytest.mark.parametrize('shape', [(8, 8), (8, 8, 1), (8, 8, 3)])
 def test_small_transforms_shape_and_dtype(shape):
   digit = _digit(0)
@@ -334,17 +457,6 @@ def test_small_transforms_shape_and_dtype(shape):
                                                np.random.default_rng(0)),
               transforms.SmallEvalTransform()(image)):
     assert got.shape == (32, 32, 3) and got.dtype == np.float32
-
-
-def test_small_eval_transform_matches_torchvision():
-  T = pytest.importorskip('torchvision.transforms')
-  digit = _digit(1)
-  expected = T.Compose([T.Resize((32, 32)), T.ToTensor(),
-                        T.Normalize([0.5], [0.5])])(Image.fromarray(digit))
-  got = transforms.SmallEvalTransform()(digit)
-  for c in range(3):
-    np.testing.assert_allclose(got[..., c], expected.numpy()[0], rtol=0,
-                               atol=1e-6)
 
 
 def test_small_train_transform_shifts_by_the_drawn_offset():

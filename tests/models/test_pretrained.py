@@ -1,4 +1,9 @@
-"""Pretrained-weight import: timm (against timm itself) and the big_vision / AugReg npz."""
+"""Pretrained-weight import: timm (against timm itself) and the big_vision / AugReg npz.
+
+timm's outputs for seeded weights and images are stored in tests/fixtures (made
+by scripts/make_reference_fixtures.py), so the comparisons run without PyTorch;
+with the `reference` extra installed, the live comparisons run too.
+"""
 
 import re
 
@@ -11,6 +16,7 @@ from safetensors.numpy import save_file
 
 from tcm_jax import models
 from tcm_jax.models import pretrained
+from tests.fixtures import reference_cases as rc
 
 
 def _leaves(module):
@@ -18,7 +24,70 @@ def _leaves(module):
           jax.tree_util.tree_flatten_with_path(nnx.state(module))[0]}
 
 
-# --- against timm (the reference implementation) --------------------------------
+# --- against timm's stored outputs (tests/fixtures) --------------------------------
+
+_STORED = rc.load(rc.TIMM)
+
+
+def _seeded_images(name, case):
+  images = rc.normal_images(case['seed'], case['images'])
+  assert rc.digest(images) == str(_STORED[f'{name}/images_sha256']), (
+      f'NumPy draws other images than the fixture of {name} was made from; '
+      f'{rc.REGENERATE}')
+  return images
+
+
+@pytest.mark.parametrize('name', [
+    'resnet18',  # the basic block (ResNet-18/34), fast
+    pytest.param('resnet50', marks=pytest.mark.slow),
+    pytest.param('vit_b', marks=pytest.mark.slow),
+])
+def test_timm_features_match_stored_timm_after_import(tmp_path, name):
+  # The weights, drawn for the keys timm_keys lists, are those the fixture
+  # script loaded into timm's model (each key has its own seeded stream).
+  case = rc.TIMM_CASES[name]
+  encoder = models.create_encoder(case['config'], rngs=nnx.Rngs(0))
+  path = tmp_path / 'model.safetensors'
+  save_file(rc.timm_weights(pretrained.timm_keys(encoder), case['seed']),
+            str(path))
+  pretrained.load_timm(encoder, path)
+  images = _seeded_images(name, case)
+  graphdef, params, state = models.split(encoder)
+  features, _ = jax.jit(
+      lambda p, s, x: models.apply(graphdef, p, s, x, features=True))(
+          params, state, images.transpose(0, 2, 3, 1))
+  features = np.asarray(features)
+  if features.ndim == 4:  # NHWC -> NCHW, timm's layout
+    features = features.transpose(0, 3, 1, 2)
+  features = rc.stored_part(name, features)
+  expected = _STORED[f'{name}/features']
+  assert features.shape == expected.shape
+  # 1e-4 relative to the features' scale (a ResNet's grow to hundreds).
+  scale = np.abs(expected).max()
+  np.testing.assert_allclose(features, expected, rtol=1e-4, atol=1e-4 * scale)
+
+
+def test_npz_layout_matches_timms_own_reader_stored(tmp_path):
+  # An independent reader of the AugReg layout: timm's loader of Google's npz
+  # files read this seeded file into its ViT; its features are stored. Our
+  # loader must read it to the same features, and our saver write it back.
+  case = rc.NPZ_VIT
+  tensors = rc.augreg_npz(**case)
+  np.savez(tmp_path / 'augreg.npz', **tensors)
+  vit = pretrained.load_big_vision_npz(
+      _vit(0, patch_size=case['patch_size'], image_size=case['image_size']),
+      tmp_path / 'augreg.npz')
+  images = _seeded_images('npz_vit', case)
+  np.testing.assert_allclose(vit(images.transpose(0, 2, 3, 1)),
+                             _STORED['npz_vit/features'], rtol=1e-4, atol=1e-4)
+  pretrained.save_big_vision_npz(vit, tmp_path / 'saved.npz')
+  with np.load(tmp_path / 'saved.npz') as saved:
+    assert sorted(saved) == sorted(tensors)
+    for key, value in tensors.items():
+      np.testing.assert_array_equal(saved[key], value, err_msg=key)
+
+
+# --- against timm itself (live, with the reference extra) --------------------------
 
 def _randomise(model, torch):
   """Random statistics and affine weights everywhere, so that every key matters."""
