@@ -128,7 +128,8 @@ def as_labels(name: str, labels: jax.typing.ArrayLike, length: int,
     ValueError: labels must have shape (4,) to match the rows of similarity, got shape (3,).
   """
   if not isinstance(labels, jax.Array):
-    host = np.asarray(labels)
+    host = _host_numbers(name, labels, f'an integer array of shape '
+                         f'({length},) (class ids)')
     if np.issubdtype(host.dtype, np.integer) and host.size:
       canonical = jax.dtypes.canonicalize_dtype(host.dtype)
       info = np.iinfo(canonical)
@@ -142,6 +143,53 @@ def as_labels(name: str, labels: jax.typing.ArrayLike, length: int,
   check_labels(name, labels, length,
                context=f' to match the {axis_name} of similarity')
   return labels
+
+
+def _host_numbers(name: str, value, expected: str) -> np.ndarray:
+  """`value` as a NumPy array of numbers (bools included), else a TypeError
+  naming `name`: None, strings, ragged lists and objects are refused here,
+  before JAX's own conversion error, which names no argument.
+
+  Examples:
+    >>> from tcm_jax import _array_checks
+    >>> _array_checks._host_numbers('labels', None, 'class ids')
+    Traceback (most recent call last):
+    ...
+    TypeError: labels must be class ids, got None.
+  """
+  if value is None:
+    raise TypeError(f'{name} must be {expected}, got None.')
+  try:
+    host = np.asarray(value)
+  except (ValueError, TypeError):  # ragged nested sequences
+    host = None
+  if host is None or host.dtype.kind not in 'biufc':
+    if isinstance(value, np.ndarray):
+      received = f'array of dtype {value.dtype} and shape {value.shape}'
+    else:
+      received = f'{type(value).__name__} {value!r}'
+      if len(received) > 80:
+        received = received[:77] + '...'
+    raise TypeError(f'{name} must be {expected}, got {received}.')
+  return host
+
+
+def host_labels(name: str, labels, length: int, *,
+                context: str = '') -> np.ndarray:
+  """Labels as a NumPy array, checked as `check_labels` does, after a clear
+  `TypeError` for None, strings and other values that are no numbers.
+
+  Examples:
+    >>> from tcm_jax import _array_checks
+    >>> _array_checks.host_labels('labels', ['a', 'b'], 2)
+    Traceback (most recent call last):
+    ...
+    TypeError: labels must be an integer array of shape (2,) (class ids), got list ['a', 'b'].
+  """
+  host = _host_numbers(name, labels,
+                       f'an integer array of shape ({length},) (class ids)')
+  check_labels(name, host, length, context=context)
+  return host
 
 
 def common_label_dtype(labels: jax.Array, ref_labels: jax.Array) -> np.dtype:

@@ -267,6 +267,43 @@ def as_int(name: str, value: Any, expected: str) -> int:
   return index
 
 
+def concrete_int(name: str, value: Any) -> int | None:
+  """`value` as a Python int, or None when it is an integer known only at run
+  time (a traced integer scalar, as inside `jax.jit`).
+
+  Python, NumPy and concrete JAX integer scalars are integers; bools and
+  floats (even `2.0`), float arrays and traced floats are not.
+
+  Examples:
+    >>> import numpy as np
+    >>> from tcm_jax import _checks
+    >>> _checks.concrete_int('query_offset', np.int64(4))
+    4
+    >>> _checks.concrete_int('query_offset', 1.5)
+    Traceback (most recent call last):
+    ...
+    TypeError: query_offset must be an integer, got float 1.5.
+  """
+  index = _index(value)
+  if index is not None:
+    return index
+  jax = sys.modules.get('jax')
+  shape = np.shape(value) if hasattr(value, 'shape') else ()
+  if jax is not None and isinstance(value, jax.core.Tracer):
+    if shape == () and np.issubdtype(value.dtype, np.integer):
+      return None
+    received = f'a traced value of dtype {value.dtype}' + (
+        f' and shape {shape}' if shape else '')
+  elif shape:
+    received = f'{type(value).__name__} of shape {shape}'
+  elif hasattr(value, 'dtype'):  # a NumPy or JAX scalar
+    received = f'{np.dtype(value.dtype).name} {np.asarray(value).item()!r}'
+  else:
+    received = 'None' if value is None else (
+        f'{type(value).__name__} {value!r}')
+  raise TypeError(f'{name} must be an integer, got {received}.')
+
+
 def check_int(name: str, value: Any, minimum: int | None = None, *,
               expected: str | None = None) -> int:
   """`value` as a Python int, at least `minimum` when one is given.

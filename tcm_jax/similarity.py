@@ -16,12 +16,20 @@ from tcm_jax import _array_checks
 def l2_normalize(x: jax.typing.ArrayLike, *, eps: float = 1e-12) -> jax.Array:
   """Rows of `x` scaled to unit L2 norm, computed in at least float32.
 
-  The norm is clamped at `eps` (as `torch.nn.functional.normalize` does), so a
-  zero row stays zero and its gradient is finite.
+  Whatever their scale: each row is first scaled by the power of two that
+  brings its largest magnitude into [0.5, 1), so that neither its squared
+  norm overflows (rows of 1e19 in float32) nor underflows (rows of 1e-25),
+  and every finite non-zero row comes out with unit norm (rows of ordinary
+  magnitude get exactly the values of the plain `x / |x|`); the gradient is that of `x / |x|`, finite at any scale. A zero
+  row stays zero, with gradient `1 / eps` (the norm is clamped at `eps`, as
+  `torch.nn.functional.normalize` does). A row holding NaN or an infinity
+  gives NaN.
 
   Args:
     x: embeddings, `[n, dim]`.
-    eps: smallest norm divided by.
+    eps: smallest norm divided by, once each row is scaled to a largest
+      magnitude in [0.5, 1) (so a norm of at least 0.5): only zero rows
+      reach it.
 
   Returns:
     `[n, dim]` array of dtype at least float32.
@@ -32,13 +40,28 @@ def l2_normalize(x: jax.typing.ArrayLike, *, eps: float = 1e-12) -> jax.Array:
     >>> print(l2_normalize(jnp.array([[3.0, 4.0], [0.0, 0.0]])))
     [[0.6 0.8]
      [0.  0. ]]
+    >>> print(l2_normalize(jnp.array([[3e30, 4e30], [3e-30, -4e-30]])).round(6))
+    [[ 0.6  0.8]
+     [ 0.6 -0.8]]
   """
   x = jnp.asarray(x)
   if not jnp.issubdtype(x.dtype, jnp.number):
     raise TypeError(f'embeddings must be numeric, got dtype {x.dtype}.')
   x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
-  squared_norm = jnp.sum(x * x, axis=-1, keepdims=True)
-  return x * jax.lax.rsqrt(jnp.maximum(squared_norm, eps * eps))
+  # Scaling by a constant changes neither the direction nor (x / |x| being
+  # homogeneous of degree 0) the gradient, so the scale is not differentiated.
+  # It is the power of two that brings the largest magnitude into [0.5, 1):
+  # exact, so rows of ordinary magnitude get bit for bit the values of the
+  # unscaled `x / |x|`. Applied in two halves, each a normal float32 (a
+  # single 2**-127 for rows near 1e38 would be subnormal, which XLA flushes
+  # to zero).
+  largest = jax.lax.stop_gradient(jnp.max(jnp.abs(x), axis=-1, keepdims=True))
+  _, exponent = jnp.frexp(largest)
+  one = jnp.ones_like(largest)
+  scaled = ((x * jnp.ldexp(one, -(exponent // 2)))
+            * jnp.ldexp(one, exponent // 2 - exponent))
+  squared_norm = jnp.sum(scaled * scaled, axis=-1, keepdims=True)
+  return scaled * jax.lax.rsqrt(jnp.maximum(squared_norm, eps * eps))
 
 
 def cosine_similarity(

@@ -157,3 +157,56 @@ def test_the_checks_do_not_import_jax():
        "_checks.concrete_float('x', 1.0); print('jax' in sys.modules)"],
       check=True, capture_output=True, text=True).stdout
   assert out.strip() == 'False'
+
+
+def test_concrete_int_accepts_integers_and_lets_traced_integers_through():
+  for value in (3, np.int64(3), np.array(3, np.int32), jnp.int32(3)):
+    got = _checks.concrete_int('query_offset', value)
+    assert got == 3 and isinstance(got, int)
+
+  @jax.jit
+  def fn(offset):
+    assert _checks.concrete_int('query_offset', offset) is None
+    return offset
+
+  assert fn(4) == 4
+  for value, received in [
+      (1.5, 'float 1.5'), (2.0, 'float 2.0'), (True, 'bool True'),
+      (np.float32(2), 'float32 2.0'), ('1', "str '1'"), (None, 'None'),
+      (np.arange(2), r'ndarray of shape \(2,\)')]:
+    with pytest.raises(TypeError, match=f'query_offset must be an integer, '
+                       f'got {received}'):
+      _checks.concrete_int('query_offset', value)
+  with pytest.raises(TypeError, match='query_offset must be an integer, got '
+                     'a traced value of dtype float32'):
+    jax.jit(lambda o: _checks.concrete_int('query_offset', o))(1.0)
+
+
+@pytest.mark.parametrize('labels, message', [
+    (None, 'labels must be an integer array of shape (3,) (class ids), got '
+     'None.'),
+    (np.array(['a', 'b', 'c']), 'labels must be an integer array of shape '
+     '(3,) (class ids), got array of dtype <U1 and shape (3,).'),
+    ('abc', "labels must be an integer array of shape (3,) (class ids), got "
+     "str 'abc'."),
+    ([0, [1, 2]], 'labels must be an integer array of shape (3,) (class '
+     'ids), got list [0, [1, 2]].'),
+])
+def test_labels_that_are_no_array_of_numbers_are_named(labels, message):
+  with pytest.raises(TypeError) as error:
+    _array_checks.as_labels('labels', labels, 3, 'rows')
+  assert str(error.value) == message
+  # Numbers keep their own messages (dtype, then shape).
+  with pytest.raises(TypeError, match='labels must have an integer dtype'):
+    _array_checks.as_labels('labels', np.zeros(3), 3, 'rows')
+
+
+def test_host_labels_checks_numbers_then_shape_and_dtype():
+  np.testing.assert_array_equal(
+      _array_checks.host_labels('labels', [2, 0, 1], 3), [2, 0, 1])
+  with pytest.raises(TypeError, match=r'labels must be an integer array of '
+                     r'shape \(3,\) \(class ids\), got None'):
+    _array_checks.host_labels('labels', None, 3)
+  with pytest.raises(ValueError, match=r'labels must have shape \(3,\), one '
+                     r'per row, got shape \(2,\)'):
+    _array_checks.host_labels('labels', [0, 1], 3, context=', one per row')

@@ -1,9 +1,11 @@
 """Tests of cosine_similarity and l2_normalize."""
 
 import jax
+import jax.experimental
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.test_util import check_grads
 
 import tcm_jax
 from tcm_jax import similarity
@@ -62,3 +64,71 @@ def test_normalized_rows_have_unit_norm():
 def test_bad_input(x, y, error, match):
   with pytest.raises(error, match=match):
     tcm_jax.cosine_similarity(x, y)
+
+
+SCALES = [1e-30, 1e-19, 1e19, 1e30, 1e37]  # no subnormal products
+
+
+@pytest.mark.parametrize('scale', SCALES)
+def test_similarity_does_not_depend_on_the_scale_of_the_rows(scale):
+  """Rows whose squared norm overflows (or underflows) float32 included."""
+  rng = np.random.default_rng(3)
+  x, y = rng.normal(size=(6, 5)), rng.normal(size=(4, 5))
+  xs, ys = (np.float32(scale) * a.astype(np.float32) for a in (x, y))
+  assert np.all(np.isfinite(xs)) and np.all(np.isfinite(ys))
+  np.testing.assert_allclose(tcm_jax.cosine_similarity(xs, ys),
+                             reference.cosine(x, y), atol=2e-6)
+  np.testing.assert_allclose(jax.jit(tcm_jax.cosine_similarity)(xs),
+                             reference.cosine(x), atol=2e-6)
+  unit = similarity.l2_normalize(xs)
+  np.testing.assert_allclose(unit, x / np.linalg.norm(x, axis=1,
+                                                      keepdims=True),
+                             rtol=2e-6, atol=2e-7)
+
+
+def test_rows_of_mixed_scales_and_the_largest_floats():
+  big = np.finfo(np.float32).max
+  x = np.array([[big, big], [-big, 0.0], [2e-38, 0.0], [0.0, 0.0],
+                [1e-20, -1e-20]], np.float32)
+  expected = np.array([[0.5**0.5, 0.5**0.5], [-1.0, 0.0], [1.0, 0.0],
+                       [0.0, 0.0], [0.5**0.5, -(0.5**0.5)]])
+  np.testing.assert_allclose(similarity.l2_normalize(x), expected, rtol=1e-6)
+
+
+def test_gradients_are_those_of_the_unscaled_rows_divided_by_the_scale():
+  rng = np.random.default_rng(4)
+  x = rng.normal(size=(5, 3)).astype(np.float32)
+  g = rng.normal(size=(5, 3)).astype(np.float32)
+  loss = lambda x: jnp.sum(g * similarity.l2_normalize(x))
+  expected = jax.grad(loss)(x)
+  for scale in (1e-30, 1e19, 1e30):
+    got = jax.grad(loss)(np.float32(scale) * x)
+    np.testing.assert_allclose(np.asarray(got, np.float64) * scale, expected,
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_check_grads_of_normalisation_and_similarity():
+  enable_x64 = (jax.enable_x64 if hasattr(jax, 'enable_x64')
+                else jax.experimental.enable_x64)
+  with enable_x64(True):
+    rng = np.random.default_rng(5)
+    x = jnp.asarray(rng.normal(size=(4, 3)))
+    y = jnp.asarray(rng.normal(size=(3, 3)))
+    check_grads(similarity.l2_normalize, (x,), order=2, modes=('rev', 'fwd'))
+    check_grads(tcm_jax.cosine_similarity, (x, y), order=1, modes=('rev',))
+    # float64 squares overflow past 1e154: the rows are scaled first.
+    big = 1e200 * x
+    np.testing.assert_allclose(similarity.l2_normalize(big),
+                               similarity.l2_normalize(x), rtol=1e-12)
+    check_grads(lambda x: similarity.l2_normalize(1e200 * x), (x,), order=1,
+                modes=('rev',))
+
+
+def test_zero_rows_keep_their_convention_value_and_gradient():
+  """A zero row stays zero; its gradient is that of `x / eps`."""
+  x = np.array([[0.0, 0.0, 0.0], [1.0, 2.0, 2.0]], np.float32)
+  jac = jax.jacobian(lambda x: similarity.l2_normalize(x)[0])(x)
+  np.testing.assert_allclose(jac[:, 0], np.eye(3) * 1e12, rtol=1e-6)
+  np.testing.assert_array_equal(jac[:, 1], np.zeros((3, 3)))
+  np.testing.assert_allclose(similarity.l2_normalize(x)[1],
+                             [1 / 3, 2 / 3, 2 / 3], rtol=1e-6)

@@ -9,6 +9,16 @@ mesh axis: its value and gradients equal those of one device holding the
 global batch. `objective(name, tcm={...})` is a base loss plus TCM, chosen by
 name, returning the total and its parts.
 
+Every loss follows the same rules at the edges: an empty batch (or one with
+every row padded) gives 0 with zero gradients; a pair that takes part with a
+non-finite similarity, or (traced) a proxy label outside
+`[0, num_proxies)`, gives NaN, so that a trainer's non-finite guard sees it;
+padded rows may hold anything, NaN included, in the embeddings forms
+(`tcm_loss_from_embeddings`, `Objective.from_embeddings`, the proxy losses,
+the `sharded_*` forms), whose value and gradients are then those of the
+unpadded batch; labels that are no integer array (None, strings) and bad
+`query_offset` values raise errors that name them.
+
 The statistics the losses are made of, their pair masks and cross-device
 references are in `tcm_jax.losses.advanced`.
 

@@ -64,10 +64,13 @@ def contrastive_statistics(similarity, labels, ref_labels=None, *,
   similarity, masks = _pairs.prepare(
       similarity, labels, ref_labels, where=where, ref_where=ref_where,
       exclude_self=exclude_self, query_offset=query_offset)
+  not_finite = _pairs.nan_if_not_finite(similarity, masks)
   return ContrastiveStatistics(
-      pos_sum=jnp.sum(masks.positive * jax.nn.relu(margin_pos - similarity)),
+      pos_sum=not_finite + jnp.sum(
+          masks.positive * jax.nn.relu(margin_pos - similarity)),
       pos_count=jnp.sum(masks.positive),
-      neg_sum=jnp.sum(masks.negative * jax.nn.relu(similarity - margin_neg)),
+      neg_sum=not_finite + jnp.sum(
+          masks.negative * jax.nn.relu(similarity - margin_neg)),
       neg_count=jnp.sum(masks.negative))
 
 
@@ -135,7 +138,9 @@ def contrastive_loss(similarity, labels, ref_labels=None, *,
 
 
 def _masked_extreme(values, mask, fn, empty):
-  return fn(jnp.where(mask > 0, values, empty), axis=1)
+  """Per row, `fn` (jnp.min or jnp.max) of the masked values; `empty` for a
+  row without any (and for a batch without references)."""
+  return fn(jnp.where(mask > 0, values, empty), axis=1, initial=empty)
 
 
 def triplet_statistics(similarity, labels, ref_labels=None, *,
@@ -159,13 +164,14 @@ def triplet_statistics(similarity, labels, ref_labels=None, *,
   similarity, masks = _pairs.prepare(
       similarity, labels, ref_labels, where=where, ref_where=ref_where,
       exclude_self=exclude_self, query_offset=query_offset)
+  not_finite = _pairs.nan_if_not_finite(similarity, masks)
   if mining == 'batch_hard':
     hardest_pos = _masked_extreme(similarity, masks.positive, jnp.min, 2.0)
     hardest_neg = _masked_extreme(similarity, masks.negative, jnp.max, -2.0)
     has_both = (jnp.minimum(jnp.sum(masks.positive, axis=1), 1.0)
                 * jnp.minimum(jnp.sum(masks.negative, axis=1), 1.0))
     terms = has_both * jax.nn.relu(hardest_neg - hardest_pos + margin)
-    return MeanStatistics(jnp.sum(terms), jnp.sum(has_both))
+    return MeanStatistics(not_finite + jnp.sum(terms), jnp.sum(has_both))
 
   def one_anchor(row):
     """Sum and number of the selected triplets of one anchor."""
@@ -180,7 +186,7 @@ def triplet_statistics(similarity, labels, ref_labels=None, *,
     gap = s_ap - s_an
     semi = valid * (1.0 - _pairs.at_most(gap, 0.0)) * (
         1.0 - _pairs.at_least(gap, margin))
-    hardest = jnp.max(jnp.where(semi > 0, s_an, -2.0), axis=1)
+    hardest = jnp.max(jnp.where(semi > 0, s_an, -2.0), axis=1, initial=-2.0)
     has_semi = jnp.minimum(jnp.sum(semi, axis=1), 1.0)
     return (jnp.sum(has_semi * jax.nn.relu(hardest - s + margin)),
             jnp.sum(has_semi))
@@ -188,7 +194,7 @@ def triplet_statistics(similarity, labels, ref_labels=None, *,
   totals, counts = _pairs.map_queries(
       one_anchor, (similarity, masks.positive, masks.negative),
       similarity.shape[1] ** 2)
-  return MeanStatistics(jnp.sum(totals), jnp.sum(counts))
+  return MeanStatistics(not_finite + jnp.sum(totals), jnp.sum(counts))
 
 
 def triplet_loss_from_statistics(stats: MeanStatistics) -> jax.Array:
@@ -261,7 +267,8 @@ def triplet_loss(similarity, labels, ref_labels=None, *, margin: float = 0.05,
 def _log1p_sum_exp(x, mask):
   """`log(1 + sum(exp(x) over mask))` per row, stably; 0 on empty rows."""
   shift = jax.lax.stop_gradient(
-      jnp.maximum(jnp.max(jnp.where(mask > 0, x, -jnp.inf), axis=1), 0.0))
+      jnp.maximum(jnp.max(jnp.where(mask > 0, x, -jnp.inf), axis=1,
+                          initial=-jnp.inf), 0.0))
   safe = jnp.where(mask > 0, x - shift[:, None], -jnp.inf)
   return shift + jnp.log(jnp.exp(-shift) + jnp.sum(jnp.exp(safe), axis=1))
 
@@ -302,8 +309,10 @@ def multi_similarity_statistics(similarity, labels, ref_labels=None, *,
   neg_term = _log1p_sum_exp(beta * (similarity - base), hard_neg) / beta
   valid_rows = jnp.minimum(jnp.sum(masks.positive + masks.negative, axis=1),
                            1.0)
-  return MeanStatistics(jnp.sum(valid_rows * (pos_term + neg_term)),
-                        jnp.sum(valid_rows))
+  # The mining drops a NaN pair: the loss must not (see nan_if_not_finite).
+  return MeanStatistics(
+      _pairs.nan_if_not_finite(similarity, masks)
+      + jnp.sum(valid_rows * (pos_term + neg_term)), jnp.sum(valid_rows))
 
 
 def multi_similarity_loss_from_statistics(stats: MeanStatistics) -> jax.Array:

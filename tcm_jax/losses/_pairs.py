@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from tcm_jax import _array_checks
+from tcm_jax import _checks
 from tcm_jax import similarity as similarity_lib
 
 
@@ -60,7 +61,13 @@ def pair_masks(
     exclude_self: drop the pairs of a sample with itself, i.e. query `i`
       against reference `i + query_offset`. Defaults to `ref_labels is None`.
     query_offset: index of the first query among the references (non-zero when
-      a device's rows are matched against the references of all devices).
+      a device's rows are matched against the references of all devices): an
+      integer in `[0, r - q]`, checked when known (a float, or an integer
+      outside that range with `exclude_self`, raises). A traced offset (inside
+      `jax.jit`) is not checked: query `i` then loses its pair with reference
+      `i + query_offset` when that index is in `[0, r)` and keeps all its
+      pairs otherwise, so a wrong offset silently keeps self pairs or drops
+      real ones.
 
   Returns:
     `PairMasks` with `[q, r]` float32 `positive` and `negative` masks.
@@ -81,6 +88,7 @@ def pair_masks(
   _array_checks.check_similarity(similarity)
   num_queries, num_refs = similarity.shape
   labels = _array_checks.as_labels('labels', labels, num_queries, 'rows')
+  offset = _checks.concrete_int('query_offset', query_offset)
   where = None if where is None else jnp.asarray(where)
   _array_checks.check_mask('where', where, num_queries)
   if ref_labels is None:
@@ -100,6 +108,9 @@ def pair_masks(
     ref_where = None if ref_where is None else jnp.asarray(ref_where)
     _array_checks.check_mask('ref_where', ref_where, num_refs)
 
+  if exclude_self and offset is not None:
+    check_query_offset(offset, num_queries, num_refs)
+
   ranks, ref_ranks = _dense_ranks(labels, ref_labels)
   positive = equal(ranks[:, None], ref_ranks[None, :])
   valid = jnp.ones(similarity.shape, jnp.float32)
@@ -113,6 +124,28 @@ def pair_masks(
                          jnp.arange(num_refs, dtype=jnp.float32)[None, :])
   positive *= valid
   return PairMasks(positive=positive, negative=valid - positive)
+
+
+def check_query_offset(offset: int, num_queries: int, num_refs: int) -> None:
+  """Self pairs at `offset`: the queries are a block of the references.
+
+  Examples:
+    >>> from tcm_jax.losses import _pairs
+    >>> _pairs.check_query_offset(5, 4, 8)
+    Traceback (most recent call last):
+    ...
+    ValueError: query_offset must be an integer in [0, 4] (the index of the first of the 4 queries among the 8 references), got 5.
+  """
+  if num_queries > num_refs:
+    raise ValueError(
+        f'query_offset: with exclude_self=True the {num_queries} queries must '
+        f'be a block of the {num_refs} references (their self pairs at '
+        f'query_offset), got more queries than references.')
+  if not 0 <= offset <= num_refs - num_queries:
+    raise ValueError(
+        f'query_offset must be an integer in [0, {num_refs - num_queries}] '
+        f'(the index of the first of the {num_queries} queries among the '
+        f'{num_refs} references), got {offset}.')
 
 
 def at_most(x: jax.Array, bound) -> jax.Array:
@@ -222,6 +255,39 @@ def zero_padded_rows(name: str, embeddings, where):
   return jnp.where(where[:, None], embeddings, 0)
 
 
+def similarity_of_embeddings(embeddings, ref_embeddings=None, ref_labels=None,
+                             *, where=None, ref_where=None, precision=None):
+  """The cosine similarity an embeddings form of a loss scores.
+
+  Padded rows are set to 0 first (`zero_padded_rows`), so that whatever they
+  hold (NaN) reaches neither the value nor any gradient; the similarity form
+  cannot do this, since the backward pass of a similarity computed outside
+  multiplies the padded rows by their zero cotangents (and 0 * NaN is NaN).
+
+  Args:
+    embeddings: `[q, dim]` query embeddings.
+    ref_embeddings: optional `[r, dim]` reference embeddings (default: the
+      queries).
+    ref_labels: the references' labels, given exactly when `ref_embeddings`
+      is (only checked for that here).
+    where: optional `[q]` padding mask of the queries.
+    ref_where: optional `[r]` padding mask of the references.
+    precision: precision of the matrix product.
+
+  Returns:
+    The `[q, r]` similarity.
+  """
+  if (ref_embeddings is None) != (ref_labels is None):
+    raise ValueError(
+        'ref_embeddings and ref_labels must be given together, got '
+        f'ref_embeddings={"None" if ref_embeddings is None else "array"} and '
+        f'ref_labels={"None" if ref_labels is None else "array"}.')
+  embeddings = zero_padded_rows('where', embeddings, where)
+  ref_embeddings = zero_padded_rows('ref_where', ref_embeddings, ref_where)
+  return similarity_lib.cosine_similarity(embeddings, ref_embeddings,
+                                          precision=precision)
+
+
 def zero_excluded(similarity, masks, exclude_self, query_offset, padded):
   """Zeroes the entries the masks exclude, whatever they hold (NaN, -inf).
 
@@ -233,7 +299,11 @@ def zero_excluded(similarity, masks, exclude_self, query_offset, padded):
     return jnp.where(masks.positive + masks.negative > 0, similarity, 0.0)
   if exclude_self:
     rows = jnp.arange(similarity.shape[0])
-    return similarity.at[rows, rows + query_offset].set(0.0, mode='drop')
+    cols = rows + query_offset
+    # A negative index would wrap around to the last columns: send it past
+    # the end instead, where 'drop' ignores it (as `pair_masks` does).
+    cols = jnp.where(cols < 0, similarity.shape[1], cols)
+    return similarity.at[rows, cols].set(0.0, mode='drop')
   return similarity
 
 
@@ -256,6 +326,31 @@ def prepare(similarity, labels, ref_labels=None, *, where=None,
       similarity, masks, exclude_self, query_offset,
       padded=where is not None or ref_where is not None)
   return similarity, masks
+
+
+def nan_if_not_finite(similarity: jax.Array, masks: PairMasks) -> jax.Array:
+  """0.0, or NaN when a pair that takes part has a non-finite similarity.
+
+  Added to a loss's sums, so that such a pair surfaces as a NaN loss (the
+  trainer's guard stops on it) even where the loss's own mining or masking
+  would drop it. `similarity` comes from `prepare` (excluded entries already
+  0), and the term has a zero gradient.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from tcm_jax.losses import _pairs
+    >>> s, masks = _pairs.prepare(jnp.array([[1.0, jnp.inf], [0.5, 1.0]]),
+    ...                           jnp.array([0, 1]))
+    >>> print(_pairs.nan_if_not_finite(s, masks))
+    nan
+    >>> s, masks = _pairs.prepare(jnp.array([[jnp.nan, 0.5], [0.5, 1.0]]),
+    ...                           jnp.array([0, 1]))  # a self pair: no part
+    >>> print(_pairs.nan_if_not_finite(s, masks))
+    0.0
+  """
+  # s - s is 0 for finite s and NaN for NaN and +-inf; XLA keeps it (it does
+  # not fold x - x for floats).
+  return jnp.sum((masks.positive + masks.negative) * (similarity - similarity))
 
 
 def sharded_statistics(statistics_fn, embeddings: jax.Array, labels: jax.Array,

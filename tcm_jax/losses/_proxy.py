@@ -3,8 +3,11 @@
 Each takes embeddings, integer labels in `[0, num_classes)` and the
 `[num_classes, dim]` proxy (class-weight) matrix as an argument: the caller
 owns the parameters. Similarities are cosines, in float32. Labels known at
-call time are checked against the proxies (padded rows excepted); traced
-labels cannot be, and an out-of-range one gives a meaningless loss.
+call time are checked against the proxies (a `ValueError` names the labels
+out of range); traced labels (inside `jax.jit`) cannot be, and one out of
+range makes the loss NaN, so that a trainer's non-finite guard stops there.
+Padded rows (`where` False) take no part and may hold any label, -1
+included: padding is the way to leave a row out.
 
 The classification losses (normalised softmax, CosFace, ArcFace) are means of
 per-sample terms; Proxy-Anchor couples the batch through a sum over samples
@@ -36,7 +39,15 @@ def _known(x) -> np.ndarray | None:
 
 
 def _check(embeddings, labels, proxies, where):
-  """Shapes and dtypes; concrete labels are checked against the proxies."""
+  """Shapes and dtypes; concrete labels are checked against the proxies.
+
+  Returns:
+    `(cosine, labels, weights, out_of_range)`: the `[n, classes]` cosines,
+    the labels (0 in padded rows), the `[n]` float 0/1 row weights, and a
+    scalar that is 0.0, or NaN when an unpadded row's label is outside
+    `[0, num_classes)` (only possible for traced labels), for the loss to
+    add.
+  """
   embeddings = _array_checks.check_embeddings('embeddings', embeddings)
   dim = embeddings.shape[1]
   proxies = _array_checks.check_embeddings(
@@ -54,16 +65,20 @@ def _check(embeddings, labels, proxies, where):
       bad &= padding
     if bad.any():
       raise ValueError(
-          f'labels must be class indices in [0, {proxies.shape[0]}) (one '
-          f'proxy each); {int(bad.sum())} are not, e.g. '
-          f'{host[bad][:5].tolist()}.')
+          f'labels must be class indices in [0, num_proxies) = '
+          f'[0, {proxies.shape[0]}) (one row of proxies each); '
+          f'{int(bad.sum())} are not, e.g. {host[bad][:5].tolist()}.')
+  num_classes = proxies.shape[0]
+  outside = ((labels < 0) | (labels >= num_classes))
   if where is not None:  # padded rows may hold any label, -1 included
+    outside &= where
     labels = jnp.where(where, labels, 0)
+  out_of_range = jnp.where(jnp.any(outside), jnp.nan, 0.0)
   embeddings = _pairs.zero_padded_rows('where', embeddings, where)
   weights = (jnp.ones(embeddings.shape[0], jnp.float32) if where is None
              else where.astype(jnp.float32))
   cosine = similarity_lib.cosine_similarity(embeddings, proxies)
-  return cosine, labels, weights
+  return cosine, labels, weights, out_of_range.astype(cosine.dtype)
 
 
 def _weighted_mean(values, weights):
@@ -106,8 +121,10 @@ def normalized_softmax_loss(embeddings, labels, proxies, *,
     0.3133
   """
   _checks.check_positive('temperature', temperature)
-  cosine, labels, weights = _check(embeddings, labels, proxies, where)
-  return _weighted_mean(_cross_entropy(cosine / temperature, labels), weights)
+  cosine, labels, weights, out_of_range = _check(embeddings, labels, proxies,
+                                                 where)
+  return out_of_range + _weighted_mean(
+      _cross_entropy(cosine / temperature, labels), weights)
 
 
 def cosface_loss(embeddings, labels, proxies, *, scale: float = 64.0,
@@ -139,10 +156,11 @@ def cosface_loss(embeddings, labels, proxies, *, scale: float = 64.0,
   """
   _checks.check_positive('scale', scale)
   _checks.check_in_range('margin', margin, 0.0, 1.0)
-  cosine, labels, weights = _check(embeddings, labels, proxies, where)
+  cosine, labels, weights, out_of_range = _check(embeddings, labels, proxies,
+                                                 where)
   target = jax.nn.one_hot(labels, cosine.shape[1], dtype=cosine.dtype)
   logits = scale * (cosine - margin * target)
-  return _weighted_mean(_cross_entropy(logits, labels), weights)
+  return out_of_range + _weighted_mean(_cross_entropy(logits, labels), weights)
 
 
 def arcface_loss(embeddings, labels, proxies, *, scale: float = 64.0,
@@ -179,7 +197,8 @@ def arcface_loss(embeddings, labels, proxies, *, scale: float = 64.0,
   """
   _checks.check_positive('scale', scale)
   _checks.check_in_range('margin', margin, 0.0, math.pi / 2)
-  cosine, labels, weights = _check(embeddings, labels, proxies, where)
+  cosine, labels, weights, out_of_range = _check(embeddings, labels, proxies,
+                                                 where)
   target = jax.nn.one_hot(labels, cosine.shape[1], dtype=cosine.dtype)
   cos_t = jnp.sum(cosine * target, axis=1)
   # sin(theta) with a floor: its gradient is infinite at cos = +-1.
@@ -189,7 +208,7 @@ def arcface_loss(embeddings, labels, proxies, *, scale: float = 64.0,
   target_logit = jnp.where(cos_t > math.cos(math.pi - margin), shifted,
                            fallback)
   logits = scale * (cosine + target * (target_logit - cos_t)[:, None])
-  return _weighted_mean(_cross_entropy(logits, labels), weights)
+  return out_of_range + _weighted_mean(_cross_entropy(logits, labels), weights)
 
 
 class ProxyAnchorStatistics(NamedTuple):
@@ -208,7 +227,8 @@ class ProxyAnchorStatistics(NamedTuple):
 
 def _shifted_sums(exponents, mask, axis_name):
   """Per-proxy sums of exp(exponent - shift) over masked samples, and shift."""
-  largest = jnp.max(jnp.where(mask > 0, exponents, -jnp.inf), axis=0)
+  largest = jnp.max(jnp.where(mask > 0, exponents, -jnp.inf), axis=0,
+                    initial=-jnp.inf)  # an empty batch: no sample, shift 0
   shift = jax.lax.stop_gradient(jnp.maximum(largest, 0.0))
   if axis_name is not None:
     shift = jax.lax.pmax(shift, axis_name)
@@ -234,7 +254,8 @@ def proxy_anchor_statistics(embeddings, labels, proxies, *,
   """
   _checks.check_positive('alpha', alpha)
   _checks.check_in_range('margin', margin, 0.0, 1.0)
-  cosine, labels, weights = _check(embeddings, labels, proxies, where)
+  cosine, labels, weights, out_of_range = _check(embeddings, labels, proxies,
+                                                 where)
   target = jax.nn.one_hot(labels, cosine.shape[1], dtype=cosine.dtype)
   positive = target * weights[:, None]
   negative = (1.0 - target) * weights[:, None]
@@ -243,7 +264,10 @@ def proxy_anchor_statistics(embeddings, labels, proxies, *,
   negative_sums, negative_shift = _shifted_sums(
       alpha * (cosine + margin), negative, axis_name)
   return ProxyAnchorStatistics(
-      positive_sums=positive_sums, positive_shift=positive_shift,
+      # NaN for a traced label out of range: summed over devices, it
+      # reaches every device's loss.
+      positive_sums=positive_sums + out_of_range,
+      positive_shift=positive_shift,
       negative_sums=negative_sums, negative_shift=negative_shift,
       has_positive=jnp.sum(positive, axis=0))
 

@@ -119,15 +119,17 @@ def smooth_ap_statistics(
   precision = jnp.sum(is_positive * rank_pos / rank_all, axis=1)
   has_positive = jnp.minimum(count, 1.0)
   return RankingStatistics(
-      score_sum=jnp.sum(precision / jnp.maximum(count, 1.0)),
+      score_sum=_pairs.nan_if_not_finite(similarity, masks)
+      + jnp.sum(precision / jnp.maximum(count, 1.0)),
       num_queries=jnp.sum(has_positive))
 
 
 def _one_minus_mean_score(stats: RankingStatistics) -> jax.Array:
-  """`1 - mean score`; 0 (with zero gradient) when no query has a positive."""
+  """`1 - mean score`; 0 (with zero gradient) when no query has a positive,
+  NaN when the score sum is (a non-finite pair took part)."""
   return jnp.where(stats.num_queries > 0,
                    1.0 - stats.score_sum / jnp.maximum(stats.num_queries, 1.0),
-                   0.0)
+                   0.0 * stats.score_sum)
 
 
 def smooth_ap_loss_from_statistics(stats: RankingStatistics) -> jax.Array:
@@ -179,7 +181,9 @@ def smooth_ap_loss(
       `ref_labels`).
     exclude_self: drop query `i` against reference `i + query_offset`;
       defaults to `ref_labels is None`.
-    query_offset: index of the first query among the references.
+    query_offset: index of the first query among the references, an integer
+      in `[0, r - q]` (checked when known; see `advanced.pair_masks` for a
+      traced one).
 
   Returns:
     Scalar loss in [0, 1).
@@ -246,7 +250,8 @@ def recall_at_k_statistics(
   attainable = jnp.maximum(jnp.minimum(k[None, :], count[:, None]), 1.0)
   recall = jnp.minimum(found, attainable) / attainable
   return RankingStatistics(
-      score_sum=jnp.sum(jnp.minimum(count, 1.0) * jnp.mean(recall, axis=1)),
+      score_sum=_pairs.nan_if_not_finite(similarity, masks)
+      + jnp.sum(jnp.minimum(count, 1.0) * jnp.mean(recall, axis=1)),
       num_queries=jnp.sum(jnp.minimum(count, 1.0)))
 
 
@@ -309,7 +314,9 @@ def recall_at_k_loss(
       `ref_labels`).
     exclude_self: drop query `i` against reference `i + query_offset`;
       defaults to `ref_labels is None`.
-    query_offset: index of the first query among the references.
+    query_offset: index of the first query among the references, an integer
+      in `[0, r - q]` (checked when known; see `advanced.pair_masks` for a
+      traced one).
 
   Returns:
     Scalar loss in [0, 1).

@@ -32,7 +32,6 @@ import jax
 import jax.numpy as jnp
 
 from tcm_jax import _checks
-from tcm_jax import similarity as similarity_lib
 from tcm_jax.losses import _pairs
 
 
@@ -110,7 +109,9 @@ def tcm_statistics(
       (must be None when `ref_labels` is None; `where` then masks both).
     exclude_self: drop query `i` against reference `i + query_offset`;
       defaults to `ref_labels is None`.
-    query_offset: index of the first query among the references.
+    query_offset: index of the first query among the references, an integer
+      in `[0, r - q]` (checked when known; see `advanced.pair_masks` for a
+      traced one).
 
   Returns:
     `TCMStatistics` of scalars.
@@ -133,10 +134,12 @@ def tcm_statistics(
       masks.positive * _pairs.at_most(similarity, margin_pos))
   hard_neg = jax.lax.stop_gradient(
       masks.negative * _pairs.at_least(similarity, margin_neg))
+  # A pair at +-inf is no hard pair, but must not pass unseen either.
+  not_finite = _pairs.nan_if_not_finite(similarity, masks)
   return TCMStatistics(
-      hard_pos_sum=jnp.sum(hard_pos * (margin_pos - similarity)),
+      hard_pos_sum=not_finite + jnp.sum(hard_pos * (margin_pos - similarity)),
       hard_pos_count=_count(hard_pos),
-      hard_neg_sum=jnp.sum(hard_neg * (similarity - margin_neg)),
+      hard_neg_sum=not_finite + jnp.sum(hard_neg * (similarity - margin_neg)),
       hard_neg_count=_count(hard_neg),
       pos_count=_count(masks.positive),
       neg_count=_count(masks.negative),
@@ -231,12 +234,15 @@ def tcm_loss(
     lambda_pos * mean_{hard pos}(margin_pos - S)
       + lambda_neg * mean_{hard neg}(S - margin_neg)
 
-  A part with no hard pair is exactly 0, with zero gradient. Masked-out
-  (padded) queries and references take no part, whatever they hold (NaN
-  included), so a batch padded to a fixed shape gives the value and gradients
-  of the unpadded batch; so do self pairs (a diagonal of -inf is fine). The
-  similarities of the pairs that take part must be finite, as cosine
-  similarities are.
+  A part with no hard pair is exactly 0, with zero gradient; so is the loss
+  of an empty batch. Masked-out (padded) queries and references take no
+  part, whatever they hold (NaN included), so a batch padded to a fixed shape
+  gives the value of the unpadded batch and its gradients with respect to
+  the similarity (padded entries get 0); so do self pairs (a diagonal of
+  -inf is fine). For gradients that reach embeddings with NaN in padded rows,
+  use `tcm_loss_from_embeddings`, which zeroes those rows before the
+  similarity. A pair that takes part with a non-finite similarity (NaN or
+  +-inf) makes the loss NaN.
 
   Args:
     similarity: `[q, r]` cosine similarities, e.g. from `cosine_similarity`.
@@ -252,7 +258,9 @@ def tcm_loss(
       (must be None when `ref_labels` is None; `where` then masks both).
     exclude_self: drop query `i` against reference `i + query_offset`;
       defaults to `ref_labels is None`.
-    query_offset: index of the first query among the references.
+    query_offset: index of the first query among the references, an integer
+      in `[0, r - q]` (checked when known; see `advanced.pair_masks` for a
+      traced one).
 
   Returns:
     Scalar loss, float32 (or wider if `similarity` is).
@@ -295,6 +303,11 @@ def tcm_loss_from_embeddings(
 ) -> jax.Array:
   """`tcm_loss` of the cosine similarities of embeddings.
 
+  Padded rows (`where`/`ref_where` False) are set to 0 before the
+  similarity: whatever they hold, NaN included, value and gradients equal
+  those of the unpadded batch, and the padded rows get zero gradient. The
+  similarity does not depend on the scale of the rows (`l2_normalize`).
+
   Args:
     embeddings: `[q, dim]` query embeddings (need not be normalised; any float
       dtype, the similarity is float32).
@@ -316,16 +329,9 @@ def tcm_loss_from_embeddings(
     >>> print(f'{loss:.6f}')
     0.517876
   """
-  if (ref_embeddings is None) != (ref_labels is None):
-    raise ValueError(
-        'ref_embeddings and ref_labels must be given together, got '
-        f'ref_embeddings={"None" if ref_embeddings is None else "array"} and '
-        f'ref_labels={"None" if ref_labels is None else "array"}.')
-  embeddings = _pairs.zero_padded_rows('where', embeddings, kwargs.get('where'))
-  ref_embeddings = _pairs.zero_padded_rows('ref_where', ref_embeddings,
-                                           kwargs.get('ref_where'))
-  similarity = similarity_lib.cosine_similarity(
-      embeddings, ref_embeddings, precision=precision)
+  similarity = _pairs.similarity_of_embeddings(
+      embeddings, ref_embeddings, ref_labels, where=kwargs.get('where'),
+      ref_where=kwargs.get('ref_where'), precision=precision)
   return tcm_loss(similarity, labels, ref_labels, **kwargs)
 
 

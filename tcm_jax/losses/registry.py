@@ -318,6 +318,58 @@ class Objective:
       return self._proxy_loss(*args, **kwargs)
     return self._reduce(self._statistics(*args, **kwargs))
 
+  def from_embeddings(self, embeddings, labels, ref_embeddings=None,
+                      ref_labels=None, *,
+                      precision: jax.lax.PrecisionLike = None, **masks):
+    """`(loss, parts)` of a pair or ranking loss from embeddings, one device.
+
+    The cosine similarity of `embeddings` (against `ref_embeddings`, or
+    themselves) is computed here, after the padded rows (`where`/`ref_where`
+    False) are set to 0: whatever they hold, NaN included, the value and the
+    gradients are those of the unpadded batch and the padded rows get zero
+    gradient. The similarity form, `objective(similarity, ...)`, promises
+    this for its value and for gradients with respect to the similarity only:
+    the backward pass of a similarity computed from NaN padded rows puts NaN
+    in every embedding's gradient (see docs/tcm_loss.md, "Padding").
+
+    Args:
+      embeddings: `[q, dim]` embeddings (need not be normalised).
+      labels: `[q]` integer class ids.
+      ref_embeddings: optional `[r, dim]` references; default: the queries
+        (self pairs excluded).
+      ref_labels: `[r]` class ids, given exactly when `ref_embeddings` is.
+      precision: precision of the similarity's matrix product.
+      **masks: `where`, `ref_where`, `exclude_self`, `query_offset`, as for
+        `tcm_loss`.
+
+    Returns:
+      `(loss, parts)`, as `objective(similarity, labels, ...)`.
+
+    Raises:
+      ValueError: a proxy loss (it scores embeddings against its proxies:
+        call `objective(embeddings, labels, params)`), or references without
+        their labels.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from tcm_jax.losses import registry
+      >>> fn = registry.objective('smooth_ap', tcm={})
+      >>> z = jnp.array([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [jnp.nan, 0.0]])
+      >>> labels, where = jnp.array([0, 0, 1, 1]), jnp.arange(4) < 3
+      >>> total, _ = fn.from_embeddings(z, labels, where=where)
+      >>> bool(total == fn.from_embeddings(z[:3], labels[:3])[0])
+      True
+    """
+    if self.uses_proxies:
+      raise ValueError(
+          f'loss {self.name!r} scores embeddings against its proxies: call '
+          'objective(embeddings, labels, params), which takes embeddings '
+          'already.')
+    similarity = _pairs.similarity_of_embeddings(
+        embeddings, ref_embeddings, ref_labels, where=masks.get('where'),
+        ref_where=masks.get('ref_where'), precision=precision)
+    return self(similarity, labels, ref_labels, **masks)
+
   def _proxy_loss(self, embeddings, labels, params, *, where=None):
     base = self.base.loss_fn(embeddings, labels, self._proxies(params),
                              where=where, **self.base_hyper)
@@ -364,7 +416,10 @@ def objective(base: str, *, tcm: dict[str, Any] | None = None,
     **base_hyper: the base loss's hyperparameters (defaults: its paper's).
 
   Returns:
-    An `Objective`: `objective(...)` on one device and
+    An `Objective`: `objective(...)` on one device (a similarity for a pair
+    or ranking loss, embeddings for a proxy loss),
+    `objective.from_embeddings(embeddings, labels, ...)` (a pair or ranking
+    loss from embeddings, safe for NaN in padded rows) and
     `objective.sharded(embeddings, labels, params, axis_name=...)` return
     `(loss, parts)`, parts holding `base`, `tcm` and TCM's diagnostics.
 

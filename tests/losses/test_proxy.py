@@ -12,6 +12,7 @@ from jax.sharding import PartitionSpec as P
 from jax.test_util import check_grads
 
 from tcm_jax import losses
+from tcm_jax.losses import registry
 from tests.losses import reference
 
 enable_x64 = (jax.enable_x64 if hasattr(jax, 'enable_x64')
@@ -96,7 +97,8 @@ def test_padding_one_class_and_distinct_classes(name, loss_fn, hp):
      r'proxies must be \[num_classes, 4\] .* got shape \(2, 5\)'),
     (lambda: losses.cosface_loss(np.ones((3, 4)), np.array([0, 1, 2]),
                                  np.ones((2, 4))),
-     r'labels must be class indices in \[0, 2\) .* 1 are not, e.g. \[2\]'),
+     r'labels must be class indices in \[0, num_proxies\) = \[0, 2\) .* 1 '
+     r'are not, e.g. \[2\]'),
     (lambda: losses.normalized_softmax_loss(np.ones((3, 4)), np.zeros(3, int),
                                             np.ones((2, 4)), temperature=0.0),
      r'temperature must be'),
@@ -142,3 +144,57 @@ def test_proxy_anchor_eight_devices_equal_one(alpha):
   np.testing.assert_allclose(loss, expected, rtol=1e-5)
   for got, want in zip(grads, expected_grads):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+# Labels outside [0, num_proxies): an error when known, NaN when traced.
+
+PROXY_LOSS_FNS = {name: loss.loss_fn
+                  for name, loss in registry.PROXY_LOSSES.items()}
+
+
+@pytest.mark.parametrize('name', sorted(PROXY_LOSS_FNS))
+@pytest.mark.parametrize('bad_label', [-1, 6, 100])
+def test_traced_labels_out_of_range_give_nan(name, bad_label):
+  loss_fn = PROXY_LOSS_FNS[name]
+  z, w = _data(6)  # 6 proxies
+  labels = LABELS.copy()
+  labels[4] = bad_label
+  assert np.isnan(float(jax.jit(loss_fn)(z, labels, w)))
+  # Padding is the documented way to leave a row out: any label there.
+  where = np.arange(12) != 4
+  padded = jax.jit(lambda z, y, w, m: loss_fn(z, y, w, where=m))(
+      z, labels, w, where)
+  defaults = registry.PROXY_LOSSES[name].hyperparameters()
+  np.testing.assert_allclose(
+      padded, _reference(name, z[where], LABELS[where], w, **defaults),
+      rtol=1e-5, atol=1e-6)
+  total, _ = jax.jit(registry.objective(name, tcm={}))(z, labels, w)
+  assert np.isnan(float(total))
+
+
+@pytest.mark.parametrize('name', sorted(PROXY_LOSS_FNS))
+def test_known_labels_out_of_range_name_labels_the_value_and_num_proxies(
+    name):
+  z, w = _data(7)
+  labels = LABELS.copy()
+  labels[[2, 5]] = [-1, 100]
+  with pytest.raises(ValueError, match=(
+      r'labels must be class indices in \[0, num_proxies\) = \[0, 6\) \(one '
+      r'row of proxies each\); 2 are not, e.g. \[-1, 100\]')):
+    PROXY_LOSS_FNS[name](z, labels, w)
+
+
+def test_traced_out_of_range_label_gives_nan_on_every_device():
+  mesh = Mesh(np.array(jax.devices()), ('data',))
+  rng = np.random.default_rng(8)
+  z = rng.normal(size=(16, 8)).astype(np.float32)
+  w = rng.normal(size=(4, 8)).astype(np.float32)
+  labels = np.arange(16) % 4
+  labels[9] = 4
+  for name in sorted(PROXY_LOSS_FNS):
+    fn = registry.objective(name)
+    total = jax.jit(jax.shard_map(
+        lambda z, y, w: fn.sharded(z, y, w, axis_name='data')[0][None],
+        mesh=mesh, in_specs=(P('data'), P('data'), P()),
+        out_specs=P('data')))(z, labels, w)
+    assert total.shape == (8,) and np.all(np.isnan(np.asarray(total))), name
