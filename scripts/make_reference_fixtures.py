@@ -26,7 +26,8 @@ script refuses other versions unless --any_version):
 
 torchvision resizes PIL images with Pillow, so the transform fixtures also hold
 for the Pillow recorded in manifest.json (constraints.txt's). Install and run,
-on CPU (about 20 s on 2 cores; the CPU build of torch is enough):
+on CPU (about 20 s on 2 cores; made with PyPI's default build of torch, run on
+the CPU):
 
   python -m pip install -c constraints.txt -e ".[dev,reference]"
   python scripts/make_reference_fixtures.py

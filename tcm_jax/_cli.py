@@ -9,12 +9,14 @@ rule by hand): an error while the flags are parsed (a misspelt
   error: <what was wrong, which argument or path, what was received>
 
 on stderr and exits with status 2 (flags) or 1 (everything else); `--verbose`
-shows the traceback instead. Ctrl-C exits with status 130 and one line.
+shows the traceback before that line. Ctrl-C exits with status 130 and one
+line; `--help` with status 0.
 """
 
 from __future__ import annotations
 
 import sys
+import traceback
 from typing import Any, Callable, Sequence
 
 from absl import app
@@ -68,13 +70,25 @@ def fail(message: str, status: int = ERROR_STATUS):
   raise SystemExit(status)
 
 
+_HELP = ('--help', '--helpshort', '--helpfull', '--helpxml', '-h', '-?')
+
+
 def _parse_flags(argv: list[str]) -> list[str]:
   try:
     return flags.FLAGS(argv)
+  except SystemExit as e:
+    # absl's --help prints the help and exits with status 1: it succeeded.
+    if e.code == 1 and any(arg in _HELP for arg in argv[1:]):
+      raise SystemExit(0) from None
+    raise
   except Exception as e:  # pylint: disable=broad-except
     if _verbose(argv):
-      raise
-    fail(one_line(e) + ' (--helpfull lists the flags)', USAGE_STATUS)
+      traceback.print_exc()
+    # An unknown flag: the list of flags helps. A value refused names its
+    # flag and what it takes.
+    hint = (' (--helpfull lists the flags)'
+            if isinstance(e, flags.UnrecognizedFlagError) else '')
+    fail(one_line(e) + hint, USAGE_STATUS)
 
 
 def _guarded(main: Callable[[list[str]], Any]) -> Callable[[list[str]], Any]:
@@ -83,15 +97,16 @@ def _guarded(main: Callable[[list[str]], Any]) -> Callable[[list[str]], Any]:
       return main(argv)
     except app.UsageError as e:
       if _VERBOSE.value:
-        raise
+        traceback.print_exc()
       fail(one_line(e), USAGE_STATUS)
     except KeyboardInterrupt:
       if _VERBOSE.value:
-        raise
+        traceback.print_exc()
       fail('interrupted', INTERRUPT_STATUS)
     except Exception as e:  # pylint: disable=broad-except
       if _VERBOSE.value:
-        raise
+        traceback.print_exc()
+        fail(one_line(e))
       fail(one_line(e) + ' (--verbose shows the traceback)')
   return guarded
 

@@ -1,17 +1,25 @@
 """The trainer's checkpoints: train state, data-iterator state and config.
 
 `Checkpointer` wraps Orbax's `CheckpointManager`. Every step directory holds
-three items: `state` (the train-state pytree), `data_state` and `config` (both
-JSON). Saves are asynchronous; retention keeps the last `keep` checkpoints and
-the best one by a metric; `restore_latest` falls back past checkpoints that
-cannot be read. Every process of a multi-process run calls every method (on a
-file system they share): Orbax coordinates which process writes what.
+four items: `state` (the train-state pytree), `data_state`, `config` and
+`checksums` (all three JSON: the SHA-256 of each array of the state, see
+`state_checksums`). Saves are asynchronous; retention keeps the last `keep`
+checkpoints and the best one by a metric; `restore_latest` falls back past
+checkpoints that cannot be read or that fail their checks (a checksum, or
+a non-finite value: Orbax and TensorStore do not checksum what they read,
+so a flipped bit would otherwise restore without a word). A write that
+fails (a full disk) raises `tcm_jax.writers.RunIOError`, naming the step,
+the directory and the cause. Every process of a multi-process run calls
+every method (on a file system they share): Orbax coordinates which process
+writes what.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
+import re
 import time
 from typing import Any, Mapping, NamedTuple
 
@@ -25,8 +33,124 @@ from orbax.checkpoint import checkpoint_managers
 
 from tcm_jax import _checks
 from tcm_jax import config as config_lib
+from tcm_jax import writers
 
-ITEMS = ('state', 'data_state', 'config')
+ITEMS = ('state', 'data_state', 'config', 'checksums')
+
+
+class DamagedCheckpointError(ValueError):
+  """A checkpoint read back, but what it holds is not what was saved."""
+
+
+def _leaf_key(path) -> str:
+  """A leaf's path as its names, e.g. 'params/encoder/head/proj/kernel/value'.
+
+  The same whether the tree is read onto a target (dataclasses, nnx.State)
+  or as Orbax's nested dicts.
+  """
+  return '/'.join(re.findall(r'\w+', jax.tree_util.keystr(path)))
+
+
+def _host_value(leaf: Any) -> np.ndarray | None:
+  """The leaf as one NumPy array (None: it is spread over other processes)."""
+  if isinstance(leaf, jax.Array):
+    if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+      leaf = jax.random.key_data(leaf)
+    if not leaf.is_fully_addressable:
+      if not leaf.is_fully_replicated:
+        return None
+      leaf = leaf.addressable_data(0)
+  return np.asarray(leaf)
+
+
+def _digest(value: np.ndarray) -> str:
+  digest = hashlib.sha256(f'{value.dtype.str}{value.shape}'.encode())
+  digest.update(np.ascontiguousarray(value).data)
+  return digest.hexdigest()
+
+
+def state_checksums(state: Any) -> dict[str, str]:
+  """The SHA-256 of each array of `state` (its dtype, shape and bytes).
+
+  Keyed by the leaf's path (`'params/encoder/...'`). An array sharded over
+  several processes, and not replicated, is left out (no process holds it
+  whole); the trainer's state is replicated.
+
+  Examples:
+    >>> import numpy as np
+    >>> sums = state_checksums({'w': np.zeros(3, np.float32)})
+    >>> sorted(sums), len(sums['w'])
+    (['w'], 64)
+  """
+  sums = {}
+  for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]:
+    value = _host_value(leaf)
+    if value is not None:
+      sums[_leaf_key(path)] = _digest(value)
+  return sums
+
+
+def verify_state(state: Any, checksums: Mapping[str, str] | None) -> int:
+  """Fails unless every array of `state` matches its checksum and is finite.
+
+  Args:
+    state: a restored state.
+    checksums: `state_checksums` of the state that was saved; None for a
+      checkpoint written before tcm_jax saved them (then only the finite
+      check applies).
+
+  Returns:
+    How many arrays were checked.
+
+  Raises:
+    DamagedCheckpointError: naming the first arrays that differ from what
+      was saved, or that hold NaN or infinite values.
+
+  Examples:
+    >>> import numpy as np
+    >>> saved = {'w': np.ones(3, np.float32)}
+    >>> sums = state_checksums(saved)
+    >>> verify_state(saved, sums)
+    1
+    >>> verify_state({'w': np.array([1, 1, 1.5], np.float32)}, sums)
+    Traceback (most recent call last):
+    ...
+    tcm_jax.checkpoint.DamagedCheckpointError: 1 of 1 arrays differ from their checksums at save time: w
+  """
+  differ, non_finite, leaves = [], [], 0
+  found = set()
+  for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]:
+    value = _host_value(leaf)
+    if value is None:
+      continue
+    key, leaves = _leaf_key(path), leaves + 1
+    if checksums is not None:
+      found.add(key)
+      if checksums.get(key) != _digest(value):
+        differ.append(key)
+    if value.dtype.kind in 'fc' and not np.all(np.isfinite(value)):
+      non_finite.append(key)
+  missing = sorted(set(checksums or ()) - found)
+  if differ or missing:
+    listed = ', '.join((differ + missing)[:3])
+    more = ', ...' if len(differ) + len(missing) > 3 else ''
+    raise DamagedCheckpointError(
+        f'{len(differ) + len(missing)} of {len(checksums)} arrays differ from '
+        f'their checksums at save time: {listed}{more}')
+  if non_finite:
+    raise DamagedCheckpointError(
+        f'{len(non_finite)} of {leaves} arrays hold NaN or infinite values: '
+        f'{", ".join(non_finite[:3])}{", ..." if len(non_finite) > 3 else ""}')
+  return leaves
+
+
+def _short(error: BaseException) -> str:
+  """An error as one short line: its type and its message's first line."""
+  lines = str(error).strip().splitlines()
+  first = lines[0] if lines else ''
+  if len(first) > 300:
+    first = first[:297] + '...'
+  return f'{type(error).__name__}: {first}' if first else type(error).__name__
 
 
 def json_safe(obj: Any) -> Any:
@@ -166,8 +290,13 @@ class Checkpointer:
         # best_step; retention itself is the policies' alone.
         best_fn=best_fn, best_mode=best_mode,
         enable_async_checkpointing=async_save)
-    self._manager = _Manager(path, item_names=ITEMS, options=options)
+    try:
+      self._manager = _Manager(path, item_names=ITEMS, options=options)
+    except OSError as error:
+      raise writers.io_error('Opening the checkpoints', directory,
+                             error) from error
     self._unreadable: set[int] = set()
+    self._writing: int | None = None  # the step whose save is in flight
 
   def save(self, step: int, state: Any, *, data_state: dict, config: dict,
            metrics: dict[str, float] | None = None,
@@ -191,6 +320,9 @@ class Checkpointer:
 
     Raises:
       ValueError: if `metrics` lacks `best_metric`.
+      tcm_jax.writers.RunIOError: this save, or the one before it (saves
+        are asynchronous), could not be written; the message names the
+        step, the directory and the cause (e.g. No space left on device).
 
     Examples: see the class example.
     """
@@ -200,6 +332,7 @@ class Checkpointer:
           f'metrics must contain best_metric {self._best_metric!r}; '
           f'received keys {sorted(metrics)}.')
     step = int(step)
+    self._wait()  # the save before, whose failure would surface in Orbax's
     latest = self._manager.latest_step()
     if latest is not None and step <= latest:
       # A rerun retraining past checkpoints that restore_latest could not
@@ -216,9 +349,42 @@ class Checkpointer:
     args = ocp.args.Composite(
         state=ocp.args.StandardSave(state),
         data_state=ocp.args.JsonSave(json_safe(data_state)),
-        config=ocp.args.JsonSave(json_safe(config)))
+        config=ocp.args.JsonSave(json_safe(config)),
+        checksums=ocp.args.JsonSave(state_checksums(state)))
     metrics = None if metrics is None else json_safe(metrics)
-    return self._manager.save(step, args=args, metrics=metrics, force=force)
+    try:
+      started = self._manager.save(step, args=args, metrics=metrics,
+                                   force=force)
+    except Exception as error:  # pylint: disable=broad-exception-caught
+      raise self._write_error(step, error) from error
+    if started:
+      self._writing = step
+    return started
+
+  def _write_error(self, step: int | None,
+                   error: BaseException) -> writers.RunIOError:
+    """A save that failed, as one line: the step, the cause, the directory."""
+    code, words = writers.io_cause(error)
+    which = 'a checkpoint' if step is None else f'the checkpoint of step {step}'
+    return writers.RunIOError(code, f'Writing {which} failed ({words})',
+                              str(self._manager.directory))
+
+  def _wait(self) -> None:
+    """Waits for the save in flight; raises its failure as RunIOError."""
+    step, self._writing = self._writing, None
+    try:
+      self._manager.wait_until_finished()
+    except Exception as error:  # pylint: disable=broad-exception-caught
+      raise self._write_error(step, error) from error
+
+  def check_saves(self) -> None:
+    """Raises at once if the save in flight has failed (see `save`).
+
+    Cheap (it waits for nothing): the trainer calls it after every step, so
+    that a full disk stops the run when the save fails, not one save later.
+    """
+    if self._writing is not None and not self._manager.is_saving_in_progress():
+      self._wait()
 
   def restore_latest(self, target: Any) -> Restored | None:
     """Reads the newest checkpoint that can be read.
@@ -240,28 +406,60 @@ class Checkpointer:
 
     Examples: see the class example.
     """
-    self._manager.wait_until_finished()
-    args = ocp.args.Composite(
-        state=ocp.args.StandardRestore(target),
-        data_state=ocp.args.JsonRestore(), config=ocp.args.JsonRestore())
+    self._wait()
     failures = []
     for step in reversed(self._manager.all_steps()):
       try:
-        restored = self._manager.restore(step, args=args)
+        restored = self._restore_step(step, target)
       # Damage surfaces as TensorStore ValueErrors, JSON errors, missing
-      # files and more; all mean this step cannot be read.
+      # files, checksums that differ and more; all mean this step cannot be
+      # read.
       except Exception as error:  # pylint: disable=broad-exception-caught
-        logging.warning('Cannot read the checkpoint at step %d in %s (%r); '
+        logging.warning('Cannot read the checkpoint at step %d in %s (%s); '
                         'trying the one before.', step,
-                        self._manager.directory, error)
-        failures.append(f'step {step}: {error!r}')
+                        self._manager.directory, _short(error))
+        failures.append(f'step {step}: {_short(error)}')
         self._unreadable.add(step)
         continue
-      return Restored(step, restored.state, restored.data_state,
-                      restored.config)
+      return restored
     if failures:
-      raise RuntimeError(f'No checkpoint in {self._manager.directory} can be '
-                         'read:\n' + '\n'.join(failures))
+      raise RuntimeError(
+          f'No checkpoint in {self._manager.directory} can be read ('
+          f'{"; ".join(failures)}); move the damaged steps aside to start '
+          'afresh, or use a new --workdir.')
+    return None
+
+  def _has_item(self, step: int, item: str) -> bool:
+    return (epath.Path(self._manager.directory) / str(step) / item).exists()
+
+  def _restore_step(self, step: int, target: Any) -> Restored:
+    """One step, its state checked against its checksums (if it has them)."""
+    items = dict(state=ocp.args.StandardRestore(target),
+                 data_state=ocp.args.JsonRestore(),
+                 config=ocp.args.JsonRestore())
+    checked = self._has_item(step, 'checksums')  # (not before tcm_jax 0.3)
+    if checked:
+      items['checksums'] = ocp.args.JsonRestore()
+    restored = self._manager.restore(step, args=ocp.args.Composite(**items))
+    verify_state(restored.state, restored.checksums if checked else None)
+    return Restored(step, restored.state, restored.data_state,
+                    restored.config)
+
+  def newest_config(self) -> tuple[int, dict] | None:
+    """`(step, config)` of the newest checkpoint whose config can be read.
+
+    Only the config (JSON) is read: a run can compare it with its own before
+    restoring any array. None if no checkpoint's config can be read.
+    """
+    self._wait()
+    for step in reversed(self._manager.all_steps()):
+      try:
+        restored = self._manager.restore(step, args=ocp.args.Composite(
+            config=ocp.args.JsonRestore()))
+      except Exception:  # pylint: disable=broad-exception-caught
+        continue  # restore_latest says why, step by step
+      if isinstance(restored.config, dict):
+        return step, restored.config
     return None
 
   def _set_aside(self, steps: list[int]) -> None:
@@ -300,12 +498,29 @@ class Checkpointer:
     return self._manager.best_step()
 
   def wait_until_finished(self) -> None:
-    """Blocks until the saves in flight are written; see the class example."""
-    self._manager.wait_until_finished()
+    """Blocks until the saves in flight are written; see the class example.
+
+    Raises:
+      tcm_jax.writers.RunIOError: the save in flight failed (see `save`).
+    """
+    self._wait()
 
   def close(self) -> None:
-    """Finishes the saves in flight and releases Orbax's resources."""
-    self._manager.close()
+    """Finishes the saves in flight and releases Orbax's resources.
+
+    Raises:
+      tcm_jax.writers.RunIOError: the save in flight failed (see `save`);
+        Orbax's resources are released all the same.
+    """
+    try:
+      self._wait()
+    finally:
+      try:
+        self._manager.close()
+      except Exception as error:  # pylint: disable=broad-exception-caught
+        # A failed save is raised once, by _wait; Orbax raises it again.
+        logging.info('Closing the checkpoints in %s: %s',
+                     self._manager.directory, _short(error))
 
   def __enter__(self) -> Checkpointer:
     return self
@@ -372,7 +587,8 @@ def load_run_weights(path: str, *, head: bool = False) -> RunWeights:
 
   Raises:
     FileNotFoundError: no tcm_jax checkpoint at `path`.
-    ValueError: the checkpoint holds no encoder.
+    ValueError: the checkpoint cannot be read, is damaged (its checksums)
+      or holds no encoder.
 
   Examples:
     >>> import os, tempfile
@@ -397,9 +613,19 @@ def load_run_weights(path: str, *, head: bool = False) -> RunWeights:
         f'checkpoints/ directory or one step\'s directory in it).')
   if step is None:
     step = steps[-1]
-  restored = manager.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(), config=ocp.args.JsonRestore()))
-  manager.close()
+  items = dict(state=ocp.args.StandardRestore(), config=ocp.args.JsonRestore())
+  checked = os.path.isdir(os.path.join(directory, str(step), 'checksums'))
+  if checked:
+    items['checksums'] = ocp.args.JsonRestore()
+  try:
+    restored = manager.restore(step, args=ocp.args.Composite(**items))
+    verify_state(restored.state, restored.checksums if checked else None)
+  except Exception as error:  # pylint: disable=broad-exception-caught
+    raise ValueError(
+        f'The checkpoint at step {step} in {directory} cannot be read '
+        f'({_short(error)}); name another step\'s directory.') from error
+  finally:
+    manager.close()
   state = restored.state
   encoder = (state.get('params') or {}).get('encoder') if isinstance(
       state, Mapping) else None
@@ -435,8 +661,11 @@ def resume(checkpoints: Checkpointer, state: Any, config: dict,
     whether a checkpoint was found.
 
   Raises:
-    ValueError: the checkpoint is of another config (a key outside
-      `tcm_jax.config.RESUMABLE` changed) or past the run's last step.
+    ValueError: the workdir holds a run of another config (a key outside
+      `tcm_jax.config.RESUMABLE` changed; found from the newest
+      checkpoint's config before any array is read, and the message lists
+      each key with both values) or a checkpoint past the run's last step.
+    RuntimeError: there are checkpoints, and none can be read.
 
   Examples:
     >>> import os, tempfile
@@ -451,6 +680,10 @@ def resume(checkpoints: Checkpointer, state: Any, config: dict,
     >>> step, resumed, state['w'].tolist()
     (2, True, [1.0, 1.0])
   """
+  newest = checkpoints.newest_config()
+  if newest is not None:
+    # Before any array is read: another model's arrays would not even fit.
+    check_same_run(newest[1], config, workdir)
   restored = checkpoints.restore_latest(state)
   if restored is None:
     return state, 0, None, False
@@ -460,11 +693,7 @@ def resume(checkpoints: Checkpointer, state: Any, config: dict,
   if data_state != {'step': start}:
     raise ValueError(f'checkpoint {start} holds data state '
                      f'{restored.data_state}, not {{"step": {start}}}.')
-  changed, different_run = config_lib.resume_changes(restored.config, config)
-  if different_run:
-    raise ValueError(
-        f'{workdir} holds a run of another config (it differs in '
-        f'{", ".join(different_run)}); use a new --workdir.')
+  changed = check_same_run(restored.config, config, workdir)
   if changed:
     logging.warning('Resuming from step %d with a config that differs in: '
                     '%s', start, ', '.join(changed))
@@ -475,3 +704,34 @@ def resume(checkpoints: Checkpointer, state: Any, config: dict,
         'it with python -m tcm_jax.evaluate, or use a new --workdir.')
   logging.info('Resumed from step %d in %s.', start, workdir)
   return restored.state, start, saved_margins, True
+
+
+def check_same_run(saved: dict, config: dict, workdir: str) -> list[str]:
+  """The keys in which `config` differs from a run's `saved` config.
+
+  Raises:
+    ValueError: one of them is outside `tcm_jax.config.RESUMABLE`: the
+      workdir holds another run. The message lists each such key with its
+      saved value and the new one.
+
+  Examples:
+    >>> from tcm_jax import config as config_lib
+    >>> saved = json_safe(config_lib.default_config().to_dict())
+    >>> current = json_safe(config_lib.default_config().to_dict())
+    >>> current['train']['num_steps'] = 9
+    >>> check_same_run(saved, current, '/tmp/run')
+    ['train.num_steps']
+    >>> current['model']['width'] = 0.5
+    >>> check_same_run(saved, current, '/tmp/run')
+    Traceback (most recent call last):
+    ...
+    ValueError: /tmp/run holds a run with another config: model.width 1.0 vs 0.5 (saved vs this run's); resume it with its own config, or use a new --workdir.
+  """
+  changed, different_run = config_lib.resume_changes(saved, config)
+  if different_run:
+    raise ValueError(
+        f'{workdir} holds a run with another config: '
+        f'{config_lib.describe_changes(saved, config, different_run)} (saved '
+        "vs this run's); resume it with its own config, or use a new "
+        '--workdir.')
+  return changed

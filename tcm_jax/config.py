@@ -10,6 +10,7 @@ differ from its saved config in the `RESUMABLE` keys only (`resume_changes`).
 from __future__ import annotations
 
 import copy
+import difflib
 import importlib.util
 import inspect
 import json
@@ -241,17 +242,21 @@ def load_module(path: str, name: str | None = None, *,
   return module
 
 
-def load_config(spec: str) -> ml_collections.ConfigDict:
+def load_config(spec: str, *, check: bool = True
+                ) -> ml_collections.ConfigDict:
   """The config of `path/to/file.py[:argument]`, as `--config` reads it.
 
   For notebooks and scripts: the file's `get_config()`, or
   `get_config(argument)` when the spec has a `:` after `.py` (as with
   `--config`, `file.py:` passes the empty string), is called and its config
-  checked and returned unlocked, to be changed before training. A file that
-  takes other arguments than the backbones lists them in `ARGUMENTS`.
+  checked (`check_config`; not with `check=False`, as `--config` does
+  before its overrides) and returned unlocked, to be changed before
+  training. A file that takes other arguments than the backbones lists them
+  in `ARGUMENTS`.
 
   Raises FileNotFoundError (no such file) or ValueError (not a `.py` file,
-  no `get_config`, a wrong or missing argument, an invalid config).
+  no `get_config`, a wrong or missing argument, not a ConfigDict, an
+  invalid config).
 
   Examples:
     >>> import os
@@ -291,8 +296,49 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
   if argument is not None and allowed is not None and argument not in allowed:
     raise ValueError(f'{path} takes one of {list(allowed)}, got {argument!r}.')
   config = get_config() if argument is None else get_config(argument)
-  check_config(config)
+  if not isinstance(config, ml_collections.ConfigDict):
+    raise ValueError(f'{path}: get_config() must return an '
+                     f'ml_collections.ConfigDict, got {type(config).__name__}.')
+  if check:
+    check_config(config)
   return config
+
+
+def check_override(config: ml_collections.ConfigDict, key: str) -> None:
+  """Fails unless the dotted `key` is in `config`, listing that level's keys.
+
+  A command-line override (`--config.loss.tcm.enabled=False`) sets a key of
+  the config file's config; it cannot add one.
+
+  Examples:
+    >>> from tcm_jax import config as config_lib
+    >>> config = config_lib.default_config()
+    >>> config_lib.check_override(config, 'loss.tcm.enabled')
+    >>> config_lib.check_override(config, 'loss.tcm.enabeld')
+    Traceback (most recent call last):
+    ...
+    ValueError: no config key loss.tcm.enabeld (did you mean loss.tcm.enabled?); loss.tcm has: enabled, lambda_neg, lambda_pos, margin_neg, margin_pos.
+  """
+  section, where = config, ''
+  parts = key.split('.')
+  for i, part in enumerate(parts):
+    here = f'{where}.{part}' if where else part
+    if not isinstance(section, ml_collections.ConfigDict):
+      raise ValueError(f'no config key {key}: {where} is a value '
+                       f'({section!r}), not a section.')
+    if part not in section:
+      keys = sorted(section)
+      close = difflib.get_close_matches(part, keys, n=1)
+      hint = ' (did you mean {}?)'.format('.'.join(
+          ([where] if where else []) + close + parts[i + 1:])) if close else ''
+      listed = ', '.join(keys) if keys else 'no keys'
+      note = ''
+      if where == 'loss.hyper':
+        note = (' (an override cannot add a key: set the base loss\'s '
+                f'hyperparameters in the config file, config.{here} = ...)')
+      raise ValueError(f'no config key {key}{hint}; {where or "the config"} '
+                       f'has: {listed}{note}.')
+    section, where = section[part], here
 
 
 def check_choice(key: str, value: str, allowed: Sequence[str]) -> None:
@@ -339,6 +385,48 @@ def _check_keys(config: ml_collections.ConfigDict) -> None:
   walk(config, default_config(), '')
 
 
+def objective_arguments(config: ml_collections.ConfigDict
+                        ) -> tuple[str, dict[str, Any] | None, dict[str, Any]]:
+  """`(loss.name, TCM's hyperparameters or None, the base loss's)`.
+
+  As `tcm_jax.losses.objective(name, tcm=tcm, **hyper)` takes them. The
+  ranking losses' `max_positives` defaults to `samples_per_class - 1`, the
+  exact number of positives of every query in a P x K batch.
+
+  Examples:
+    >>> from tcm_jax import config as config_lib
+    >>> config = config_lib.default_config()
+    >>> config.loss.tcm.enabled = False
+    >>> config_lib.objective_arguments(config)
+    ('smooth_ap', None, {'max_positives': 3})
+  """
+  from tcm_jax.losses import registry  # pylint: disable=import-outside-toplevel
+  tcm = dict(config.loss.tcm)
+  enabled = tcm.pop('enabled')
+  hyper = config.loss.hyper.to_dict()
+  name = config.loss.name
+  if (name in registry.LOSSES and 'max_positives' not in hyper
+      and 'max_positives' in registry.get(name).hyperparameters()):
+    # Batches hold K samples of each of P distinct classes: every query has
+    # exactly K - 1 positives, and bounding the ranking losses' work by them
+    # is exact (and B / K times cheaper than considering every reference).
+    hyper['max_positives'] = max(1, config.input.samples_per_class - 1)
+  return name, tcm if enabled else None, hyper
+
+
+def _check_dataset(config: ml_collections.ConfigDict) -> None:
+  """The dataset's name, and the side the model trains on."""
+  from tcm_jax.data import datasets  # pylint: disable=import-outside-toplevel
+  name, side = config.dataset.name, config.dataset.train_side
+  check_choice('dataset.name', name, sorted(datasets.DATASETS))
+  trainable = [s for s in datasets.DATASETS[name].sides
+               if s not in ('val', 'test')]
+  if side not in trainable:  # (as tcm_jax.data.inputs.create_inputs says)
+    raise ValueError(
+        f'dataset.train_side must be one of {trainable} for {name} (never '
+        f'the classes it is evaluated on), got {side!r}.')
+
+
 def _check_sections(config: ml_collections.ConfigDict) -> None:
   """The encoder's options and the loss's name and hyperparameters."""
   # pylint: disable=import-outside-toplevel
@@ -354,12 +442,47 @@ def _check_sections(config: ml_collections.ConfigDict) -> None:
                      **config.loss.hyper.to_dict())
 
 
+def _check_objective(config: ml_collections.ConfigDict) -> None:
+  """The loss's hyperparameter values, as the loss itself checks them.
+
+  The objective is traced on abstract inputs of a batch's shapes
+  (`jax.eval_shape`: nothing is computed or compiled), so that a value the
+  loss refuses fails here and not at the first step's compilation.
+  """
+  # pylint: disable=import-outside-toplevel
+  import jax
+  import jax.numpy as jnp
+  from tcm_jax.losses import registry
+  # pylint: enable=import-outside-toplevel
+  name, tcm, hyper = objective_arguments(config)
+  objective = registry.objective(name, tcm=tcm, **hyper)
+  n = config.input.classes_per_batch * config.input.samples_per_class
+  labels = jax.ShapeDtypeStruct((n,), jnp.int32)
+  try:
+    if objective.uses_proxies:
+      dim = config.model.get('embedding_size', 8)
+      jax.eval_shape(
+          objective, jax.ShapeDtypeStruct((n, dim), jnp.float32), labels,
+          {'proxies': jax.ShapeDtypeStruct(
+              (config.input.classes_per_batch, dim), jnp.float32)})
+    else:
+      jax.eval_shape(objective, jax.ShapeDtypeStruct((n, n), jnp.float32),
+                     labels)
+  except (ValueError, TypeError) as error:
+    # (TCM's values are checked before, as config keys of their own.)
+    raise ValueError(f'loss.hyper of loss.name {name!r} ({hyper}): '
+                     f'{error}') from None
+
+
 def check_config(config: ml_collections.ConfigDict) -> None:
   """Fails on a key `default_config` does not have, listing the valid ones.
 
-  Also on a bad choice, encoder option, loss hyperparameter or number out of
-  its range. Runs before anything is built or compiled, so that a misspelt
-  key in a config file or an override costs nothing.
+  Also on a bad choice (dataset, loss, optimizer, ...), encoder option, loss
+  hyperparameter name or value (the loss's own checks, traced on abstract
+  inputs), or a value out of its range (`tcm_jax._config_ranges`: every
+  number, flag, string and tuple, and the rules between keys). Runs before
+  anything is built or compiled, so that a mistake in a config file or an
+  override costs nothing.
 
   Examples:
     >>> from tcm_jax import config as config_lib
@@ -371,11 +494,10 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     ValueError: Unknown config key optimizer.learnig_rate; the keys of optimizer are: decay_factor, grad_clip_norm, head_lr_multiplier, learning_rate, milestones, momentum, name, proxy_lr_multiplier, warmup_steps, weight_decay.
   """
   _check_keys(config)
-  check_choice('train.best_metric', config.train.best_metric,
-               metric_names(config))
   check_choice('input.recipe', config.input.recipe, RECIPES)
   check_choice('optimizer.name', config.optimizer.name, OPTIMIZERS)
   check_choice('eval.final_split', config.eval.final_split, FINAL_SPLITS)
+  _check_dataset(config)
   _check_sections(config)
   for key, test, expected in _config_ranges.RANGES:
     value = config
@@ -383,6 +505,9 @@ def check_config(config: ml_collections.ConfigDict) -> None:
       value = value[part]
     if not test(value, config):
       raise ValueError(f'{key} must be {expected}, got {value!r}.')
+  check_choice('train.best_metric', config.train.best_metric,
+               metric_names(config))  # after eval.ks
+  _check_objective(config)
 
 
 # --- Saved configs and resuming --------------------------------------------------
@@ -456,3 +581,32 @@ def resume_changes(saved: dict, current: dict) -> tuple[list[str], list[str]]:
   """
   changed = changed_keys(with_default_keys(saved), current)
   return changed, [k for k in changed if not k.startswith(RESUMABLE)]
+
+
+def _value_at(config: dict, key: str) -> Any:
+  for part in key.split('.'):
+    if not isinstance(config, dict) or part not in config:
+      return '(absent)'
+    config = config[part]
+  return config
+
+
+def _shown(value: Any, limit: int = 60) -> str:
+  text = value if value == '(absent)' else json.dumps(value)
+  return text if len(text) <= limit else text[:limit - 3] + '...'
+
+
+def describe_changes(saved: dict, current: dict, keys: Sequence[str]) -> str:
+  """`'key saved vs current, ...'` for the dotted `keys` of two config dicts.
+
+  `saved` is completed by `with_default_keys`, as `resume_changes` does.
+
+  Examples:
+    >>> from tcm_jax import config as config_lib
+    >>> config_lib.describe_changes({'model': {'width': 0.25}},
+    ...                             {'model': {'width': 0.5}}, ['model.width'])
+    'model.width 0.25 vs 0.5'
+  """
+  saved = with_default_keys(saved)
+  return ', '.join(f'{key} {_shown(_value_at(saved, key))} vs '
+                   f'{_shown(_value_at(current, key))}' for key in keys)

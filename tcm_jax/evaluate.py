@@ -125,16 +125,16 @@ def main(argv: Sequence[str]) -> None:
   arrays = report.load_npz(_EMBEDDINGS.value,
                            name=f'--embeddings={_EMBEDDINGS.value}')
   source_name = os.path.basename(_EMBEDDINGS.value)
-  evaluation = report.evaluate_arrays(
-      arrays, _OUT.value, source_name=source_name,
-      block_size=_BLOCK_SIZE.value, **kwargs)
+  try:
+    evaluation = report.evaluate_arrays(
+        arrays, _OUT.value, source_name=source_name,
+        block_size=_BLOCK_SIZE.value, **kwargs)
+  except (ValueError, TypeError) as e:  # what the arrays hold: name the file
+    raise ValueError(f'--embeddings={_EMBEDDINGS.value}: {e}') from e
   values, _ = report.load_results_dict(evaluation.to_dict())
   print(report.results_table(values, column=source_name,
                              epsilon=evaluation.epsilon))
-  paths = report.report_paths(_OUT.value)
-  print(f'report: {paths["report.md"]}')
-  print(f'metrics: {paths["metrics.json"]}')
-  print(f'figure: {paths["utility_curves.png"]}')
+  print(report.paths_text(_OUT.value))
 
 
 if __name__ == '__main__':

@@ -13,6 +13,7 @@ saved embeddings, bootstrap intervals and hard-pair fractions) and then
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -243,10 +244,19 @@ def final_evaluation(config: ml_collections.ConfigDict, workdir: str,
                      ) -> FinalEvaluation:
   """Every metric of the final split's embeddings; process 0 saves them.
 
-  Process 0 writes `embeddings.npz` and also measures the bootstrap
+  Process 0 writes `embeddings.npz` (whole: a temporary file renamed), once
+  the embeddings are found finite and before they are evaluated (a run
+  whose evaluation fails, e.g. collapsed embeddings without a threshold
+  range, leaves them for inspection), and also measures the bootstrap
   intervals over classes and the fractions of the split's pairs that TCM
   would count as hard at the run's margins (`tcm_margins`, or the config's;
   for runs without TCM too), for `write_final_report`.
+
+  Raises:
+    ValueError: the embeddings hold NaN or infinite values (checked first:
+      the `embeddings.npz` of an earlier evaluation is then left as it
+      was), or cannot be evaluated, or give non-finite metrics.
+    tcm_jax.writers.RunIOError: `embeddings.npz` could not be written.
 
   Examples:
     >>> import os, tempfile
@@ -263,13 +273,13 @@ def final_evaluation(config: ml_collections.ConfigDict, workdir: str,
     (['bootstrap', 'tcm_pairs'], ['embeddings.npz'])
   """
   kwargs = eval_kwargs(config)
+  check_finite_embeddings(embeddings, workdir)
   if jax.process_index() != 0:
     return FinalEvaluation(evaluation_metrics(
         metrics.evaluate_embeddings(embeddings, labels, **kwargs)))
-  path = os.path.join(workdir, 'embeddings.npz')
-  with open(path + '.tmp', 'wb') as f:  # whole or absent, never cut short
-    np.savez(f, embeddings=embeddings, labels=labels)
-  os.replace(path + '.tmp', path)
+  writers.write_atomic(  # whole or absent, never cut short
+      os.path.join(workdir, 'embeddings.npz'),
+      lambda f: np.savez(f, embeddings=embeddings, labels=labels), 'wb')
   evaluation = metrics.evaluate_embeddings(embeddings, labels, **kwargs)
   wide = report.plot_curves(evaluation, embeddings, labels)
   if tcm_margins is None:
@@ -289,8 +299,49 @@ def final_evaluation(config: ml_collections.ConfigDict, workdir: str,
         'over': 'classes',
         'intervals': {name: {'low': i.low, 'high': i.high, 'std': i.std}
                       for name, i in intervals.items()}}
-  return FinalEvaluation(evaluation_metrics(evaluation), evaluation, wide,
-                         extra)
+  values = evaluation_metrics(evaluation)
+  check_finite_metrics(values, workdir)
+  return FinalEvaluation(values, evaluation, wide, extra)
+
+
+def check_finite_embeddings(embeddings: np.ndarray, workdir: str) -> None:
+  """Fails if the final embeddings hold NaN or infinite values.
+
+  Examples:
+    >>> import numpy as np
+    >>> from tcm_jax import evaluator
+    >>> evaluator.check_finite_embeddings(np.ones((2, 3)), '/tmp/run')
+    >>> evaluator.check_finite_embeddings(np.full((2, 3), np.nan), '/tmp/run')
+    Traceback (most recent call last):
+    ...
+    ValueError: The final embeddings hold 6 NaN or infinite values (of 6, in 2 of 2 rows): the model's parameters are not finite. Nothing was written: the embeddings.npz, metrics.json and report.md in /tmp/run, if any, are kept.
+  """
+  bad = ~np.isfinite(embeddings)
+  if bad.any():
+    raise ValueError(
+        f'The final embeddings hold {int(bad.sum())} NaN or infinite values '
+        f'(of {bad.size}, in {int(bad.any(axis=-1).sum())} of {len(bad)} '
+        "rows): the model's parameters are not finite. Nothing was written: "
+        f'the embeddings.npz, metrics.json and report.md in {workdir}, if '
+        'any, are kept.')
+
+
+def check_finite_metrics(values: dict[str, float], workdir: str) -> None:
+  """Fails if a final metric is NaN or infinite (no report is written then).
+
+  Examples:
+    >>> from tcm_jax import evaluator
+    >>> evaluator.check_finite_metrics({'opis': float('nan')}, '/tmp/run')
+    Traceback (most recent call last):
+    ...
+    ValueError: The final evaluation gave non-finite metrics (opis nan). The metrics.json and report.md in /tmp/run, if any, are kept.
+  """
+  bad = {k: v for k, v in values.items() if not np.isfinite(v)}
+  if bad:
+    raise ValueError(
+        'The final evaluation gave non-finite metrics ('
+        f'{", ".join(f"{k} {v}" for k, v in bad.items())}). The '
+        f'metrics.json and report.md in {workdir}, if any, are kept.')
 
 
 def write_final_report(config: ml_collections.ConfigDict, workdir: str,
@@ -303,7 +354,9 @@ def write_final_report(config: ml_collections.ConfigDict, workdir: str,
   False) and TCM's margins as the run estimated them (`tcm_margins` in
   `metrics.json`). The trainer writes the report without the baselines as
   soon as the final evaluation is done, and again with them at the very end,
-  so that a failure in between leaves the run's metrics on disk.
+  so that a failure in between leaves the run's metrics on disk. Each file
+  replaces the one before only once all are written (`RunIOError` if they
+  cannot be).
 
   Examples:
     >>> import os, tempfile
@@ -334,8 +387,23 @@ def write_final_report(config: ml_collections.ConfigDict, workdir: str,
     baselines = extra['baselines'] = baseline_metrics(config, inputs.train,
                                                       split)
   values, _ = report.load_results_dict(final.evaluation.to_dict())
-  report.write_report(
-      final.evaluation, workdir, source_name=f'the {split.name} split',
-      plot_curves=final.plot_curves, extra=extra,
-      sections=report.run_sections(config, inputs, split, num_steps, values,
-                                   baselines, margins))
+  sections = report.run_sections(config, inputs, split, num_steps, values,
+                                 baselines, margins)
+  # Into a folder of its own first, then each file renamed over the old
+  # one: a failure half way (a full disk, the figure) leaves the last
+  # report whole.
+  staging = os.path.join(workdir, '.report.tmp')  # (process 0 alone)
+  shutil.rmtree(staging, ignore_errors=True)  # a killed attempt's
+  try:
+    report.write_report(
+        final.evaluation, staging, source_name=f'the {split.name} split',
+        plot_curves=final.plot_curves, extra=extra, sections=sections,
+        title=report.run_title(
+            config, os.path.basename(os.path.normpath(workdir)), split.name))
+    for name, path in report.report_paths(staging).items():
+      if os.path.exists(path):
+        os.replace(path, os.path.join(workdir, name))
+  except OSError as error:
+    raise writers.io_error('Writing the report', workdir, error) from error
+  finally:
+    shutil.rmtree(staging, ignore_errors=True)

@@ -1,75 +1,252 @@
 r"""Trains an encoder from a config: the command-line entry point.
 
-  python -m tcm_jax.main --config configs/digits.py --workdir /tmp/tcm_digits \
+  python -m tcm_jax.main --config=configs/digits.py --workdir=/tmp/tcm_digits \
       [--config.loss.tcm.enabled=False ...]
+
+--config names a config file whose get_config() returns the run's config
+(configs/*.py; configs/README.md lists them). FILE.py:ARG passes ARG to
+get_config: --config=configs/cub200.py:vit_b16, configs/digits_toy.py:base
+(each file's docstring lists the arguments it takes).
+
+Any config key can then be overridden, one flag each, after --config:
+--config.SECTION.KEY=VALUE, e.g. --config.train.num_steps=300
+--config.loss.tcm.enabled=False --config.eval.ks='(1, 4)' (a tuple as a
+string). An override sets a key that the config has, never adds one: a
+misspelt key is an error that lists the keys of its section. The keys, their
+defaults and their meaning: docs/training.md ("Config keys"), and
+tcm_jax/config.py (default_config). Every value is checked before anything
+is built.
 
 The work is done by `tcm_jax.train.train_and_evaluate`, which a notebook can
 call directly. A run in a workdir that holds checkpoints resumes from the
-latest. On several hosts (a TPU pod slice, a GPU cluster) every host runs
-this same command; JAX's cluster detection connects them.
+latest (with the same config, but for the keys in tcm_jax.config.RESUMABLE);
+a finished run is evaluated again. On several hosts (a TPU pod slice, a GPU
+cluster) every host runs this same command; JAX's cluster detection connects
+them.
+
+An error is one line on stderr, `error: ...` (exit status 2 for the command
+line and the config, 1 for the rest); --verbose shows its traceback.
 """
 
 import logging as std_logging
+import os
+import re
+import sys
 
 from absl import app
 from absl import flags
 from absl import logging
-import jax
 from ml_collections import config_flags
 
-from tcm_jax import report
-from tcm_jax import train
+from tcm_jax import _cli
+from tcm_jax import config as config_lib
 
 _CONFIG = config_flags.DEFINE_config_file(
-    'config', None, 'A config file (configs/*.py) with get_config().',
+    'config', None,
+    'A config file, FILE.py or FILE.py:ARG (configs/*.py), whose '
+    'get_config(ARG) returns the config; override its keys with '
+    '--config.SECTION.KEY=VALUE (listed in docs/training.md, "Config keys").',
     lock_config=True)
 _WORKDIR = flags.DEFINE_string(
-    'workdir', None, 'Folder for checkpoints, metrics and the report.')
+    'workdir', None, 'Folder for checkpoints, metrics and the report; a run '
+    'there is resumed.')
 _DISTRIBUTED = flags.DEFINE_enum(
     'distributed', 'auto', ['auto', 'yes', 'no'],
     'Initialise multi-host JAX: auto does it when a cluster is detected '
-    '(TPU pod, SLURM, Open MPI, ...).')
+    '(TPU pod, SLURM, Open MPI, JAX_COORDINATOR_ADDRESS, ...).')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
-def _quiet_orbax(record) -> bool:
-  """Orbax narrates every save at INFO; keep its real warnings and errors.
+class ConfigError(flags.Error):
+  """--config, or an override of one of its keys, is wrong (one line)."""
 
-  (Saves between evaluations carry no metrics by design; Orbax warns each.)
+
+def _override_keys(argv) -> list[str]:
+  """The dotted keys of the `--config.KEY=VALUE` arguments, in order.
+
+  As ml_collections finds them (`--noconfig.KEY` too).
+
+  >>> _override_keys(['main', '--config=c.py', '--config.a.b=1',
+  ...                 '--noconfig.c', '--workdir=w'])
+  ['a.b', 'c']
   """
-  if '/orbax/' not in record.pathname:
+  keys = []
+  for arg in argv:
+    if re.match(r'-{1,2}(no)?config\.', arg):
+      keys.append(arg.split('=', 1)[0].split('.', 1)[1])
+  return keys
+
+
+class _ConfigFileParser(flags.ArgumentParser):
+  """--config's parser, in place of ml_collections' own: one-line errors.
+
+  The file is read by `tcm_jax.config.load_config` (a missing file, a wrong
+  argument: one line naming it), and every `--config.KEY` override is
+  checked against the config's keys before ml_collections sees it (its own
+  error is a chained traceback, without the valid keys). The values are
+  checked by `check_config` in `main`, once the overrides are applied.
+  """
+
+  def parse(self, path):
+    try:
+      config = config_lib.load_config(path, check=False)
+    except (OSError, ValueError, TypeError) as error:
+      text = (_cli.one_line(error) if isinstance(error, OSError)
+              and error.filename else ' '.join(str(error).split()))
+      raise ConfigError(f'--config={path}: {text}') from error
+    argv = flags.FLAGS.read_flags_from_files(sys.argv, force_gnu=False)
+    for key in _override_keys(argv):
+      try:
+        config_lib.check_override(config, key)
+      except ValueError as error:
+        raise ConfigError(f'--config.{key}: {error}') from None
+    config.lock()  # (as lock_config=True): an override cannot add a key
+    return config
+
+  def flag_type(self) -> str:
+    return 'config object'
+
+
+flags.FLAGS['config'].parser = _ConfigFileParser()
+
+
+def _quiet_logs(record) -> bool:
+  """Keeps other libraries' narration out of the run's log.
+
+  Orbax narrates every save at INFO (and warns of each save between
+  evaluations, which carry no metrics by design); its errors are kept as
+  one line each (the trainer raises the failure itself, naming the step,
+  the path and the cause), and the writes a failed save leaves behind are
+  not listed one by one as the process ends (asyncio's 'Task exception was
+  never retrieved'); --verbose keeps their tracebacks. JAX logs at INFO each
+  backend it probes and cannot start (the TPU's, on a machine without one).
+  """
+  verbose = flags.FLAGS['verbose'].value
+  if '/orbax/' in record.pathname:
+    if (record.levelno < std_logging.WARNING
+        or 'did not provide metrics' in record.getMessage()):
+      return False
+    if not verbose:
+      record.exc_info, record.exc_text = None, None
     return True
-  return (record.levelno >= std_logging.WARNING
-          and 'did not provide metrics' not in record.getMessage())
+  if (record.name == 'asyncio' and not verbose
+      and 'orbax' in record.getMessage()):
+    return False
+  if (record.name.startswith('jax') and record.levelno < std_logging.WARNING
+      and record.getMessage().startswith('Unable to initialize backend')):
+    return False
+  return True
 
 
-def _initialise_distributed() -> None:
+def _quiet_unraisable(original):
+  """`sys.unraisablehook`, without the leftovers of a failed save.
+
+  When a save or a restore fails, Orbax closes its event loop with
+  TensorStore operations still pending: each of their callbacks then
+  reports `RuntimeError: Event loop is closed` (hundreds of tracebacks, for
+  one full disk), and the write coroutines left over report an ImportError
+  as Python shuts down. None says anything of the failure, which the
+  trainer reports in one line; --verbose shows them.
+  """
+  def hook(unraisable):
+    value = unraisable.exc_value
+    noise = (isinstance(value, RuntimeError)
+             and str(value) == 'Event loop is closed') or (
+                 'orbax' in repr(unraisable.object))
+    if noise and not flags.FLAGS['verbose'].value:
+      return
+    original(unraisable)
+  return hook
+
+
+# The environment variables by which JAX's cluster detection finds each kind
+# of cluster (jax._src.clusters), all of which must be set.
+_CLUSTERS = {
+    'JAX_COORDINATOR_ADDRESS': ('JAX_COORDINATOR_ADDRESS',),
+    'SLURM': ('SLURM_JOB_ID', 'SLURM_STEP_NODELIST', 'SLURM_NTASKS',
+              'SLURM_PROCID', 'SLURM_LOCALID'),
+    'Open MPI': ('OMPI_MCA_orte_hnp_uri',),
+}
+
+
+def _installed(package: str) -> bool:
+  import importlib.util  # pylint: disable=import-outside-toplevel
+  return importlib.util.find_spec(package) is not None
+
+
+def detected_cluster(environ=None, installed=_installed) -> str | None:
+  """The kind of cluster this process may run in, or None: one process.
+
+  What JAX's cluster detection looks at: environment variables, Kubernetes
+  (with the `kubernetes` package, which JAX needs there) and a Cloud TPU VM
+  (`libtpu` installed: JAX then asks the TPU metadata server).
+
+  >>> detected_cluster({'SLURM_JOB_ID': '7', 'SLURM_STEP_NODELIST': 'n[1-2]',
+  ...                   'SLURM_NTASKS': '2', 'SLURM_PROCID': '0',
+  ...                   'SLURM_LOCALID': '0'})
+  'SLURM'
+  >>> print(detected_cluster({'HOME': '/root'}, installed=lambda name: False))
+  None
+  """
+  environ = os.environ if environ is None else environ
+  for name, variables in _CLUSTERS.items():
+    if all(environ.get(v) for v in variables):
+      return name
+  if environ.get('KUBERNETES_SERVICE_HOST') and installed('kubernetes'):
+    return 'Kubernetes'
+  if installed('libtpu'):
+    return 'a Cloud TPU VM'
+  return None
+
+
+def _initialise_distributed(jax) -> None:
+  """`jax.distributed.initialize()` where a cluster is detected (or asked)."""
   if _DISTRIBUTED.value == 'no':
+    return
+  cluster = detected_cluster()
+  if cluster is None and _DISTRIBUTED.value == 'auto':
+    logging.debug('No cluster detected: one process.')
     return
   try:
     jax.distributed.initialize()
   except (ValueError, RuntimeError) as e:
     if _DISTRIBUTED.value == 'yes':
-      raise
-    logging.info('Running as a single process (%s).', e)
+      raise RuntimeError(
+          f'--distributed=yes: jax.distributed.initialize() failed '
+          f'({_cli.one_line(e)}).') from e
+    logging.info('Running as a single process: %s looked like a cluster, but '
+                 'jax.distributed.initialize() failed (%s).', cluster,
+                 _cli.one_line(e))
 
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  logging.get_absl_handler().addFilter(_quiet_orbax)
-  _initialise_distributed()
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]} (flags take the '
+                         'form --name=value).')
+  config, workdir = _CONFIG.value, _WORKDIR.value
+  logging.get_absl_handler().addFilter(_quiet_logs)
+  sys.unraisablehook = _quiet_unraisable(sys.unraisablehook)
+  logging.info('Checking the config %s and its overrides ...',
+               config_flags.get_config_filename(flags.FLAGS['config']))
+  try:
+    config_lib.check_config(config)  # with the overrides: before anything
+  except ValueError as e:
+    raise app.UsageError(str(e)) from e
+  logging.info('Starting JAX ...')
+  # pylint: disable=import-outside-toplevel
+  import jax
+  from tcm_jax import report
+  from tcm_jax import train
+  # pylint: enable=import-outside-toplevel
+  _initialise_distributed(jax)
   logging.info('JAX process %d of %d, devices: %s', jax.process_index(),
                jax.process_count(), jax.devices())
-  try:
-    final = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  except train.NonFiniteLossError as e:
-    raise SystemExit(f'ERROR: {e}') from e
+  final = train.train_and_evaluate(config, workdir)
   if jax.process_index() == 0:
-    _, baselines = report.load_results(_WORKDIR.value)
-    print(report.results_table(final, baselines))
-    print(f'Report: {_WORKDIR.value}/report.md')
+    _, baselines = report.load_results(workdir)
+    print(report.results_table(final, baselines, epsilon=config.eval.epsilon))
+    print(report.paths_text(workdir))
 
 
 if __name__ == '__main__':
-  app.run(main)
+  _cli.run(main)

@@ -317,6 +317,22 @@ def report_paths(out_dir: str) -> dict[str, str]:
   return {name: os.path.join(out_dir, name) for name in REPORT_FILES}
 
 
+def paths_text(out_dir: str) -> str:
+  """Where a report's files are, as the commands print it.
+
+  Examples:
+    >>> from tcm_jax import report
+    >>> print(report.paths_text('out'))
+    report: out/report.md
+    metrics: out/metrics.json
+    figure: out/utility_curves.png
+  """
+  paths = report_paths(out_dir)
+  return '\n'.join(f'{label}: {paths[name]}' for label, name in (
+      ('report', 'report.md'), ('metrics', 'metrics.json'),
+      ('figure', 'utility_curves.png')))
+
+
 def write_report(evaluation: metrics.Evaluation, out_dir: str, *,
                  source_name: str,
                  plot_curves: metrics.UtilityCurves | None = None,

@@ -22,14 +22,15 @@ def l2_normalize(x: jax.typing.ArrayLike, *, eps: float = 1e-12) -> jax.Array:
   and every finite non-zero row comes out with unit norm (rows of ordinary
   magnitude get exactly the values of the plain `x / |x|`); the gradient is that of `x / |x|`, finite at any scale. A zero
   row stays zero, with gradient `1 / eps` (the norm is clamped at `eps`, as
-  `torch.nn.functional.normalize` does). A row holding NaN or an infinity
-  gives NaN.
+  `torch.nn.functional.normalize` does; unlike it, a non-zero row of norm
+  below `eps` also comes out with unit norm, since it is scaled up first). A
+  row holding NaN or an infinity gives NaN.
 
   Args:
     x: embeddings, `[n, dim]`.
     eps: smallest norm divided by, once each row is scaled to a largest
-      magnitude in [0.5, 1) (so a norm of at least 0.5): only zero rows
-      reach it.
+      magnitude in [0.5, 1) (so a norm of at least 0.5): below 0.5 (the
+      default is 1e-12) only zero rows reach it.
 
   Returns:
     `[n, dim]` array of dtype at least float32.
@@ -80,7 +81,8 @@ def cosine_similarity(
   Args:
     x: query embeddings, `[q, dim]`.
     y: reference embeddings, `[r, dim]`; defaults to `x`.
-    eps: smallest norm divided by.
+    eps: `l2_normalize`'s clamp of the (scaled) norm; only zero rows reach
+      the default.
     precision: passed to the matrix product (on TPU, the default computes
       float32 products in bfloat16 passes; use `jax.lax.Precision.HIGHEST`
       for full float32 accuracy there).

@@ -71,17 +71,8 @@ def create_objective(config: ml_collections.ConfigDict) -> registry.Objective:
     >>> objective.name, objective.uses_proxies, objective.base_hyper
     ('arcface', True, {'scale': 16.0})
   """
-  tcm = dict(config.loss.tcm)
-  enabled = tcm.pop('enabled')
-  hyper = config.loss.hyper.to_dict()
-  name = config.loss.name
-  if (name in registry.LOSSES and 'max_positives' not in hyper
-      and 'max_positives' in registry.get(name).hyperparameters()):
-    # Batches hold K samples of each of P distinct classes: every query has
-    # exactly K - 1 positives, and bounding the ranking losses' work by them
-    # is exact (and B / K times cheaper than considering every reference).
-    hyper['max_positives'] = max(1, config.input.samples_per_class - 1)
-  return registry.objective(name, tcm=tcm if enabled else None, **hyper)
+  name, tcm, hyper = config_lib.objective_arguments(config)
+  return registry.objective(name, tcm=tcm, **hyper)
 
 
 def create_model(config: ml_collections.ConfigDict, num_classes: int,
@@ -279,6 +270,58 @@ def _check_finite(step: int, step_metrics, checkpoints, workdir: str) -> None:
       f'state was not updated by this step, and {kept}.')
 
 
+def prepare_workdir(workdir: str) -> None:
+  """Makes the run's folder (and its parents) if missing.
+
+  Raises:
+    ValueError: `workdir` is a file, or has a file among its parents.
+    tcm_jax.writers.RunIOError: the folder cannot be made (e.g. no
+      permission), with the path and the cause.
+
+  Examples:
+    >>> import os, tempfile
+    >>> from tcm_jax import train
+    >>> path = os.path.join(tempfile.mkdtemp(), 'a_file')
+    >>> open(path, 'w').close()
+    >>> train.prepare_workdir(path)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: workdir must be a folder (the run's checkpoints, logs and report go in it); .../a_file is a file.
+  """
+  if '://' in str(workdir):
+    return  # (a bucket: the file system makes folders as it writes)
+  parent = os.path.abspath(workdir)
+  while parent and not os.path.exists(parent):
+    parent = os.path.dirname(parent)
+  if parent and not os.path.isdir(parent):
+    what = ('is a file' if parent == os.path.abspath(workdir) else
+            f'is in {parent}, which is a file')
+    raise ValueError(f'workdir must be a folder (the run\'s checkpoints, logs '
+                     f'and report go in it); {workdir} {what}.')
+  try:
+    os.makedirs(workdir, exist_ok=True)
+  except OSError as error:
+    raise writers.io_error('Making the workdir', workdir, error) from error
+
+
+def _close_all(closers: Sequence[Callable[[], None]], *,
+               failing: bool) -> None:
+  """Calls each closer; raises the first failure, unless already `failing`
+  (then a closer's failure, e.g. the same full disk, is logged in one line
+  and the run's own error is the one raised)."""
+  first = None
+  for close in closers:
+    try:
+      close()
+    except Exception as error:  # pylint: disable=broad-exception-caught
+      if failing:
+        logging.warning('While stopping: %s', error)
+      elif first is None:
+        first = error
+  if first is not None:
+    raise first
+
+
 def train_and_evaluate(
     config: ml_collections.ConfigDict, workdir: str, *,
     devices: Sequence[jax.Device] | None = None,
@@ -305,9 +348,13 @@ def train_and_evaluate(
     The final evaluation metrics (`recall_at_1`, ..., `opis`, `eps_opis`).
 
   Raises:
-    ValueError: an unknown config key or a bad value, before any compilation.
+    ValueError: an unknown config key or a bad value, a workdir that is a
+      file or holds a run of another config, before anything is built or
+      restored.
     NonFiniteLossError: a step's loss was not finite; the checkpoints
       written before it are kept.
+    tcm_jax.writers.RunIOError: a file could not be written (a full disk),
+      with its path and the cause; what was on disk before is kept.
 
   Examples:
     >>> import os, tempfile
@@ -327,8 +374,9 @@ def train_and_evaluate(
   """
   # --- Inputs, model and step: every config error before anything compiles.
   config_lib.check_config(config)
+  prepare_workdir(workdir)
   mesh = parallel.data_mesh(devices)
-  os.makedirs(workdir, exist_ok=True)
+  logging.info('Building the input pipeline of %s ...', config.dataset.name)
   inputs = inputs_lib.create_inputs(config, num_devices=mesh.size,
                                     num_processes=jax.process_count(),
                                     process_index=jax.process_index())
@@ -337,34 +385,55 @@ def train_and_evaluate(
     logging.warning(
         '%s has no validation side: periodic evaluation and the best '
         'checkpoint use its test classes.', config.dataset.name)
-  state, step_fn, embed_fn = create_training(
-      config, num_classes=len(inputs.classes),
-      steps_per_epoch=inputs.steps_per_epoch, mesh=mesh)
   total_steps = inputs_lib.num_steps(config, inputs.steps_per_epoch)
   config_dict = checkpoint_lib.json_safe(config.to_dict())
-  write_report = functools.partial(evaluator_lib.write_final_report, config,
-                                   workdir, inputs, final_split, total_steps)
-
-  # --- Resume, logs, data.
   checkpoints = checkpoint_lib.Checkpointer(
       os.path.join(workdir, 'checkpoints'),
       keep=config.train.keep_checkpoints,
       best_metric=config.train.best_metric,
       best_mode='min' if 'opis' in config.train.best_metric else 'max')
-  state, start, saved_margins, resumed = checkpoint_lib.resume(
-      checkpoints, state, config_dict, total_steps, workdir)
+  try:
+    newest = checkpoints.newest_config()
+    if newest is not None:  # another run's workdir: refused before building
+      checkpoint_lib.check_same_run(newest[1], config_dict, workdir)
+    logging.info('Building %s and its %s objective ...', config.model.name,
+                 config.loss.name)
+    state, step_fn, embed_fn = create_training(
+        config, num_classes=len(inputs.classes),
+        steps_per_epoch=inputs.steps_per_epoch, mesh=mesh)
+    # --- Resume, logs, data.
+    state, start, saved_margins, resumed = checkpoint_lib.resume(
+        checkpoints, state, config_dict, total_steps, workdir)
+  except BaseException:
+    _close_all([checkpoints.close], failing=True)
+    raise
+  write_report = functools.partial(evaluator_lib.write_final_report, config,
+                                   workdir, inputs, final_split, total_steps)
   # Without a checkpoint the run starts afresh: an earlier attempt's lines
   # (step 0's margins included) are dropped.
-  writer = writers.MetricsWriter(workdir, start if resumed else -1)
-  if jax.process_index() == 0:
-    with open(os.path.join(workdir, 'config.json'), 'w') as f:
-      json.dump(config_dict, f, indent=2)
-  logging.info(
-      'Training %s from %s for %d steps (%d per epoch) on %d devices; '
-      'periodic evaluation on %s, final on %s.',
-      config.model.name, config.pretrained or 'a random initialisation',
-      total_steps, inputs.steps_per_epoch, mesh.size, inputs.selection.name,
-      final_split.name)
+  complete = start == total_steps  # a finished run, run again
+  try:
+    writer = writers.MetricsWriter(workdir, start if resumed else -1,
+                                   reevaluate=complete)
+    if jax.process_index() == 0:
+      writers.write_atomic(os.path.join(workdir, 'config.json'),
+                           lambda f: json.dump(config_dict, f, indent=2))
+  except BaseException:
+    _close_all([checkpoints.close], failing=True)
+    raise
+  if complete:
+    logging.info(
+        'The run in %s is already complete (step %d of %d): evaluating its '
+        'last checkpoint on %s again.', workdir, start, total_steps,
+        final_split.name)
+  else:
+    logging.info(
+        'Training %s %s for %d steps (%d per epoch) on %d devices; '
+        'periodic evaluation on %s, final on %s.', config.model.name,
+        f'from step {start} (resumed)' if resumed else
+        f'from {config.pretrained or "a random initialisation"}',
+        total_steps - start, inputs.steps_per_epoch, mesh.size,
+        inputs.selection.name, final_split.name)
   batches = pipeline.TrainBatches(inputs.train, inputs.sampler,
                                   inputs.train_transform, start_step=start,
                                   options=inputs_lib.loader_options(config))
@@ -399,6 +468,7 @@ def train_and_evaluate(
     for step in range(start + 1, total_steps + 1):
       state, step_metrics = step_fn(state, device_batch(next(batches)),
                                     tcm_margins)
+      checkpoints.check_saves()  # a save that failed (a full disk) stops now
       if pending is not None:
         _check_finite(*pending, checkpoints, workdir)
       pending = (step, step_metrics)
@@ -463,20 +533,26 @@ def train_and_evaluate(
           logging.warning('Step %d: the evaluation of %s failed: %s',
                           total_steps, inputs.selection.name, e)
           selected = None
-    finally:
-      # Saved with the metrics, or without them when the evaluation fails
-      # (an untrained model whose embeddings all coincide has no threshold
-      # range): the trained state is kept either way.
+    except BaseException:
+      # Saved without the metrics when the evaluation fails (an untrained
+      # model whose embeddings all coincide has no threshold range): the
+      # trained state is kept, and the evaluation's error is the one raised.
+      if not complete:
+        _close_all([lambda: checkpoints.save(
+            total_steps, state, data_state=data_state(), config=config_dict)],
+                   failing=True)
+      raise
+    if not complete:  # (a finished run's last step is saved already)
       checkpoints.save(total_steps, state, data_state=data_state(),
                        config=config_dict, metrics=selected)
     if selected is not None:
       writer.write(total_steps, 'eval', selected)
     if selected is not final.metrics:
       writer.write(total_steps, 'test', final.metrics)
-  finally:
-    bar.close()
-    checkpoints.close()
-    writer.close()
+  except BaseException:
+    _close_all([bar.close, checkpoints.close, writer.close], failing=True)
+    raise
+  _close_all([bar.close, checkpoints.close, writer.close], failing=False)
   # After the collective save: process 0's slow part (the baselines read the
   # split's images again) keeps no other process waiting at a barrier.
   if jax.process_index() == 0 and config.eval.baselines:

@@ -3,16 +3,116 @@
 `MetricsWriter` appends `{'step', 'kind', ...}` records to `metrics.jsonl`
 (kinds: `train`, `eval`, `test`, `margins`) and the same scalars to
 `tensorboard/`; `logged_margins(workdir)` reads the TCM margins a run
-estimated back from its `metrics.jsonl`.
+estimated back from its `metrics.jsonl`. `RunIOError` is how the trainer
+reports a file it could not write or read (`io_error`), and `write_atomic`
+how it replaces one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import re
 
 import jax
+
+
+class RunIOError(OSError):
+  """A file of a run could not be written or read: what, why, and where.
+
+  `strerror` says what failed and why (e.g. 'Writing metrics.jsonl failed
+  (No space left on device)'), `filename` is the path, `errno` the system's
+  error number when there is one.
+
+  Examples:
+    >>> import errno
+    >>> from tcm_jax import writers
+    >>> error = writers.RunIOError(errno.ENOSPC, 'Writing x failed', '/run/x')
+    >>> str(error)
+    "Writing x failed: '/run/x'"
+  """
+
+  def __str__(self) -> str:
+    return f'{self.strerror}: {self.filename!r}'
+
+
+def io_cause(error: BaseException) -> tuple[int | None, str]:
+  """`(errno or None, words)`: why an I/O operation failed.
+
+  The first OSError in the chain of causes, or a TensorStore error's
+  `os_error_code` (Orbax reports a full disk as a ValueError holding
+  `[os_error_code='28']`), or else the error's first line.
+
+  Examples:
+    >>> import errno
+    >>> from tcm_jax import writers
+    >>> writers.io_cause(OSError(errno.ENOSPC, 'No space left on device'))
+    (28, 'No space left on device')
+    >>> writers.io_cause(ValueError("RESOURCE_EXHAUSTED: ... [os_error_code='28']"))
+    (28, 'No space left on device')
+  """
+  seen, current = set(), error
+  while current is not None and id(current) not in seen:
+    seen.add(id(current))
+    if isinstance(current, OSError) and current.strerror:
+      return current.errno, current.strerror
+    match = re.search(r"os_error_code='?(\d+)", str(current))
+    if match:
+      code = int(match.group(1))
+      return code, os.strerror(code)
+    current = current.__cause__ or current.__context__
+  lines = str(error).strip().splitlines()
+  first = lines[0][:300] if lines else ''
+  return None, f'{type(error).__name__}: {first}' if first else (
+      type(error).__name__)
+
+
+def io_error(what: str, path: str, error: BaseException) -> RunIOError:
+  """A `RunIOError` for `what` (e.g. 'Writing metrics.jsonl') at `path`.
+
+  Examples:
+    >>> import errno
+    >>> from tcm_jax import writers
+    >>> str(writers.io_error('Writing metrics.jsonl', '/run/metrics.jsonl',
+    ...                      OSError(errno.ENOSPC, 'No space left on device')))
+    "Writing metrics.jsonl failed (No space left on device): '/run/metrics.jsonl'"
+  """
+  code, words = io_cause(error)
+  return RunIOError(code, f'{what} failed ({words})', str(path))
+
+
+def write_atomic(path: str, write, mode: str = 'w') -> None:
+  """Writes `path` whole or not at all: `write(file)` into a temporary file
+  beside it, renamed over `path` once written; the old `path` is kept on
+  any failure (`RunIOError`, or `write`'s own error).
+
+  Examples:
+    >>> import os, tempfile
+    >>> from tcm_jax import writers
+    >>> path = os.path.join(tempfile.mkdtemp(), 'a.txt')
+    >>> writers.write_atomic(path, lambda f: f.write('kept'))
+    >>> def fail(f):
+    ...   f.write('half')
+    ...   raise ValueError('failed half way')
+    >>> writers.write_atomic(path, fail)
+    Traceback (most recent call last):
+    ...
+    ValueError: failed half way
+    >>> open(path).read(), os.listdir(os.path.dirname(path))
+    ('kept', ['a.txt'])
+  """
+  temporary = f'{path}.tmp-{os.getpid()}'
+  try:
+    with open(temporary, mode) as f:
+      write(f)
+    os.replace(temporary, path)
+  except OSError as error:
+    raise io_error(f'Writing {os.path.basename(path)}', path, error) from error
+  finally:
+    with contextlib.suppress(OSError):
+      os.remove(temporary)
 
 
 class MetricsWriter:
@@ -20,7 +120,9 @@ class MetricsWriter:
 
   Only process 0 writes. On resume, lines past the restored step are dropped
   (those steps are trained again); `resumed_step=-1` (a run started afresh)
-  drops every line of an earlier attempt.
+  drops every line of an earlier attempt; `reevaluate=True` (a finished run
+  evaluated again) drops the `eval` and `test` lines of `resumed_step` too,
+  which the new evaluation writes.
 
   Examples:
     >>> import tempfile
@@ -33,34 +135,66 @@ class MetricsWriter:
     [{'step': 0, 'margin_pos': 0.6, 'margin_neg': 0.4}]
   """
 
-  def __init__(self, workdir: str, resumed_step: int):
+  def __init__(self, workdir: str, resumed_step: int, *,
+               reevaluate: bool = False):
     self._active = jax.process_index() == 0
     if not self._active:
       return
     self._path = os.path.join(workdir, 'metrics.jsonl')
+    dropped = ('eval', 'test') if reevaluate else ()
+
+    def keep(line):
+      step = _logged_step(line)
+      return step < resumed_step or (
+          step == resumed_step and _logged_kind(line) not in dropped)
+
     if os.path.exists(self._path):
-      with open(self._path) as f:
-        kept = [line for line in f if _logged_step(line) <= resumed_step]
-      with open(self._path, 'w') as f:
-        f.writelines(kept)
+      try:
+        with open(self._path) as f:
+          kept = [line for line in f if keep(line)]
+      except OSError as error:
+        raise io_error('Reading metrics.jsonl', self._path, error) from error
+      # Whole or not at all: a full disk must not cut the earlier lines.
+      write_atomic(self._path, lambda f: f.writelines(kept))
+    tensorboard = os.path.join(workdir, 'tensorboard')
     from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
-    self._tensorboard = SummaryWriter(os.path.join(workdir, 'tensorboard'),
-                                      purge_step=resumed_step + 1)
+    try:
+      self._tensorboard = SummaryWriter(tensorboard,
+                                        purge_step=resumed_step + 1)
+    except OSError as error:
+      raise io_error('Creating the TensorBoard log', tensorboard,
+                     error) from error
+    self._tensorboard_dir = tensorboard
 
   def write(self, step: int, kind: str, values: dict[str, float]) -> None:
-    """One record of `values` at `step`, of `kind`."""
+    """One record of `values` at `step`, of `kind`.
+
+    Raises:
+      RunIOError: a file could not be written (its path and the cause).
+    """
     if not self._active:
       return
-    with open(self._path, 'a') as f:
-      f.write(json.dumps({'step': step, 'kind': kind, **values}) + '\n')
-    for key, value in values.items():
-      self._tensorboard.add_scalar(f'{kind}/{key}', value, step)
-    self._tensorboard.flush()
+    try:
+      with open(self._path, 'a') as f:
+        f.write(json.dumps({'step': step, 'kind': kind, **values}) + '\n')
+    except OSError as error:
+      raise io_error('Writing metrics.jsonl', self._path, error) from error
+    try:
+      for key, value in values.items():
+        self._tensorboard.add_scalar(f'{kind}/{key}', value, step)
+      self._tensorboard.flush()
+    except OSError as error:
+      raise io_error('Writing the TensorBoard log', self._tensorboard_dir,
+                     error) from error
 
   def close(self) -> None:
     """Flushes and closes the TensorBoard writer."""
     if self._active:
-      self._tensorboard.close()
+      try:
+        self._tensorboard.close()
+      except OSError as error:
+        raise io_error('Writing the TensorBoard log', self._tensorboard_dir,
+                       error) from error
 
 
 def _logged_step(line: str) -> float:
@@ -69,6 +203,13 @@ def _logged_step(line: str) -> float:
     return json.loads(line)['step']
   except (ValueError, KeyError):
     return math.inf
+
+
+def _logged_kind(line: str) -> str | None:
+  try:
+    return json.loads(line).get('kind')
+  except (ValueError, AttributeError):
+    return None
 
 
 def logged_margins(workdir: str) -> list[dict[str, float]]:

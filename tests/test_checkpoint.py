@@ -1,6 +1,8 @@
 """Tests for tcm_jax.checkpoint: round trips, retention, damaged checkpoints."""
 
+import errno
 import os
+import shutil
 from unittest import mock
 
 from absl import logging
@@ -12,6 +14,8 @@ import numpy as np
 import optax
 import pytest
 
+from tcm_jax import checkpoint as checkpoint_lib
+from tcm_jax import config as config_lib
 from tcm_jax.checkpoint import Checkpointer
 from tcm_jax.checkpoint import json_safe
 
@@ -284,3 +288,179 @@ def test_json_safe_makes_plain_python_values():
   assert [type(safe[key]) for key in ('f', 'i', 'b')] == [float, int, bool]
   with pytest.raises(TypeError, match='received set'):
     json_safe({'classes': {1, 2}})
+
+
+# --- Damage that keeps the files' sizes: the checksums -----------------------
+
+
+def _random_state(seed):
+  """Incompressible arrays, so that a byte of the data file is a byte of
+  an array (not of a compressed block's bookkeeping)."""
+  rng = np.random.default_rng(seed)
+  return {'w': jnp.asarray(rng.normal(size=(64, 64)), jnp.float32),
+          'b': jnp.asarray(rng.normal(size=64), jnp.float32),
+          'step': jnp.int32(seed)}
+
+
+def _flip_byte(step_dir):
+  """Flips one bit in the middle of the step's largest array data file."""
+  paths = [os.path.join(root, name)
+           for root, _, names in os.walk(step_dir) for name in names
+           if os.path.basename(root) == 'd']
+  path = max(paths, key=os.path.getsize)
+  data = bytearray(open(path, 'rb').read())
+  data[len(data) // 2] ^= 0x01
+  with open(path, 'r+b') as f:
+    f.write(data)
+  assert os.path.getsize(path) == len(data)
+
+
+@_IGNORE_CLOSED_LOOP
+def test_flipped_bit_in_the_latest_checkpoint_falls_back_to_the_one_before(
+    tmp_path):
+  directory = str(tmp_path)
+  states = {step: _random_state(step) for step in (1, 2, 3)}
+  with Checkpointer(directory, keep=5) as checkpointer:
+    for step, state in states.items():
+      checkpointer.save(step, state, data_state={'step': step}, config={})
+  _flip_byte(tmp_path / '3')
+  with Checkpointer(directory, keep=5) as checkpointer:
+    with mock.patch.object(logging, 'warning') as mock_warning:
+      restored = checkpointer.restore_latest(_random_state(9))
+  assert restored.step == 2
+  _assert_trees_equal(restored.state, states[2])
+  assert any('step 3' in message and 'checksum' in message and 'w' in message
+             for message in _warnings(mock_warning)), _warnings(mock_warning)
+
+
+def test_non_finite_checkpoint_falls_back_to_the_one_before(tmp_path):
+  good, bad = _random_state(1), _random_state(2)
+  bad['b'] = bad['b'].at[3].set(jnp.nan)
+  with Checkpointer(str(tmp_path)) as checkpointer:
+    checkpointer.save(1, good, data_state={}, config={})
+    checkpointer.save(2, bad, data_state={}, config={})
+    with mock.patch.object(logging, 'warning') as mock_warning:
+      restored = checkpointer.restore_latest(_random_state(9))
+  assert restored.step == 1
+  _assert_trees_equal(restored.state, good)
+  assert any('step 2' in message and 'NaN or infinite' in message
+             for message in _warnings(mock_warning))
+
+
+def test_checkpoint_saved_without_checksums_still_restores(tmp_path):
+  # As tcm_jax wrote them before it saved checksums.
+  state = _random_state(1)
+  with Checkpointer(str(tmp_path)) as checkpointer:
+    checkpointer.save(1, state, data_state={'step': 1}, config={})
+  shutil.rmtree(tmp_path / '1' / 'checksums')
+  with Checkpointer(str(tmp_path)) as checkpointer:
+    restored = checkpointer.restore_latest(_random_state(9))
+  assert restored.step == 1
+  _assert_trees_equal(restored.state, state)
+
+
+@_IGNORE_CLOSED_LOOP
+def test_no_readable_checkpoint_is_one_line(tmp_path):
+  _save_steps(str(tmp_path), [1, 2])
+  for step in ('1', '2'):
+    _damage(tmp_path / step, only_arrays=True, how='empty')
+  with Checkpointer(str(tmp_path)) as checkpointer:
+    with pytest.raises(RuntimeError) as error:
+      checkpointer.restore_latest(_train_state(9))
+  message = str(error.value)
+  assert '\n' not in message and len(message) < 1500, message
+  assert str(tmp_path) in message and 'new --workdir' in message
+
+
+def test_load_run_weights_refuses_a_damaged_checkpoint(tmp_path):
+  params = {'encoder': {'backbone': {'w': {'value': _random_state(1)['w']}}}}
+  with Checkpointer(str(tmp_path / 'checkpoints')) as checkpointer:
+    checkpointer.save(4, {'params': params, 'model_state': {}},
+                      data_state={}, config={})
+  assert checkpoint_lib.load_run_weights(str(tmp_path)).step == 4
+  _flip_byte(tmp_path / 'checkpoints' / '4')
+  with pytest.raises(ValueError, match=r'step 4 .*checksum') as error:
+    checkpoint_lib.load_run_weights(str(tmp_path))
+  assert str(tmp_path / 'checkpoints') in str(error.value)
+
+
+# --- A full disk -------------------------------------------------------------
+
+# How TensorStore (under Orbax) reports a full disk: a ValueError.
+_DISK_FULL = ValueError(
+    'RESOURCE_EXHAUSTED: Error writing "params.w/0" in OCDBT database: '
+    'Failed to write 780586 bytes to file 17: No space left on device '
+    "[os_error_code='28']")
+
+
+def _assert_disk_full(error, step, directory):
+  assert isinstance(error, OSError) and error.errno == errno.ENOSPC
+  assert error.filename == str(directory)
+  assert error.strerror == (f'Writing the checkpoint of step {step} failed '
+                            '(No space left on device)')
+
+
+def test_a_save_that_fails_names_the_step_the_directory_and_the_cause(
+    tmp_path, monkeypatch):
+  with Checkpointer(str(tmp_path)) as checkpointer:
+    assert checkpointer.save(1, _random_state(1), data_state={}, config={})
+    monkeypatch.setattr(checkpoint_lib._Manager, 'save',
+                        mock.Mock(side_effect=_DISK_FULL))
+    with pytest.raises(OSError) as error:
+      checkpointer.save(2, _random_state(2), data_state={}, config={})
+  _assert_disk_full(error.value, 2, tmp_path)
+
+
+@pytest.mark.parametrize('surfaces_in', ['check_saves', 'save', 'close'])
+def test_a_background_save_that_fails_is_raised_once_naming_its_step(
+    tmp_path, monkeypatch, surfaces_in):
+  checkpointer = Checkpointer(str(tmp_path))
+  assert checkpointer.save(1, _random_state(1), data_state={}, config={})
+  # The write of step 1 fails in Orbax's thread: its wait raises, once.
+  real_wait = checkpoint_lib._Manager.wait_until_finished
+  failures = [_DISK_FULL]
+
+  def wait(manager):
+    real_wait(manager)
+    if failures:
+      raise failures.pop()
+
+  monkeypatch.setattr(checkpoint_lib._Manager, 'wait_until_finished', wait)
+  monkeypatch.setattr(checkpoint_lib._Manager, 'is_saving_in_progress',
+                      lambda manager: False)
+  with pytest.raises(OSError) as error:
+    if surfaces_in == 'check_saves':
+      checkpointer.check_saves()
+    elif surfaces_in == 'save':
+      checkpointer.save(2, _random_state(2), data_state={}, config={})
+    else:
+      checkpointer.close()
+  _assert_disk_full(error.value, 1, tmp_path)
+  checkpointer.check_saves()  # raised once: nothing more in flight
+  checkpointer.close()
+
+
+# --- Resuming another run -----------------------------------------------------
+
+
+def test_resume_refuses_another_config_before_reading_any_array(
+    tmp_path, monkeypatch):
+  saved = json_safe(config_lib.default_config().to_dict())
+  saved['model']['width'] = 0.25
+  current = json_safe(config_lib.default_config().to_dict())
+  current['model']['width'] = 0.5
+  with Checkpointer(str(tmp_path / 'checkpoints')) as checkpointer:
+    checkpointer.save(2, {'w': jnp.ones(4)}, data_state={'step': 2},
+                      config=saved)
+  restore = mock.Mock(side_effect=AssertionError('an array was read'))
+  monkeypatch.setattr(Checkpointer, 'restore_latest', restore)
+  with Checkpointer(str(tmp_path / 'checkpoints')) as checkpointer:
+    with pytest.raises(ValueError) as error:
+      # (Another width: another shape, which could not be restored at all.)
+      checkpoint_lib.resume(checkpointer, {'w': jnp.ones(8)}, current, 5,
+                            str(tmp_path))
+  assert str(error.value) == (
+      f'{tmp_path} holds a run with another config: model.width 0.25 vs 0.5 '
+      "(saved vs this run's); resume it with its own config, or use a new "
+      '--workdir.')
+  restore.assert_not_called()

@@ -40,7 +40,7 @@ def command(tmp_path_factory):
     (['--x=3'], 1, 'error: --x is 3, which this command refuses '
                    '(--verbose shows the traceback)'),
     (['--x=abc'], 2, "error: flag --x=abc: invalid literal for int() with "
-                     "base 10: 'abc' (--helpfull lists the flags)"),
+                     "base 10: 'abc'"),
     (['--y=2'], 2, "error: Unknown command line flag 'y' "
                    '(--helpfull lists the flags)'),
     (['--x=4'], 130, 'error: interrupted'),
@@ -58,6 +58,12 @@ def test_success_and_verbose(command):
   done = command('--x=3', '--verbose')
   assert done.returncode == 1
   assert 'Traceback' in done.stderr and 'ValueError' in done.stderr
+  assert done.stderr.splitlines()[-1] == (
+      'error: --x is 3, which this command refuses')
+  done = command('--x=abc', '--verbose')
+  assert done.returncode == 2 and 'Traceback' in done.stderr
+  done = command('--help')
+  assert done.returncode == 0 and '--x' in done.stdout + done.stderr
 
 
 def test_one_line():

@@ -95,3 +95,144 @@ def test_resume_changes_tell_resumable_keys_from_another_run():
   current['train']['num_steps'], current['loss']['name'] = 7, 'triplet'
   assert config_lib.resume_changes(saved, current) == (
       ['loss.name', 'train.num_steps'], ['loss.name'])
+
+
+# --- Every value is checked before anything is built ---------------------------
+
+
+def _digits():
+  config = config_lib.load_config(str(REPO / 'configs' / 'digits.py'))
+  config.model = config_lib.model_config('resnet18', width=0.25,
+                                         small_images=True, embedding_size=16)
+  return config
+
+
+def _set(config, dotted, value):
+  *sections, key = dotted.split('.')
+  for section in sections:
+    config = config[section]
+  config[key] = value
+
+
+# key, value, the message (its start after the key, and the value).
+BAD_VALUES = [
+    ('input.samples_per_class', 1,
+     'must be an int >= 2 (positive pairs: two images of a class per batch)'),
+    ('input.classes_per_batch', 1,
+     'must be an int >= 2 (negative pairs: two classes per batch)'),
+    ('input.resize_size', 8, 'must be >= input.image_size with the imagenet'),
+    ('loss.tcm.margin_pos', 1.5, 'must be in [-1, 1]'),
+    ('loss.tcm.margin_neg', -1.5, 'must be in [-1, 1]'),
+    ('loss.tcm.lambda_neg', -1.0, 'must be >= 0'),
+    ('loss.tcm.enabled', None, 'must be a bool'),
+    ('eval.epsilon', 1.0, 'must be in (0, 1)'),
+    ('eval.target_far', 0.0, 'must be a false-accept rate in (0, 1]'),
+    ('eval.far_range', (0.1, 0.01), 'must be a pair (low, high)'),
+    ('eval.num_thresholds', 1, 'must be an int >= 2'),
+    ('eval.ks', (0, 1), 'must be a non-empty tuple of ints >= 1'),
+    ('eval.beta', 0.0, 'must be > 0'),
+    ('eval.baselines', None, 'must be a bool'),
+    ('optimizer.momentum', 1.0, 'must be in [0, 1)'),
+    ('optimizer.milestones', (10, -1), 'must be a tuple of epochs >= 0'),
+    ('pretrained', None, 'must be a path'),
+    ('dataset.name', 'digitz', "must be one of ['cars196'"),
+    ('dataset.train_side', 'pretrain',
+     "must be one of ['train'] for digits_closed (never the classes"),
+    ('dataset.synthetic.num_classes', 1, 'must be an int >= 2'),
+    ('dataset.glyphs.ink_fraction', 0.0, 'must be in (0, 1]'),
+    ('dataset.glyphs.val_fraction', 0.6,
+     'must be in [0, 1 - dataset.glyphs.test_fraction]'),
+    ('train.num_steps', -5, 'must be an int >= 0'),
+    ('input.eval_batch_size', 0, 'must be an int >= 1'),
+]
+
+
+@pytest.mark.parametrize('key, value, message', BAD_VALUES,
+                         ids=[f'{k}={v!r}' for k, v, _ in BAD_VALUES])
+def test_check_config_refuses_every_bad_value(key, value, message):
+  config = _digits()
+  if key == 'input.resize_size':
+    config.input.recipe, config.input.image_size = 'imagenet', 16
+  config_lib.check_config(config)  # the config itself is good
+  with config.unlocked():
+    _set(config, key, value)
+  with pytest.raises(ValueError) as error:
+    config_lib.check_config(config)
+  assert str(error.value).startswith(f'{key} {message}'), str(error.value)
+  assert str(error.value).endswith(f'got {value!r}.'), str(error.value)
+
+
+def test_one_sample_per_class_is_for_a_proxy_loss_without_tcm_only():
+  config = _digits()
+  config.input.samples_per_class = 1
+  config.loss.name = 'arcface'
+  with pytest.raises(ValueError, match='input.samples_per_class must be an '
+                     r'int >= 2 .*only a proxy loss without TCM'):
+    config_lib.check_config(config)  # TCM needs positive pairs
+  config.loss.tcm.enabled = False
+  config_lib.check_config(config)  # ArcFace alone compares with proxies
+  config.loss.name = 'multi_similarity'
+  with pytest.raises(ValueError, match='input.samples_per_class must be'):
+    config_lib.check_config(config)  # a pair loss needs them
+
+
+@pytest.mark.parametrize('loss, hyper', [('arcface', {'scale': -1.0}),
+                                         ('triplet', {'margin': -1.0})])
+def test_the_losses_hyperparameter_values_are_checked_without_compiling(
+    loss, hyper, monkeypatch):
+  import jax  # pylint: disable=g-import-not-at-top
+  # (Imported first: the modules' own jax.jit decorators run on import.)
+  from tcm_jax.losses import registry  # pylint: disable=g-import-not-at-top,unused-import
+
+  def refuse(*args, **kwargs):
+    raise AssertionError('compiled while checking the config')
+
+  monkeypatch.setattr(jax, 'jit', refuse)
+  config = _digits()
+  config.loss.name = loss
+  config.loss.hyper = hyper
+  with pytest.raises(ValueError) as error:
+    config_lib.check_config(config)
+  # Then the loss's own words, which name the hyperparameter and the value.
+  (name, value), = hyper.items()
+  prefix = f'loss.hyper of loss.name {loss!r} ({hyper}): '
+  assert str(error.value).startswith(prefix), error.value
+  assert name in str(error.value)[len(prefix):], error.value
+  assert repr(value) in str(error.value)[len(prefix):], error.value
+
+
+def test_load_config_without_check_leaves_the_values_to_the_caller(tmp_path):
+  path = tmp_path / 'one_sample.py'
+  path.write_text('from tcm_jax import config as config_lib\n\n\n'
+                  'def get_config():\n'
+                  '  config = config_lib.default_config()\n'
+                  '  config.input.samples_per_class = 1\n'
+                  '  return config\n')
+  config = config_lib.load_config(str(path), check=False)
+  assert config.input.samples_per_class == 1
+  with pytest.raises(ValueError, match='input.samples_per_class'):
+    config_lib.load_config(str(path))
+
+
+@pytest.mark.parametrize('key, message', [
+    ('loss.tcm.enabeld',
+     'no config key loss.tcm.enabeld (did you mean loss.tcm.enabled?); '
+     'loss.tcm has: enabled, lambda_neg, lambda_pos, margin_neg, margin_pos.'),
+    ('trian.num_steps', 'no config key trian.num_steps (did you mean '
+     'train.num_steps?); the config has: dataset, eval, input, loss, model, '
+     'optimizer, pretrained, pretrained_head, seed, train.'),
+    ('seed.value', 'no config key seed.value: seed is a value (0), not a '
+     'section.'),
+    ('loss.hyper.temperature', 'no config key loss.hyper.temperature; '
+     "loss.hyper has: no keys (an override cannot add a key: set the base "
+     "loss's hyperparameters in the config file, "
+     'config.loss.hyper.temperature = ...).'),
+])
+def test_check_override_names_the_key_and_lists_its_sections_keys(key,
+                                                                  message):
+  config = config_lib.default_config()
+  with pytest.raises(ValueError) as error:
+    config_lib.check_override(config, key)
+  assert str(error.value) == message
+  config_lib.check_override(config, 'loss.tcm.enabled')
+  config_lib.check_override(config, 'loss.tcm')

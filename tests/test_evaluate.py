@@ -126,7 +126,7 @@ def bad_files(tmp_path):
   np.savez(good, embeddings=np.eye(4), labels=np.arange(4))
   files = {name: tmp_path / name for name in (
       'text.npz', 'empty.npz', 'truncated.npz', 'array.npy', 'keys.npz',
-      'objects.npz', 'missing.npz')}
+      'objects.npz', 'missing.npz', 'strings.npz')}
   files['text.npz'].write_text('embeddings, labels\n0.1, 0\n')
   files['empty.npz'].write_bytes(b'')
   files['truncated.npz'].write_bytes(good.read_bytes()[:150])
@@ -134,6 +134,8 @@ def bad_files(tmp_path):
   np.savez(files['keys.npz'], z=np.zeros((3, 2)), labels=np.zeros(3, int))
   np.savez(files['objects.npz'], embeddings=np.array([1, 'a'], object),
            labels=np.arange(2))
+  np.savez(files['strings.npz'], embeddings=np.eye(4),
+           labels=np.array(list('aabb')))
   files['folder'] = tmp_path
   return files
 
@@ -150,6 +152,8 @@ def test_command_names_each_bad_embeddings_file(bad_files, tmp_path):
       'objects.npz': "array 'embeddings' holds Python objects",
       'missing.npz': 'no such file',
       'folder': 'is a folder, not an npz file',
+      # What the arrays hold, checked by the metrics: the file named too.
+      'strings.npz': 'labels must have an integer dtype',
   }
   for name, fragment in expected.items():
     path = bad_files[name]

@@ -222,6 +222,49 @@ def test_rerun_replaces_an_unreadable_final_checkpoint(reference, tmp_path,
   assert [name.split('-')[0] for name in aside] == [str(2 * N)], aside
 
 
+def _flip_one_byte(directory):
+  """Flips one bit in the middle of the largest array data file under
+  `directory` (TensorStore's OCDBT keeps array bytes under `d/`): damage
+  that keeps every file's size, which Orbax alone would read back."""
+  paths = [os.path.join(root, name) for root, _, names in os.walk(directory)
+           for name in names if os.path.basename(root) == 'd']
+  path = max(paths, key=os.path.getsize)
+  size = os.path.getsize(path)
+  with open(path, 'r+b') as f:
+    f.seek(size // 2)
+    byte = f.read(1)[0]
+    f.seek(size // 2)
+    f.write(bytes([byte ^ 0x01]))
+  assert os.path.getsize(path) == size
+
+
+@pytest.mark.slow
+def test_a_flipped_bit_in_the_latest_checkpoint_is_caught_and_retrained(
+    reference, tmp_path, cache_dir):
+  ref_workdir, ref_out = reference
+  workdir = tmp_path / 'run'
+  shutil.copytree(ref_workdir, workdir)
+  _flip_one_byte(workdir / 'checkpoints' / str(2 * N) / 'state')
+
+  log = _run(_spec(workdir, tmp_path / 'out', cache_dir, dump_steps=(2 * N,)))
+  assert _warned(log, f'Cannot read the checkpoint at step {2 * N} in '
+                 f'{workdir / "checkpoints"} (DamagedCheckpointError: 1 of '), (
+                     log[-5000:])
+  assert 'differ from their checksums at save time' in log
+  assert f'Resumed from step {N} in {workdir}' in log
+  assert _seen_steps(tmp_path / 'out') == list(range(N + 1, 2 * N + 1))
+  # Retrained from step N: bit for bit the uninterrupted run's state, saved
+  # again in place of the damaged one, which is set aside.
+  final_state = _dump(ref_out, 2 * N)
+  _assert_bitwise_equal(_dump(tmp_path / 'out', 2 * N), final_state)
+  _assert_bitwise_equal(_restore(workdir / 'checkpoints' / str(2 * N)),
+                        _by_leaf_id(final_state))
+  aside = os.listdir(workdir / 'checkpoints.unreadable')
+  assert [name.split('-')[0] for name in aside] == [str(2 * N)], aside
+  assert _final_metrics(tmp_path / 'out') == _final_metrics(ref_out)
+  assert _logged(workdir) == _complete_run_log(2 * N)
+
+
 @pytest.mark.slow
 def test_two_processes_agree_with_one_process_on_as_many_devices(
     reference, tmp_path, cache_dir):

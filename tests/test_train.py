@@ -1,6 +1,8 @@
 """tcm_jax.train: steps on many devices, optimizer, configs, failures, runs."""
 
+import errno
 import functools
+import io
 import json
 import math
 import os
@@ -11,6 +13,7 @@ import subprocess
 import sys
 import time
 import warnings
+from unittest import mock
 
 from absl import flags
 from flax import nnx
@@ -503,6 +506,17 @@ BAD_VALUES = {
                  ['optimizer.learning_rate must be > 0, got nan']),
     'no_prefetch': ('input.prefetch', 0,
                     ['input.prefetch must be an int >= 1, got 0']),
+    # Once trained nothing (no positive pair in a batch) and exited 0.
+    'one_sample_per_class': ('input.samples_per_class', 1, [
+        'input.samples_per_class must be an int >= 2', 'positive pairs',
+        'only a proxy loss without TCM', 'got 1.']),
+    # Once failed at the first step's trace, or after training.
+    'margin_pos': ('loss.tcm.margin_pos', 1.5,
+                   ['loss.tcm.margin_pos must be in [-1, 1]', 'got 1.5.']),
+    'epsilon': ('eval.epsilon', 1.0,
+                ['eval.epsilon must be in (0, 1)', 'got 1.0.']),
+    'no_eval_batch': ('input.eval_batch_size', 0,
+                      ['input.eval_batch_size must be an int >= 1, got 0.']),
 }
 
 
@@ -618,15 +632,170 @@ def test_unknown_key_fails_fast_from_the_command_line(where, tmp_path):
     assert (f'Unknown config key optimizer.learnig_rate; the keys of '
             f'optimizer are: {keys}.') in run.stderr
   else:
-    # ml_collections refuses it while parsing the flags, with a suggestion.
-    assert 'learnig_rate' in run.stderr
-    assert 'Did you mean "learning_rate"' in run.stderr
+    # Refused while the flags are parsed: one line, with the valid keys.
+    keys = ', '.join(sorted(config_lib.default_config().optimizer))
+    assert run.stderr.splitlines()[-1].startswith(
+        'error: --config.optimizer.learnig_rate: no config key '
+        'optimizer.learnig_rate (did you mean optimizer.learning_rate?); '
+        f'optimizer has: {keys}.'), run.stderr
+    assert 'Traceback' not in run.stderr
   # JAX_LOG_COMPILES logs every compilation: there was none, and nothing
   # was written.
   assert 'Compiling' not in run.stderr
   assert 'Finished XLA compilation' not in run.stderr
   assert not (workdir / 'checkpoints').exists()
   assert seconds < 60
+
+
+# --- The workdir, a full disk, a finished run -----------------------------------
+
+
+@pytest.mark.parametrize('where', ['workdir', 'parent'])
+def test_a_workdir_that_is_a_file_is_refused_before_anything_is_built(
+    where, tmp_path, monkeypatch):
+  path = tmp_path / 'notes.txt'
+  path.write_text('kept')
+  workdir = path if where == 'workdir' else path / 'run'
+  _no_compilation(monkeypatch)
+  monkeypatch.setattr(inputs_lib, 'create_inputs', mock.Mock(
+      side_effect=AssertionError('the inputs were built')))
+  with pytest.raises(ValueError) as error:
+    train.train_and_evaluate(_digits_config(), str(workdir))
+  what = 'is a file' if where == 'workdir' else f'is in {path}, which is a file'
+  assert str(error.value) == (
+      "workdir must be a folder (the run's checkpoints, logs and report go in "
+      f'it); {workdir} {what}.')
+  assert path.read_text() == 'kept'
+
+
+# How TensorStore (under Orbax) reports a full disk: a ValueError.
+_DISK_FULL = ValueError(
+    'RESOURCE_EXHAUSTED: Error writing "params.w/0" in OCDBT database: '
+    "Failed writing: No space left on device [os_error_code='28']")
+
+
+def _no_space(*args, **kwargs):
+  raise OSError(errno.ENOSPC, 'No space left on device')
+
+
+def test_metrics_writer_names_the_file_it_cannot_write(tmp_path, monkeypatch):
+  writer = writers.MetricsWriter(str(tmp_path), resumed_step=-1)
+  writer.write(1, 'train', {'loss': 1.0})
+  monkeypatch.setattr(writers, 'open', _no_space, raising=False)
+  with pytest.raises(OSError) as error:
+    writer.write(2, 'train', {'loss': 0.5})
+  writer.close()
+  assert error.value.errno == errno.ENOSPC
+  assert str(error.value) == ('Writing metrics.jsonl failed (No space left on '
+                              f"device): '{tmp_path / 'metrics.jsonl'}'")
+  # A resumed run rewrites the file whole or not at all.
+  monkeypatch.undo()
+  before = (tmp_path / 'metrics.jsonl').read_text()
+  monkeypatch.setattr(writers.os, 'replace', _no_space)
+  with pytest.raises(OSError, match='Writing metrics.jsonl failed'):
+    writers.MetricsWriter(str(tmp_path), resumed_step=0)
+  assert (tmp_path / 'metrics.jsonl').read_text() == before
+  assert sorted(os.listdir(tmp_path)) == ['metrics.jsonl', 'tensorboard']
+
+
+def test_a_full_disk_stops_the_run_at_the_save_in_one_line(tmp_path,
+                                                           monkeypatch):
+  monkeypatch.setattr(checkpoint_lib._Manager, 'save',
+                      mock.Mock(side_effect=_DISK_FULL))
+  config = _digits_config()
+  config.train.num_steps, config.train.checkpoint_every_steps = 4, 2
+  config.train.log_every_steps = 1
+  workdir = tmp_path / 'run'
+  with pytest.raises(OSError) as error:
+    train.train_and_evaluate(config, str(workdir), devices=jax.devices()[:1])
+  assert error.value.errno == errno.ENOSPC
+  assert str(error.value) == (
+      'Writing the checkpoint of step 2 failed (No space left on device): '
+      f"'{workdir / 'checkpoints'}'")
+  # Stopped there: no training past the failed save, no report.
+  steps = [json.loads(line)['step']
+           for line in (workdir / 'metrics.jsonl').read_text().splitlines()]
+  assert steps == [1, 2]
+  assert not (workdir / 'report.md').exists()
+
+
+@pytest.fixture(scope='module')
+def finished_run(tmp_path_factory):
+  """A finished two-step digits run (and its config)."""
+  config = _digits_config()
+  config.train.num_steps, config.train.log_every_steps = 2, 1
+  config.eval.baselines, config.eval.bootstrap_resamples = False, 0
+  workdir = tmp_path_factory.mktemp('finished') / 'run'
+  train.train_and_evaluate(config, str(workdir), devices=jax.devices()[:1])
+  return config, workdir
+
+
+def _outputs(workdir):
+  return {name: (workdir / name).read_bytes() for name in
+          ('embeddings.npz', 'metrics.json', 'report.md', 'utility_curves.png',
+           'metrics.jsonl')}
+
+
+def test_a_finished_run_run_again_says_so_and_is_evaluated_again(
+    finished_run, tmp_path, monkeypatch):
+  config, finished = finished_run
+  workdir = tmp_path / 'run'
+  shutil.copytree(finished, workdir)
+  before = _outputs(workdir)
+  messages = []  # absl's INFO lines, every module's (Orbax's too)
+  monkeypatch.setattr(train.logging, 'info', lambda message, *args: (
+      messages.append(str(message) % args if args else str(message))))
+  final = train.train_and_evaluate(config, str(workdir),
+                                   devices=jax.devices()[:1])
+  assert (f'The run in {workdir} is already complete (step 2 of 2): '
+          'evaluating its last checkpoint on digits/test again.') in messages
+  assert not [m for m in messages if m.startswith(('Training', 'Not saving'))]
+  assert sorted(os.listdir(workdir / 'checkpoints')) == ['2']
+  # The same evaluation, logged once: its lines replace the first run's.
+  assert {'step': 2, 'kind': 'eval', **final} == json.loads(
+      before['metrics.jsonl'].splitlines()[-1])
+  assert _outputs(workdir)['metrics.jsonl'] == before['metrics.jsonl']
+  assert (json.loads(_outputs(workdir)['metrics.json'])
+          == json.loads(before['metrics.json']))
+
+
+@pytest.mark.parametrize('failure', ['nan_embeddings', 'evaluation', 'figure'])
+def test_good_outputs_survive_a_failing_final_evaluation(
+    failure, finished_run, tmp_path, monkeypatch):
+  config, finished = finished_run
+  workdir = tmp_path / 'run'
+  shutil.copytree(finished, workdir)
+  before = _outputs(workdir)
+  if failure == 'nan_embeddings':  # as from weights restored damaged
+    embed = evaluator_lib.Evaluator.embed
+    monkeypatch.setattr(evaluator_lib.Evaluator, 'embed', lambda self, *a: (
+        np.full_like(embed(self, *a)[0], np.nan), embed(self, *a)[1]))
+    message = 'The final embeddings hold'
+  elif failure == 'evaluation':
+    monkeypatch.setattr(metrics_lib, 'evaluate_embeddings', mock.Mock(
+        side_effect=ValueError('no threshold range')))
+    message = 'no threshold range'
+  else:  # the figure, after metrics.json, of a new evaluation of the run
+    config = config.copy_and_resolve_references()
+    config.eval.epsilon = 0.2  # (resumable: metrics.json would differ)
+    monkeypatch.setattr(report_lib.plots, 'plot_utility_curves', mock.Mock(
+        side_effect=OSError(errno.ENOSPC, 'No space left on device')))
+    message = 'Writing the report failed'
+  with pytest.raises((ValueError, OSError), match=message):
+    train.train_and_evaluate(config, str(workdir), devices=jax.devices()[:1])
+  after = _outputs(workdir)
+  for name in ('metrics.json', 'report.md', 'utility_curves.png'):
+    assert after[name] == before[name], name
+  # The embeddings: kept when they are not finite; else those of the run
+  # (the same checkpoint's), for a look at why its evaluation failed.
+  with np.load(io.BytesIO(after['embeddings.npz'])) as a, np.load(
+      io.BytesIO(before['embeddings.npz'])) as b:
+    assert np.all(np.isfinite(a['embeddings']))
+    np.testing.assert_array_equal(a['embeddings'], b['embeddings'])
+    np.testing.assert_array_equal(a['labels'], b['labels'])
+  if failure == 'nan_embeddings':
+    assert after['embeddings.npz'] == before['embeddings.npz']
+  assert not [n for n in os.listdir(workdir) if 'tmp' in n]
 
 
 # --- Non-finite loss ----------------------------------------------------------
@@ -901,8 +1070,17 @@ def test_digits_default_run_end_to_end(tmp_path):
   assert header, run.stdout
   columns = header.group(1).split(' | ')
   assert columns == ['model', 'pixels', 'pca64']
-  rows = {name: dict(zip(columns, map(float, values.split(' | '))))
-          for name, values in re.findall(r'^\| (\w+) \| ([0-9. |]+) \|$',
+  # The table names the metrics as the report does (`metric_label`), or by
+  # their keys.
+  config = _load_config('digits', None)
+  key_of = {}
+  for key in config_lib.metric_names(config):
+    for label in (key, report_lib.metric_label(key),
+                  report_lib.metric_label(key, config.eval.epsilon)):
+      key_of[label] = key
+  rows = {key_of.get(name, name): dict(zip(columns, map(float,
+                                                        values.split(' | '))))
+          for name, values in re.findall(r'^\| ([^|]+?) \| ([0-9. |]+) \|$',
                                          run.stdout, re.M)}
   assert {'recall_at_1', 'opis', 'eps_opis', 'map_at_r'} <= set(rows)
   table = {name: row['model'] for name, row in rows.items()}
@@ -921,7 +1099,6 @@ def test_digits_default_run_end_to_end(tmp_path):
       rows['map_at_r']['pixels'], abs=1e-4)
   assert '## Against raw-input baselines' in (workdir / 'report.md').read_text()
 
-  config = _load_config('digits', None)
   num_steps = math.ceil(config.train.num_epochs
                         * inputs_lib.create_inputs(config).steps_per_epoch)
   lines = [json.loads(line) for line in

@@ -800,13 +800,15 @@ def test_check_config_rejects_margins_from_data_without_tcm():
 def test_train_side_must_be_one_the_dataset_trains_on(side):
   config = _run_config()
   config.dataset.train_side = side
-  config_lib.check_config(config)  # the dataset decides, in create_inputs
-  with pytest.raises(ValueError) as error:
-    inputs_lib.create_inputs(config)
-  message = str(error.value)
-  assert message.startswith("dataset.train_side must be one of ['train'] for "
-                            'digits'), message
-  assert repr(side) in message
+  # Refused by check_config, before anything is built, and by create_inputs
+  # (for a config that skipped the check), in the same words.
+  for refuses in (config_lib.check_config, inputs_lib.create_inputs):
+    with pytest.raises(ValueError) as error:
+      refuses(config)
+    message = str(error.value)
+    assert message.startswith("dataset.train_side must be one of ['train'] "
+                              'for digits'), message
+    assert repr(side) in message
 
 
 # --- 9. Bootstrap intervals ---------------------------------------------------

@@ -349,8 +349,10 @@ def nan_if_not_finite(similarity: jax.Array, masks: PairMasks) -> jax.Array:
     0.0
   """
   # s - s is 0 for finite s and NaN for NaN and +-inf; XLA keeps it (it does
-  # not fold x - x for floats).
-  return jnp.sum((masks.positive + masks.negative) * (similarity - similarity))
+  # not fold x - x for floats). Out of the gradient: its +1 and -1 would be
+  # added to every pair's cotangent and round the small ones away.
+  return jax.lax.stop_gradient(
+      jnp.sum((masks.positive + masks.negative) * (similarity - similarity)))
 
 
 def sharded_statistics(statistics_fn, embeddings: jax.Array, labels: jax.Array,

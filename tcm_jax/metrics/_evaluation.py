@@ -337,9 +337,9 @@ def evaluate_similarity(similarity, labels, ref_labels=None, *,
   """Every metric of a `[Q, R]` similarity matrix.
 
   Args:
-    similarity: `[Q, R]` cosine similarities, in [-1, 1] (within float
-      rounding, 1e-5): a matrix beyond that, such as dot products of
-      unnormalised embeddings, is refused.
+    similarity: `[Q, R]` cosine similarities, in [-1, 1] (within 0.01, the
+      rounding of a bfloat16 or TF32 product): a matrix beyond that, such as
+      dot products of unnormalised embeddings, is refused.
     labels: `[Q]` integer class ids of the queries.
     ref_labels: `[R]` class ids of the references; default: the queries
       (self pairs excluded).
