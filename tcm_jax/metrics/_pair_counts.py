@@ -134,7 +134,8 @@ def blocks(source: PairSource,
 
 
 def block_similarity(queries: jax.Array, refs: jax.Array | None) -> jax.Array:
-  """A block's `[b, R]` similarity: given rows, or cosine of embeddings."""
+  """A block's `[b, R]` similarity: given rows, or cosine of embeddings
+  (whatever their scale: `cosine_similarity` normalises rows of 1e20 too)."""
   if refs is None:
     return queries.astype(jnp.promote_types(queries.dtype, jnp.float32))
   return cosine_similarity(queries, refs, precision=jax.lax.Precision.HIGHEST)
@@ -310,24 +311,6 @@ def class_counts(source: PairSource, thresholds: np.ndarray,
       pos_accepted_extra=at_extra[:, 1], neg_accepted_extra=at_extra[:, 0])
 
 
-@jax.jit
-def _rescale_rows(embeddings: jax.Array) -> jax.Array:
-  """Each row times the power of two that brings its largest entry into
-  [0.5, 1): scale-free cosines whatever the embeddings' magnitude.
-
-  In float32 the squared norm of a row of entries near 1e20 overflows (and
-  of entries near 1e-20 falls below the normalisation's clamp), which would
-  make such rows zero vectors; after this scaling the squared norm is in
-  [0.25, dim]. A power of two is exact, so rows of ordinary magnitude get
-  bit-for-bit the cosines they had; zero rows stay zero.
-  """
-  if not jnp.issubdtype(embeddings.dtype, jnp.floating):
-    embeddings = embeddings.astype(jnp.float32)
-  peak = jnp.max(jnp.abs(embeddings), axis=1, keepdims=True)
-  _, exponent = jnp.frexp(peak)
-  return jnp.ldexp(embeddings, -exponent)
-
-
 def _host_labels(name: str, labels, length: int) -> np.ndarray:
   labels = np.asarray(labels)
   _array_checks.check_labels(name, labels, length, context=', one per row')
@@ -450,14 +433,12 @@ def source_from_embeddings(embeddings, labels, ref_embeddings=None,
   if (ref_embeddings is None) != (ref_labels is None):
     raise ValueError('ref_embeddings and ref_labels must be given together.')
   _array_checks.check_finite_rows('embeddings', embeddings)
-  embeddings = _rescale_rows(embeddings)
   if ref_embeddings is not None:
     dim = embeddings.shape[1]
     ref_embeddings = _array_checks.check_embeddings(
         'ref_embeddings', ref_embeddings, dim=dim, expected=f'2-D [m, {dim}]')
     ref_labels = _host_labels('ref_labels', ref_labels, ref_embeddings.shape[0])
     _array_checks.check_finite_rows('ref_embeddings', ref_embeddings)
-    ref_embeddings = _rescale_rows(ref_embeddings)
   return _source(labels, ref_labels, block_size, embeddings=embeddings,
                  ref_embeddings=ref_embeddings)
 
@@ -518,7 +499,6 @@ def _first_few(values: np.ndarray, count: int = 10) -> str:
   """`[a, b, ...]`: the first `count` values, for a message."""
   shown = ', '.join(str(v) for v in values[:count].tolist())
   return f'[{shown}{", ..." if len(values) > count else ""}]'
-
 
 
 def check_enough_classes(source: PairSource) -> np.ndarray:
