@@ -160,13 +160,16 @@ def _quiet_unraisable(original):
 
 
 # The environment variables by which JAX's cluster detection finds each kind
-# of cluster (jax._src.clusters), all of which must be set.
+# of cluster (jax._src.clusters), all of which must be set, and the one that
+# holds the number of processes (None: the environment does not say).
 _CLUSTERS = {
-    'JAX_COORDINATOR_ADDRESS': ('JAX_COORDINATOR_ADDRESS',),
-    'SLURM': ('SLURM_JOB_ID', 'SLURM_STEP_NODELIST', 'SLURM_NTASKS',
-              'SLURM_PROCID', 'SLURM_LOCALID'),
-    'Open MPI': ('OMPI_MCA_orte_hnp_uri',),
+    'JAX_COORDINATOR_ADDRESS': (('JAX_COORDINATOR_ADDRESS',), None),
+    'SLURM': (('SLURM_JOB_ID', 'SLURM_STEP_NODELIST', 'SLURM_NTASKS',
+               'SLURM_PROCID', 'SLURM_LOCALID'), 'SLURM_NTASKS'),
+    'Open MPI': (('OMPI_MCA_orte_hnp_uri',), 'OMPI_COMM_WORLD_SIZE'),
 }
+# A Cloud TPU VM's hosts, as JAX reads them on GKE (comma-separated).
+_TPU_HOSTS = ('TPU_PROCESS_ADDRESSES', 'TPU_WORKER_HOSTNAMES')
 
 
 def _installed(package: str) -> bool:
@@ -174,12 +177,19 @@ def _installed(package: str) -> bool:
   return importlib.util.find_spec(package) is not None
 
 
-def detected_cluster(environ=None, installed=_installed) -> str | None:
+def _tpu_library(environ, installed) -> bool:
+  """Whether JAX would find libtpu: TPU_LIBRARY_PATH, else the package."""
+  path = environ.get('TPU_LIBRARY_PATH')
+  return bool(path and os.path.isfile(path)) or installed('libtpu')
+
+
+def detected_cluster(environ=None, installed=None) -> str | None:
   """The kind of cluster this process may run in, or None: one process.
 
   What JAX's cluster detection looks at: environment variables, Kubernetes
   (with the `kubernetes` package, which JAX needs there) and a Cloud TPU VM
-  (`libtpu` installed: JAX then asks the TPU metadata server).
+  (libtpu found, by `TPU_LIBRARY_PATH` or the `libtpu` package: JAX then
+  asks the TPU metadata server).
 
   >>> detected_cluster({'SLURM_JOB_ID': '7', 'SLURM_STEP_NODELIST': 'n[1-2]',
   ...                   'SLURM_NTASKS': '2', 'SLURM_PROCID': '0',
@@ -189,34 +199,77 @@ def detected_cluster(environ=None, installed=_installed) -> str | None:
   None
   """
   environ = os.environ if environ is None else environ
-  for name, variables in _CLUSTERS.items():
+  installed = _installed if installed is None else installed
+  for name, (variables, _) in _CLUSTERS.items():
     if all(environ.get(v) for v in variables):
       return name
   if environ.get('KUBERNETES_SERVICE_HOST') and installed('kubernetes'):
     return 'Kubernetes'
-  if installed('libtpu'):
+  if _tpu_library(environ, installed):
     return 'a Cloud TPU VM'
   return None
 
 
-def _initialise_distributed(jax) -> None:
-  """`jax.distributed.initialize()` where a cluster is detected (or asked)."""
-  if _DISTRIBUTED.value == 'no':
+def expected_processes(cluster: str | None, environ=None) -> int | None:
+  """How many processes the environment of `cluster` says the run has.
+
+  None where it does not say (Kubernetes, a Cloud TPU VM outside GKE,
+  `JAX_COORDINATOR_ADDRESS` alone) or says something that is not a count.
+
+  >>> expected_processes('SLURM', {'SLURM_NTASKS': '4'})
+  4
+  >>> expected_processes('a Cloud TPU VM', {'TPU_WORKER_HOSTNAMES': 'a,b'})
+  2
+  >>> print(expected_processes('Kubernetes', {}))
+  None
+  """
+  environ = os.environ if environ is None else environ
+  if cluster in _CLUSTERS:
+    variable = _CLUSTERS[cluster][1]
+    value = environ.get(variable, '') if variable else ''
+    return int(value) if value.strip().isdigit() else None
+  if cluster == 'a Cloud TPU VM':
+    for variable in _TPU_HOSTS:
+      if environ.get(variable):
+        return len(environ[variable].split(','))
+  return None
+
+
+def _initialise_distributed(jax, mode: str | None = None,
+                            environ=None) -> None:
+  """`jax.distributed.initialize()` where a cluster is detected (or asked).
+
+  A failure is an error with `--distributed=yes`, and where the environment
+  asks for a cluster: it names several processes (SLURM_NTASKS=4, ...) or
+  `JAX_COORDINATOR_ADDRESS`; carrying on as one process there would train
+  one separate copy of the run per process, all in one workdir. Elsewhere
+  (Kubernetes, a TPU VM that may have one host) a warning, and one process.
+  """
+  mode = _DISTRIBUTED.value if mode is None else mode
+  if mode == 'no':
     return
-  cluster = detected_cluster()
-  if cluster is None and _DISTRIBUTED.value == 'auto':
+  cluster = detected_cluster(environ)
+  if cluster is None and mode == 'auto':
     logging.debug('No cluster detected: one process.')
     return
   try:
     jax.distributed.initialize()
   except (ValueError, RuntimeError) as e:
-    if _DISTRIBUTED.value == 'yes':
+    expected = expected_processes(cluster, environ)
+    if mode == 'yes':
       raise RuntimeError(
           f'--distributed=yes: jax.distributed.initialize() failed '
           f'({_cli.one_line(e)}).') from e
-    logging.info('Running as a single process: %s looked like a cluster, but '
-                 'jax.distributed.initialize() failed (%s).', cluster,
-                 _cli.one_line(e))
+    if (expected or 0) > 1 or cluster == 'JAX_COORDINATOR_ADDRESS':
+      said = (f'{expected} processes' if expected
+              else 'a cluster (JAX_COORDINATOR_ADDRESS)')
+      raise RuntimeError(
+          f'{cluster} asks for {said}, but jax.distributed.initialize() '
+          f'failed ({_cli.one_line(e)}); fix the cluster set-up, or pass '
+          '--distributed=no to run as one process.') from e
+    logging.warning('Running as a single process: %s looked like a cluster, '
+                    'but jax.distributed.initialize() failed (%s).', cluster,
+                    _cli.one_line(e))
 
 
 def main(argv):
