@@ -12,6 +12,7 @@ _VIT = {'patch_size': 16, 'image_size': 224}
 
 RESNETS = ('resnet18', 'resnet34', 'resnet50')
 VITS = ('vit_b', 'vit_s', 'vit_ti')
+NAMES = RESNETS + VITS
 
 
 def defaults(name: str) -> dict:
@@ -31,4 +32,4 @@ def defaults(name: str) -> dict:
   if name in VITS:
     return {**_COMMON, **_VIT}
   raise ValueError(
-      f'Unknown model {name!r}; expected one of {list(RESNETS + VITS)}.')
+      f'Unknown model {name!r}; expected one of {list(NAMES)}.')

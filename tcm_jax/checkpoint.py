@@ -3,185 +3,66 @@
 `Checkpointer` wraps Orbax's `CheckpointManager`. Every step directory holds
 four items: `state` (the train-state pytree), `data_state`, `config` and
 `checksums` (all three JSON: the SHA-256 of each array of the state, see
-`state_checksums`). Saves are asynchronous; retention keeps the last `keep`
-checkpoints and the best one by a metric; `restore_latest` falls back past
-checkpoints that cannot be read or that fail their checks (a checksum, or
-a non-finite value: Orbax and TensorStore do not checksum what they read,
-so a flipped bit would otherwise restore without a word). A write that
-fails (a full disk) raises `tcm_jax.writers.RunIOError`, naming the step,
-the directory and the cause. Every process of a multi-process run calls
-every method (on a file system they share): Orbax coordinates which process
-writes what.
+`state_checksums`, and of the two other JSON items). Saves are
+asynchronous; retention keeps the last `keep` checkpoints and the best one
+by a metric; `restore_latest` falls back past checkpoints that cannot be
+read or that fail their checks (a checksum, a missing `checksums` item, or a
+non-finite value: Orbax and TensorStore do not checksum what they read, so a
+flipped bit would otherwise restore without a word). A write that fails (a
+full disk) raises `tcm_jax.writers.RunIOError`, naming the step, the
+directory and the cause. Every process of a multi-process run calls every
+method (on a file system they share): Orbax coordinates which process writes
+what, and the processes restore the same step (all accept it, or all fall
+back past it) and agree on what each save does.
+
+`resume` and `check_same_run` resume a run's workdir; `load_run_weights`
+reads an earlier run's encoder.
 """
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
-import re
 import time
-from typing import Any, Mapping, NamedTuple
+from typing import Any, NamedTuple
 
 from absl import logging
 from etils import epath
 import jax
-from jax.experimental import multihost_utils
 import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
+from tcm_jax import _agreement
 from tcm_jax import _checks
-from tcm_jax import config as config_lib
+from tcm_jax import _moved
 from tcm_jax import writers
+from tcm_jax._checkpoint_io import ITEMS
+from tcm_jax._checkpoint_io import Manager as _Manager
+from tcm_jax._checkpoint_io import read_step as _read_step
+from tcm_jax._checksums import DamagedCheckpointError
+from tcm_jax._checksums import item_checksums as _item_checksums
+from tcm_jax._checksums import json_safe
+from tcm_jax._checksums import short as _short
+from tcm_jax._checksums import state_checksums
+from tcm_jax._checksums import verify_state
+from tcm_jax._runs import check_same_run
+from tcm_jax._runs import load_run_weights
+from tcm_jax._runs import resume
+from tcm_jax._runs import RunWeights
 
-ITEMS = ('state', 'data_state', 'config', 'checksums')
-
-
-class DamagedCheckpointError(ValueError):
-  """A checkpoint read back, but what it holds is not what was saved."""
-
-
-def _leaf_key(path) -> str:
-  """A leaf's path as its names, e.g. 'params/encoder/head/proj/kernel/value'.
-
-  The same whether the tree is read onto a target (dataclasses, nnx.State)
-  or as Orbax's nested dicts.
-  """
-  return '/'.join(re.findall(r'\w+', jax.tree_util.keystr(path)))
-
-
-def _host_value(leaf: Any) -> np.ndarray | None:
-  """The leaf as one NumPy array (None: it is spread over other processes)."""
-  if isinstance(leaf, jax.Array):
-    if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
-      leaf = jax.random.key_data(leaf)
-    if not leaf.is_fully_addressable:
-      if not leaf.is_fully_replicated:
-        return None
-      leaf = leaf.addressable_data(0)
-  return np.asarray(leaf)
-
-
-def _digest(value: np.ndarray) -> str:
-  digest = hashlib.sha256(f'{value.dtype.str}{value.shape}'.encode())
-  digest.update(np.ascontiguousarray(value).data)
-  return digest.hexdigest()
-
-
-def state_checksums(state: Any) -> dict[str, str]:
-  """The SHA-256 of each array of `state` (its dtype, shape and bytes).
-
-  Keyed by the leaf's path (`'params/encoder/...'`). An array sharded over
-  several processes, and not replicated, is left out (no process holds it
-  whole); the trainer's state is replicated.
-
-  Examples:
-    >>> import numpy as np
-    >>> sums = state_checksums({'w': np.zeros(3, np.float32)})
-    >>> sorted(sums), len(sums['w'])
-    (['w'], 64)
-  """
-  sums = {}
-  for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]:
-    value = _host_value(leaf)
-    if value is not None:
-      sums[_leaf_key(path)] = _digest(value)
-  return sums
-
-
-def verify_state(state: Any, checksums: Mapping[str, str] | None) -> int:
-  """Fails unless every array of `state` matches its checksum and is finite.
-
-  Args:
-    state: a restored state.
-    checksums: `state_checksums` of the state that was saved; None for a
-      checkpoint written before tcm_jax saved them (then only the finite
-      check applies).
-
-  Returns:
-    How many arrays were checked.
-
-  Raises:
-    DamagedCheckpointError: naming the first arrays that differ from what
-      was saved, or that hold NaN or infinite values.
-
-  Examples:
-    >>> import numpy as np
-    >>> saved = {'w': np.ones(3, np.float32)}
-    >>> sums = state_checksums(saved)
-    >>> verify_state(saved, sums)
-    1
-    >>> verify_state({'w': np.array([1, 1, 1.5], np.float32)}, sums)
-    Traceback (most recent call last):
-    ...
-    tcm_jax.checkpoint.DamagedCheckpointError: 1 of 1 arrays differ from their checksums at save time: w
-  """
-  differ, non_finite, leaves = [], [], 0
-  found = set()
-  for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]:
-    value = _host_value(leaf)
-    if value is None:
-      continue
-    key, leaves = _leaf_key(path), leaves + 1
-    if checksums is not None:
-      found.add(key)
-      if checksums.get(key) != _digest(value):
-        differ.append(key)
-    if value.dtype.kind in 'fc' and not np.all(np.isfinite(value)):
-      non_finite.append(key)
-  missing = sorted(set(checksums or ()) - found)
-  if differ or missing:
-    listed = ', '.join((differ + missing)[:3])
-    more = ', ...' if len(differ) + len(missing) > 3 else ''
-    raise DamagedCheckpointError(
-        f'{len(differ) + len(missing)} of {len(checksums)} arrays differ from '
-        f'their checksums at save time: {listed}{more}')
-  if non_finite:
-    raise DamagedCheckpointError(
-        f'{len(non_finite)} of {leaves} arrays hold NaN or infinite values: '
-        f'{", ".join(non_finite[:3])}{", ..." if len(non_finite) > 3 else ""}')
-  return leaves
-
-
-def _short(error: BaseException) -> str:
-  """An error as one short line: its type and its message's first line."""
-  lines = str(error).strip().splitlines()
-  first = lines[0] if lines else ''
-  if len(first) > 300:
-    first = first[:297] + '...'
-  return f'{type(error).__name__}: {first}' if first else type(error).__name__
-
-
-def json_safe(obj: Any) -> Any:
-  """`obj` as plain JSON values: tuples become lists, arrays Python values.
-
-  Args:
-    obj: nested mappings, lists and tuples of `None`, bools, numbers,
-      strings, and NumPy or JAX scalars and arrays.
-
-  Returns:
-    The same nesting of dicts (string keys), lists and Python scalars.
-
-  Raises:
-    TypeError: for any other type, which JSON cannot store.
-
-  Examples:
-    >>> import numpy as np
-    >>> json_safe({'sizes': (64, 32), 'lr': np.float32(0.5), 'seed': None})
-    {'sizes': [64, 32], 'lr': 0.5, 'seed': None}
-  """
-  if isinstance(obj, Mapping):
-    return {str(key): json_safe(value) for key, value in obj.items()}
-  if isinstance(obj, (list, tuple)):
-    return [json_safe(value) for value in obj]
-  if hasattr(obj, '__array__'):  # NumPy and JAX scalars and arrays.
-    return np.asarray(obj).tolist()
-  if obj is None or isinstance(obj, (bool, int, float, str)):
-    return obj
-  raise TypeError(
-      f'json_safe expects mappings, lists, tuples, None, bools, numbers, '
-      f'strings or arrays; received {type(obj).__name__}: {obj!r}.')
+__all__ = [
+    'Checkpointer',
+    'DamagedCheckpointError',
+    'Restored',
+    'RunWeights',
+    'check_same_run',
+    'json_safe',
+    'load_run_weights',
+    'resume',
+    'state_checksums',
+    'verify_state',
+]
 
 
 class Restored(NamedTuple):
@@ -201,24 +82,6 @@ class Restored(NamedTuple):
   state: Any
   data_state: dict
   config: dict
-
-
-class _Manager(ocp.CheckpointManager):
-  """Orbax's manager, taking a step's unreadable metrics file as no metrics.
-
-  Orbax reads every step's metrics when it starts; one truncated metrics file
-  would stop it from starting at all, and so from saving. Without metrics the
-  step is kept only while it is among the last `keep`.
-  """
-
-  def metrics(self, step: int) -> Any:
-    try:
-      return super().metrics(step)
-    except (OSError, ValueError) as error:
-      logging.warning('Metrics of the checkpoint at step %d in %s cannot be '
-                      'read (%r); taking them as missing.', step,
-                      self.directory, error)
-      return None
 
 
 class Checkpointer:
@@ -319,7 +182,10 @@ class Checkpointer:
       checkpoint.
 
     Raises:
-      ValueError: if `metrics` lacks `best_metric`.
+      ValueError: if `metrics` lacks `best_metric`, or two leaves of `state`
+        have the same path (see `state_checksums`).
+      RuntimeError: the processes of a multi-process run are at different
+        steps or see different checkpoints (nothing is written).
       tcm_jax.writers.RunIOError: this save, or the one before it (saves
         are asynchronous), could not be written; the message names the
         step, the directory and the cause (e.g. No space left on device).
@@ -334,23 +200,31 @@ class Checkpointer:
     step = int(step)
     self._wait()  # the save before, whose failure would surface in Orbax's
     latest = self._manager.latest_step()
-    if latest is not None and step <= latest:
-      # A rerun retraining past checkpoints that restore_latest could not
-      # read replaces them (set aside, never deleted) instead of leaving the
-      # run without a readable checkpoint of these steps.
-      newer = [s for s in self._manager.all_steps() if s >= step]
-      if set(newer) <= self._unreadable:
-        self._set_aside(newer)
-        latest = self._manager.latest_step()
+    # A rerun retraining past checkpoints that restore_latest could not read
+    # replaces them (set aside, never deleted) instead of leaving the run
+    # without a readable checkpoint of these steps.
+    newer = [s for s in self._manager.all_steps() if s >= step]
+    replace = bool(newer) and set(newer) <= self._unreadable
+    # Every process, every save: no process may set aside (a collective)
+    # or save alone.
+    _agreement.same_everywhere(
+        [step, -1 if latest is None else latest, replace],
+        f'the save of step {step} in {self._manager.directory} (rows: step, '
+        'latest step, whether to replace the unreadable ones)')
+    if replace:
+      self._set_aside(newer)
+      latest = self._manager.latest_step()
     if latest is not None and step <= latest:
       logging.info('Not saving step %d: %s already has a checkpoint at step '
                    '%d.', step, self._manager.directory, latest)
       return False
+    data_state, config = json_safe(data_state), json_safe(config)
     args = ocp.args.Composite(
         state=ocp.args.StandardSave(state),
-        data_state=ocp.args.JsonSave(json_safe(data_state)),
-        config=ocp.args.JsonSave(json_safe(config)),
-        checksums=ocp.args.JsonSave(state_checksums(state)))
+        data_state=ocp.args.JsonSave(data_state),
+        config=ocp.args.JsonSave(config),
+        checksums=ocp.args.JsonSave(
+            _item_checksums(state, data_state, config)))
     metrics = None if metrics is None else json_safe(metrics)
     try:
       started = self._manager.save(step, args=args, metrics=metrics,
@@ -390,7 +264,9 @@ class Checkpointer:
     """Reads the newest checkpoint that can be read.
 
     An unreadable checkpoint is logged (a warning with the step, the
-    directory and the error) and the one before it is tried.
+    directory and the error) and the one before it is tried. In a
+    multi-process run, a checkpoint that one process cannot read is
+    skipped by all.
 
     Args:
       target: a pytree like the saved state, with `jax.Array` or
@@ -402,60 +278,65 @@ class Checkpointer:
 
     Raises:
       RuntimeError: if there are checkpoints but none can be read; the
-        message lists each step's error.
+        message lists each step's error. Also if the processes of a
+        multi-process run see different checkpoints.
 
     Examples: see the class example.
     """
     self._wait()
+    directory = str(self._manager.directory)
     failures = []
-    for step in reversed(self._manager.all_steps()):
-      try:
-        restored = self._restore_step(step, target)
-      # Damage surfaces as TensorStore ValueErrors, JSON errors, missing
-      # files, checksums that differ and more; all mean this step cannot be
-      # read.
-      except Exception as error:  # pylint: disable=broad-exception-caught
-        logging.warning('Cannot read the checkpoint at step %d in %s (%s); '
-                        'trying the one before.', step,
-                        self._manager.directory, _short(error))
-        failures.append(f'step {step}: {_short(error)}')
-        self._unreadable.add(step)
-        continue
-      return restored
+    # Then None: every process makes one call of all_read more than it has
+    # steps, so that all make as many.
+    for step in [*reversed(self._manager.all_steps()), None]:
+      restored, error = None, None
+      if step is not None:
+        try:
+          restored = self._restore_step(step, target)
+        # Damage surfaces as TensorStore ValueErrors, JSON errors, missing
+        # files, checksums that differ and more; all mean this step cannot
+        # be read.
+        except Exception as caught:  # pylint: disable=broad-exception-caught
+          error = caught
+      read_by_all = _agreement.all_read(step, error is None, directory)
+      if step is None:
+        break
+      if read_by_all:
+        return restored
+      why = (_short(error) if error is not None else
+             'another process cannot read it')
+      logging.warning('Cannot read the checkpoint at step %d in %s (%s); '
+                      'trying the one before.', step, directory, why)
+      failures.append(f'step {step}: {why}')
+      self._unreadable.add(step)
     if failures:
       raise RuntimeError(
-          f'No checkpoint in {self._manager.directory} can be read ('
+          f'No checkpoint in {directory} can be read ('
           f'{"; ".join(failures)}); move the damaged steps aside to start '
           'afresh, or use a new --workdir.')
     return None
 
-  def _has_item(self, step: int, item: str) -> bool:
-    return (epath.Path(self._manager.directory) / str(step) / item).exists()
-
   def _restore_step(self, step: int, target: Any) -> Restored:
-    """One step, its state checked against its checksums (if it has them)."""
-    items = dict(state=ocp.args.StandardRestore(target),
-                 data_state=ocp.args.JsonRestore(),
-                 config=ocp.args.JsonRestore())
-    checked = self._has_item(step, 'checksums')  # (not before tcm_jax 0.3)
-    if checked:
-      items['checksums'] = ocp.args.JsonRestore()
-    restored = self._manager.restore(step, args=ocp.args.Composite(**items))
-    verify_state(restored.state, restored.checksums if checked else None)
+    """One step, checked against its checksums (if it was saved with them)."""
+    restored = _read_step(self._manager, step, {
+        'state': ocp.args.StandardRestore(target),
+        'data_state': ocp.args.JsonRestore(),
+        'config': ocp.args.JsonRestore()})
     return Restored(step, restored.state, restored.data_state,
                     restored.config)
 
   def newest_config(self) -> tuple[int, dict] | None:
     """`(step, config)` of the newest checkpoint whose config can be read.
 
-    Only the config (JSON) is read: a run can compare it with its own before
-    restoring any array. None if no checkpoint's config can be read.
+    Only the config (JSON, checked against its checksum) is read: a run can
+    compare it with its own before restoring any array. None if no
+    checkpoint's config can be read.
     """
     self._wait()
     for step in reversed(self._manager.all_steps()):
       try:
-        restored = self._manager.restore(step, args=ocp.args.Composite(
-            config=ocp.args.JsonRestore()))
+        restored = _read_step(self._manager, step,
+                              {'config': ocp.args.JsonRestore()})
       except Exception:  # pylint: disable=broad-exception-caught
         continue  # restore_latest says why, step by step
       if isinstance(restored.config, dict):
@@ -463,22 +344,38 @@ class Checkpointer:
     return None
 
   def _set_aside(self, steps: list[int]) -> None:
-    """Moves unreadable step directories to `<directory>.unreadable/`."""
+    """Moves unreadable step directories to `<directory>.unreadable/`.
+
+    Every process calls it (`save` makes sure they agree to); process 0
+    moves them (the file system is shared) and all wait for it.
+    """
     self._manager.wait_until_finished()
     directory = epath.Path(self._manager.directory)
     aside = directory.parent / f'{directory.name}.unreadable'
-    # One process moves them (the file system is shared); all wait for it.
+    error = None
     if jax.process_index() == 0:
-      aside.mkdir(parents=True, exist_ok=True)
-      for step in steps:
-        target = aside / f'{step}-{int(time.time())}'
-        logging.warning('Moving the unreadable checkpoint at step %d to %s, '
-                        'so that this run saves the step again.', step, target)
-        (directory / str(step)).rename(target)
-    if jax.process_count() > 1:
-      multihost_utils.sync_global_devices('tcm_jax checkpoint set aside')
-    self._unreadable.difference_update(steps)
+      try:
+        aside.mkdir(parents=True, exist_ok=True)
+        for step in steps:
+          target = aside / f'{step}-{int(time.time())}'
+          logging.warning('Moving the unreadable checkpoint at step %d to '
+                          '%s, so that this run saves the step again.', step,
+                          target)
+          (directory / str(step)).rename(target)
+      except OSError as caught:
+        error = caught
+    # Reached by every process, whether the move worked or not: it waits for
+    # process 0's move, and says how it went.
+    moved = bool(np.all(_agreement.gather([error is None])))
     self._manager.reload()
+    if error is not None:
+      raise writers.io_error('Moving unreadable checkpoints aside',
+                             str(aside), error) from error
+    if not moved:
+      raise RuntimeError(
+          f'Process 0 could not move the unreadable checkpoints {steps} of '
+          f'{directory} aside to {aside} (its log says why).')
+    self._unreadable.difference_update(steps)
 
   def latest_step(self) -> int | None:
     """The newest checkpoint's step (None if none); see the class example."""
@@ -529,209 +426,4 @@ class Checkpointer:
     self.close()
 
 
-class RunWeights(NamedTuple):
-  """An earlier run's encoder, read back by `load_run_weights`.
-
-  Attributes:
-    params: the encoder's parameters, `{'backbone': ..., 'head': ...}`, as
-      nested dicts of NumPy arrays (the head only if it was asked for).
-    model_state: the encoder's other state (BatchNorm statistics), likewise.
-    config: the run's config (JSON).
-    step: the step of the checkpoint read.
-    directory: the step directory read.
-  """
-  params: dict
-  model_state: dict
-  config: dict
-  step: int
-  directory: str
-
-
-def _checkpoint_step(path: str) -> tuple[str, int | None]:
-  """`(checkpoints directory, step or None)` of a workdir, a checkpoints
-  directory or one step's directory."""
-  path = os.path.abspath(path)
-  if os.path.isdir(os.path.join(path, 'checkpoints')):
-    return os.path.join(path, 'checkpoints'), None
-  name = os.path.basename(path.rstrip(os.sep))
-  if name.isdigit() and os.path.isdir(os.path.join(path, 'state')):
-    return os.path.dirname(path), int(name)
-  return path, None
-
-
-def _unboxed(tree: Any) -> Any:
-  """Nested dicts with nnx's `{'value': array}` leaves as plain arrays."""
-  if isinstance(tree, Mapping):
-    if set(tree) == {'value'} and not isinstance(tree['value'], Mapping):
-      return np.asarray(tree['value'])
-    return {key: _unboxed(value) for key, value in tree.items()}
-  return np.asarray(tree)
-
-
-def load_run_weights(path: str, *, head: bool = False) -> RunWeights:
-  """The encoder of an earlier tcm_jax run, to start another run from.
-
-  Args:
-    path: the run's workdir, its `checkpoints/` directory (both: the latest
-      checkpoint, where the run ended), or one step's directory in it (that
-      step; e.g. the run's best, which `report.md` and the log name). The
-      latest, not the best by the checkpoints' metrics: for a dataset
-      without validation classes those metrics are the test classes', which
-      must not choose a model.
-    head: also return the embedding head (pooling, normalisation,
-      projection); without it only the backbone is returned.
-
-  Returns:
-    `RunWeights`. The class proxies and optimizer state are not returned:
-    the new run has its own objective.
-
-  Raises:
-    FileNotFoundError: no tcm_jax checkpoint at `path`.
-    ValueError: the checkpoint cannot be read, is damaged (its checksums)
-      or holds no encoder.
-
-  Examples:
-    >>> import os, tempfile
-    >>> import numpy as np
-    >>> workdir = tempfile.mkdtemp()
-    >>> params = {'encoder': {'backbone': {'w': {'value': np.ones(2)}},
-    ...                       'head': {'b': {'value': np.zeros(3)}}}}
-    >>> with Checkpointer(os.path.join(workdir, 'checkpoints')) as ckpt:
-    ...   _ = ckpt.save(7, {'params': params, 'model_state': {}},
-    ...                 data_state={'step': 7}, config={'seed': 0})
-    >>> weights = load_run_weights(workdir)
-    >>> weights.step, weights.params
-    (7, {'backbone': {'w': array([1., 1.])}})
-  """
-  directory, step = _checkpoint_step(path)
-  manager = _Manager(epath.Path(directory), item_names=ITEMS) if (
-      os.path.isdir(directory)) else None
-  steps = [] if manager is None else list(manager.all_steps())
-  if not steps or (step is not None and step not in steps):
-    raise FileNotFoundError(
-        f'No tcm_jax checkpoint at {path!r} (expected a run\'s workdir, its '
-        f'checkpoints/ directory or one step\'s directory in it).')
-  if step is None:
-    step = steps[-1]
-  items = dict(state=ocp.args.StandardRestore(), config=ocp.args.JsonRestore())
-  checked = os.path.isdir(os.path.join(directory, str(step), 'checksums'))
-  if checked:
-    items['checksums'] = ocp.args.JsonRestore()
-  try:
-    restored = manager.restore(step, args=ocp.args.Composite(**items))
-    verify_state(restored.state, restored.checksums if checked else None)
-  except Exception as error:  # pylint: disable=broad-exception-caught
-    raise ValueError(
-        f'The checkpoint at step {step} in {directory} cannot be read '
-        f'({_short(error)}); name another step\'s directory.') from error
-  finally:
-    manager.close()
-  state = restored.state
-  encoder = (state.get('params') or {}).get('encoder') if isinstance(
-      state, Mapping) else None
-  if not isinstance(encoder, Mapping) or 'backbone' not in encoder:
-    raise ValueError(f'The checkpoint at step {step} in {directory} holds no '
-                     'encoder parameters (params.encoder.backbone).')
-  parts = ('backbone', 'head') if head else ('backbone',)
-  model_state = _unboxed(state.get('model_state') or {})
-  return RunWeights(
-      params={k: _unboxed(encoder[k]) for k in parts if k in encoder},
-      model_state={k: v for k, v in model_state.items() if k in parts},
-      config=restored.config, step=int(step),
-      directory=os.path.join(directory, str(step)))
-
-
-def resume(checkpoints: Checkpointer, state: Any, config: dict,
-           total_steps: int, workdir: str) -> tuple[Any, int, Any, bool]:
-  """`(state, step, saved TCM margins or None, resumed)` of a run's workdir.
-
-  The latest readable checkpoint of `checkpoints` restored onto `state`'s
-  shardings, or `state` itself at step 0 (`resumed` False) without one.
-
-  Args:
-    checkpoints: the run's checkpoints.
-    state: the initial train state (the restore target).
-    config: the run's config, as JSON (`json_safe(config.to_dict())`).
-    total_steps: the steps the run trains.
-    workdir: the run's folder, for the messages.
-
-  Returns:
-    `(state, step, margins, resumed)`: the restored state and its step, the
-    TCM margins the run had estimated from the data (None without), and
-    whether a checkpoint was found.
-
-  Raises:
-    ValueError: the workdir holds a run of another config (a key outside
-      `tcm_jax.config.RESUMABLE` changed; found from the newest
-      checkpoint's config before any array is read, and the message lists
-      each key with both values) or a checkpoint past the run's last step.
-    RuntimeError: there are checkpoints, and none can be read.
-
-  Examples:
-    >>> import os, tempfile
-    >>> import numpy as np
-    >>> workdir = tempfile.mkdtemp()
-    >>> config = json_safe(config_lib.default_config().to_dict())
-    >>> with Checkpointer(os.path.join(workdir, 'checkpoints')) as ckpt:
-    ...   _ = ckpt.save(2, {'w': np.ones(2)}, data_state={'step': 2},
-    ...                 config=config)
-    ...   state, step, _, resumed = resume(ckpt, {'w': np.zeros(2)}, config,
-    ...                                    5, workdir)
-    >>> step, resumed, state['w'].tolist()
-    (2, True, [1.0, 1.0])
-  """
-  newest = checkpoints.newest_config()
-  if newest is not None:
-    # Before any array is read: another model's arrays would not even fit.
-    check_same_run(newest[1], config, workdir)
-  restored = checkpoints.restore_latest(state)
-  if restored is None:
-    return state, 0, None, False
-  start = restored.step
-  data_state = dict(restored.data_state)
-  saved_margins = data_state.pop('tcm_margins', None)
-  if data_state != {'step': start}:
-    raise ValueError(f'checkpoint {start} holds data state '
-                     f'{restored.data_state}, not {{"step": {start}}}.')
-  changed = check_same_run(restored.config, config, workdir)
-  if changed:
-    logging.warning('Resuming from step %d with a config that differs in: '
-                    '%s', start, ', '.join(changed))
-  if start > total_steps:
-    raise ValueError(
-        f'{workdir} holds a checkpoint at step {start}, past this run\'s '
-        f'{total_steps} steps (train.num_steps / train.num_epochs); evaluate '
-        'it with python -m tcm_jax.evaluate, or use a new --workdir.')
-  logging.info('Resumed from step %d in %s.', start, workdir)
-  return restored.state, start, saved_margins, True
-
-
-def check_same_run(saved: dict, config: dict, workdir: str) -> list[str]:
-  """The keys in which `config` differs from a run's `saved` config.
-
-  Raises:
-    ValueError: one of them is outside `tcm_jax.config.RESUMABLE`: the
-      workdir holds another run. The message lists each such key with its
-      saved value and the new one.
-
-  Examples:
-    >>> from tcm_jax import config as config_lib
-    >>> saved = json_safe(config_lib.default_config().to_dict())
-    >>> current = json_safe(config_lib.default_config().to_dict())
-    >>> current['train']['num_steps'] = 9
-    >>> check_same_run(saved, current, '/tmp/run')
-    ['train.num_steps']
-    >>> current['model']['width'] = 0.5
-    >>> check_same_run(saved, current, '/tmp/run')
-    Traceback (most recent call last):
-    ...
-    ValueError: /tmp/run holds a run with another config: model.width 1.0 vs 0.5 (saved vs this run's); resume it with its own config, or use a new --workdir.
-  """
-  changed, different_run = config_lib.resume_changes(saved, config)
-  if different_run:
-    raise ValueError(
-        f'{workdir} holds a run with another config: '
-        f'{config_lib.describe_changes(saved, config, different_run)} (saved '
-        "vs this run's); resume it with its own config, or use a new "
-        '--workdir.')
-  return changed
+_moved.publish(globals())  # these functions name this module, not a private one

@@ -17,7 +17,10 @@ The spec (a JSON object) says:
     checkpoint of step `kill_after_checkpoint` is on disk (Orbax's rename from
     its temporary name), then SIGKILL this process;
   coordinator, num_processes, process_id: optional; a multi-process run,
-    `jax.distributed.initialize` over localhost with gloo CPU collectives.
+    `jax.distributed.initialize` over localhost with gloo CPU collectives;
+  unreadable: optional; `{process id: [steps]}`: the checkpoints of these
+    steps fail their checks when this process restores them (as when one
+    host reads damaged bytes that the others do not).
 
 JAX is configured before anything uses it, so this must run as its own
 process (the pytest process has its eight devices already).
@@ -70,6 +73,23 @@ def _flat_state(state, to_host):
   return leaves
 
 
+def _fail_restores(steps):
+  """Makes the checkpoints of `steps` fail their checks in this process,
+  once read (every process reads them: Orbax's restore ends in a barrier)."""
+  # pylint: disable=import-outside-toplevel,protected-access
+  from tcm_jax import checkpoint
+  read_step = checkpoint._read_step
+
+  def failing(manager, step, items):
+    restored = read_step(manager, step, items)
+    if step in steps and 'state' in items:
+      raise checkpoint.DamagedCheckpointError(
+          f'step {step} fails its checks in this process (the test says so)')
+    return restored
+
+  checkpoint._read_step = failing
+
+
 def main(spec):
   import jax  # pylint: disable=import-outside-toplevel
   jax.config.update('jax_platforms', 'cpu')
@@ -117,6 +137,9 @@ def main(spec):
         time.sleep(0.01)
       os.kill(os.getpid(), signal.SIGKILL)
 
+  unreadable = spec.get('unreadable', {}).get(str(rank), ())
+  if unreadable:
+    _fail_restores(unreadable)
   config = tiny_config(spec['num_steps'], spec['checkpoint_every'])
   final = train.train_and_evaluate(config, spec['workdir'],
                                    callbacks=[callback])

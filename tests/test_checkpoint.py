@@ -1,19 +1,25 @@
 """Tests for tcm_jax.checkpoint: round trips, retention, damaged checkpoints."""
 
 import errno
+import json
 import os
+import re
 import shutil
 from unittest import mock
 
 from absl import logging
+from etils import epath
 import flax
 from flax import nnx
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import orbax.checkpoint as ocp
 import pytest
 
+from tcm_jax import _agreement
+from tcm_jax import _checksums
 from tcm_jax import checkpoint as checkpoint_lib
 from tcm_jax import config as config_lib
 from tcm_jax.checkpoint import Checkpointer
@@ -347,18 +353,6 @@ def test_non_finite_checkpoint_falls_back_to_the_one_before(tmp_path):
              for message in _warnings(mock_warning))
 
 
-def test_checkpoint_saved_without_checksums_still_restores(tmp_path):
-  # As tcm_jax wrote them before it saved checksums.
-  state = _random_state(1)
-  with Checkpointer(str(tmp_path)) as checkpointer:
-    checkpointer.save(1, state, data_state={'step': 1}, config={})
-  shutil.rmtree(tmp_path / '1' / 'checksums')
-  with Checkpointer(str(tmp_path)) as checkpointer:
-    restored = checkpointer.restore_latest(_random_state(9))
-  assert restored.step == 1
-  _assert_trees_equal(restored.state, state)
-
-
 @_IGNORE_CLOSED_LOOP
 def test_no_readable_checkpoint_is_one_line(tmp_path):
   _save_steps(str(tmp_path), [1, 2])
@@ -464,3 +458,336 @@ def test_resume_refuses_another_config_before_reading_any_array(
       "(saved vs this run's); resume it with its own config, or use a new "
       '--workdir.')
   restore.assert_not_called()
+
+
+# --- What the checksums cover: a missing item, the JSON items ----------------
+
+
+def _item_file(step_dir, item):
+  """The JSON file Orbax writes for a JSON item."""
+  return step_dir / item / 'metadata'
+
+
+def _save_old_format(directory, states):
+  """Checkpoints as tcm_jax wrote them before it saved checksums: three
+  items, and step metadata that names only those."""
+  manager = ocp.CheckpointManager(
+      epath.Path(directory), item_names=('state', 'data_state', 'config'))
+  try:
+    for step, state in states.items():
+      manager.save(step, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state),
+          data_state=ocp.args.JsonSave({'step': step}),
+          config=ocp.args.JsonSave({'seed': step})))
+    manager.wait_until_finished()
+  finally:
+    manager.close()
+
+
+def test_a_deleted_checksums_item_is_damage(tmp_path):
+  states = {step: _random_state(step) for step in (1, 2)}
+  with Checkpointer(str(tmp_path)) as checkpointer:
+    for step, state in states.items():
+      checkpointer.save(step, state, data_state={'step': step}, config={})
+  shutil.rmtree(tmp_path / '2' / 'checksums')
+  real_restore = checkpoint_lib._Manager.restore
+  with Checkpointer(str(tmp_path)) as checkpointer:
+    with mock.patch.object(logging, 'warning') as mock_warning, \
+        mock.patch.object(checkpoint_lib._Manager, 'restore', autospec=True,
+                          side_effect=real_restore) as restore:
+      restored = checkpointer.restore_latest(_random_state(9))
+  assert restored.step == 1
+  _assert_trees_equal(restored.state, states[1])
+  # Step 2 read all the same: Orbax's restore ends in a barrier that every
+  # process of a run must reach.
+  assert [call.args[1] for call in restore.call_args_list] == [2, 1]
+  assert any('step 2' in message and 'DamagedCheckpointError' in message
+             and 'checksums item is missing' in message
+             for message in _warnings(mock_warning)), _warnings(mock_warning)
+
+
+def test_a_checkpoint_written_without_checksums_restores_on_the_finite_check(
+    tmp_path):
+  good, bad = _random_state(1), _random_state(2)
+  bad['w'] = bad['w'].at[0, 0].set(jnp.inf)
+  _save_old_format(tmp_path, {1: good, 2: bad})
+  with Checkpointer(str(tmp_path)) as checkpointer:
+    with mock.patch.object(logging, 'warning') as mock_warning:
+      restored = checkpointer.restore_latest(_random_state(9))
+  assert restored.step == 1
+  _assert_trees_equal(restored.state, good)
+  assert restored.data_state == {'step': 1}
+  messages = _warnings(mock_warning)
+  assert any('step 2' in m and 'NaN or infinite' in m for m in messages)
+  assert any(f'step 1 in {tmp_path} has no checksums' in m
+             and 'accepted on the finite check only' in m
+             for m in messages), messages
+
+
+def _encoder_checkpoint(directory, **save):
+  params = {'encoder': {'backbone': {'w': {'value': _random_state(1)['w']}}}}
+  state = {'params': params, 'model_state': {}}
+  if save.pop('old_format', False):
+    _save_old_format(directory, {4: state})
+  else:
+    with Checkpointer(str(directory)) as checkpointer:
+      checkpointer.save(4, state, data_state={}, config={'seed': 4})
+  return params
+
+
+def test_load_run_weights_refuses_a_checkpoint_without_its_checksums_item(
+    tmp_path):
+  _encoder_checkpoint(tmp_path / 'checkpoints')
+  shutil.rmtree(tmp_path / 'checkpoints' / '4' / 'checksums')
+  with pytest.raises(ValueError, match=r'step 4 .*checksums item is missing'):
+    checkpoint_lib.load_run_weights(str(tmp_path))
+
+
+def test_load_run_weights_reads_an_old_checkpoint_with_a_warning(tmp_path):
+  params = _encoder_checkpoint(tmp_path / 'checkpoints', old_format=True)
+  with mock.patch.object(logging, 'warning') as mock_warning:
+    weights = checkpoint_lib.load_run_weights(str(tmp_path))
+  np.testing.assert_array_equal(
+      weights.params['backbone']['w'],
+      params['encoder']['backbone']['w']['value'])
+  assert any('finite check only' in m for m in _warnings(mock_warning))
+
+
+def _rewrite_json(path, change):
+  with open(path) as f:
+    value = json.load(f)
+  change(value)
+  with open(path, 'w') as f:
+    json.dump(value, f)
+
+
+@pytest.mark.parametrize('item, change', [
+    ('config', lambda config: config.update(seed=3)),
+    ('data_state', lambda data_state: data_state.update(step=7)),
+])
+def test_a_changed_json_item_is_damage(tmp_path, item, change):
+  states = {step: _random_state(step) for step in (1, 2)}
+  with Checkpointer(str(tmp_path)) as checkpointer:
+    for step, state in states.items():
+      checkpointer.save(step, state, data_state={'step': step},
+                        config={'seed': step})
+  _rewrite_json(_item_file(tmp_path / '2', item), change)  # still valid JSON
+  with Checkpointer(str(tmp_path)) as checkpointer:
+    with mock.patch.object(logging, 'warning') as mock_warning:
+      restored = checkpointer.restore_latest(_random_state(9))
+  assert (restored.step, restored.data_state, restored.config) == (
+      1, {'step': 1}, {'seed': 1})
+  assert any('step 2' in message and f'the {item} item differs' in message
+             for message in _warnings(mock_warning)), _warnings(mock_warning)
+
+
+def test_checksums_without_json_digests_check_the_arrays_only(tmp_path):
+  # As tcm_jax wrote them before it checksummed the JSON items (and keyed
+  # the arrays by the word characters of their paths).
+  states = {step: _random_state(step) for step in (1, 2)}
+  with Checkpointer(str(tmp_path)) as checkpointer:
+    for step, state in states.items():
+      checkpointer.save(step, state, data_state={'step': step}, config={})
+  for step in ('1', '2'):
+    _rewrite_json(_item_file(tmp_path / step, 'checksums'),
+                  lambda sums: [sums.pop(k) for k in list(sums) if '#' in k])
+  _rewrite_json(_item_file(tmp_path / '1', 'data_state'),
+                lambda data_state: data_state.update(epoch=0))
+  _flip_byte(tmp_path / '2')
+  with Checkpointer(str(tmp_path)) as checkpointer:
+    restored = checkpointer.restore_latest(_random_state(9))
+  assert restored.step == 1
+  _assert_trees_equal(restored.state, states[1])
+  assert restored.data_state == {'step': 1, 'epoch': 0}
+
+
+# --- The checks themselves ---------------------------------------------------
+
+
+def test_a_bfloat16_nan_is_caught(tmp_path):
+  good = {'w': jnp.ones(4, jnp.bfloat16)}
+  bad = {'w': jnp.array([1, jnp.nan, 1, 1], jnp.bfloat16)}
+  assert checkpoint_lib.verify_state(good, None) == 1
+  with pytest.raises(checkpoint_lib.DamagedCheckpointError,
+                     match='1 of 1 arrays hold NaN or infinite values: w'):
+    checkpoint_lib.verify_state(bad, None)
+  with Checkpointer(str(tmp_path)) as checkpointer:
+    checkpointer.save(1, good, data_state={}, config={})
+    checkpointer.save(2, bad, data_state={}, config={})
+    assert checkpointer.restore_latest(good).step == 1
+
+
+def _restore_as_nested_dicts(step_dir):
+  """The state item as Orbax reads it without a target, with the step's
+  checksums item."""
+  with ocp.StandardCheckpointer() as reader:
+    state = reader.restore(epath.Path(step_dir) / 'state')
+  with open(_item_file(step_dir, 'checksums')) as f:
+    return state, json.load(f)
+
+
+def test_leaf_keys_are_the_same_onto_a_target_and_as_nested_dicts(tmp_path):
+  state = _train_state(3)
+  with Checkpointer(str(tmp_path)) as checkpointer:
+    checkpointer.save(1, state, data_state={}, config={})
+    restored = checkpointer.restore_latest(_train_state(5))  # verified
+  _assert_trees_equal(restored.state, state)
+  nested, checksums = _restore_as_nested_dicts(tmp_path / '1')
+  assert isinstance(nested, dict) and isinstance(nested['params'], dict)
+  assert checkpoint_lib.verify_state(nested, checksums) == len(
+      jax.tree.leaves(state))
+  assert (checkpoint_lib.state_checksums(nested)
+          == checkpoint_lib.state_checksums(state))
+  # The trainer's paths are keyed as before the keys were escaped, so
+  # checksums saved then still verify.
+  paths = [path for path, _ in jax.tree_util.tree_flatten_with_path(state)[0]]
+  assert [_checksums.leaf_key(p) for p in paths] == [
+      _checksums._legacy_leaf_key(p) for p in paths]
+  assert 'params/kernel/value' in checkpoint_lib.state_checksums(state)
+
+
+def test_distinct_paths_have_distinct_checksums(tmp_path):
+  rng = np.random.default_rng(0)
+  # Each pair spelt the same by the word characters of its path.
+  state = {'a/b': rng.normal(size=3), 'a': {'b': rng.normal(size=3)},
+           'c-d': rng.normal(size=3), 'c': {'d': rng.normal(size=3)},
+           'e': {'0': rng.normal(size=3), '[0]': rng.normal(size=3)}}
+  sums = checkpoint_lib.state_checksums(state)
+  assert len(sums) == 6
+  with Checkpointer(str(tmp_path)) as checkpointer:
+    checkpointer.save(1, state, data_state={}, config={})
+  nested, checksums = _restore_as_nested_dicts(tmp_path / '1')
+  assert checkpoint_lib.verify_state(nested, checksums) == 6
+  swapped = dict(nested, **{'a/b': nested['a']['b'], 'a': {'b': nested['a/b']}})
+  with pytest.raises(checkpoint_lib.DamagedCheckpointError,
+                     match='2 of 6 arrays differ'):
+    checkpoint_lib.verify_state(swapped, checksums)
+
+
+class _TwoNamesA:
+  """A pytree node whose two children are both named 'a'."""
+
+
+jax.tree_util.register_pytree_with_keys(
+    _TwoNamesA,
+    lambda node: (((jax.tree_util.DictKey('a'), np.zeros(1)),
+                   (jax.tree_util.GetAttrKey('a'), np.ones(1))), None),
+    lambda _, children: _TwoNamesA())
+
+
+def test_two_leaves_at_one_key_are_refused_when_saved(tmp_path):
+  with pytest.raises(ValueError, match=r"path of its own; received two leaves "
+                     r"at 'x/a' \(the second at \['x'\]\.a\)"):
+    checkpoint_lib.state_checksums({'x': _TwoNamesA()})
+  with Checkpointer(str(tmp_path)) as checkpointer:
+    with pytest.raises(ValueError, match='path of its own'):
+      checkpointer.save(1, {'x': _TwoNamesA()}, data_state={}, config={})
+    assert checkpointer.all_steps() == []
+
+
+# --- Several processes: one step for all, every collective reached by all -----
+
+
+def _two_processes(other, calls=None):
+  """A gather as in a run of two processes, the other one's row `other(row)`
+  (this one's row, as it arrives, for a process that agrees)."""
+
+  def gather(row):
+    if calls is not None:
+      calls.append(list(row))
+    row = np.asarray(row, np.int32)
+    return np.stack([row, np.asarray(other(row), np.int32)])
+
+  return gather
+
+
+@pytest.mark.parametrize('other, agreed', [
+    (lambda row: row, True),
+    (lambda row: [row[0], 0], False),
+])
+def test_all_processes_must_read_a_step(other, agreed):
+  gather = _two_processes(other)
+  assert _agreement.all_read(4, True, '/ckpt', gather) is agreed
+  assert _agreement.all_read(4, False, '/ckpt', gather) is False
+
+
+@pytest.mark.parametrize('step, other_step', [(4, 3), (4, -1), (None, 2)])
+def test_processes_at_different_steps_raise_together(step, other_step):
+  gather = _two_processes(lambda row: [other_step, 1])
+  mine = -1 if step is None else step
+  with pytest.raises(RuntimeError, match=re.escape(
+      f'see different checkpoints in /ckpt: the steps they try are '
+      f'[{mine}, {other_step}]')):
+    _agreement.all_read(step, True, '/ckpt', gather)
+
+
+def test_one_process_gathers_without_a_collective(monkeypatch):
+  monkeypatch.setattr(
+      _agreement.multihost_utils, 'process_allgather',
+      mock.Mock(side_effect=AssertionError('a collective in one process')))
+  np.testing.assert_array_equal(_agreement.gather([3, 1]), [[3, 1]])
+
+
+@_IGNORE_CLOSED_LOOP
+def test_a_step_another_process_cannot_read_is_skipped_here_too(
+    tmp_path, monkeypatch):
+  states = {step: _random_state(step) for step in (1, 2, 3)}
+  with Checkpointer(str(tmp_path), keep=5) as checkpointer:
+    for step, state in states.items():
+      checkpointer.save(step, state, data_state={'step': step}, config={})
+  # The other process cannot read step 3; it reads the others as this does.
+  calls = []
+  monkeypatch.setattr(_agreement, 'gather', _two_processes(
+      lambda row: [row[0], 0] if row.size == 2 and row[0] == 3 else row,
+      calls))
+  with Checkpointer(str(tmp_path), keep=5) as checkpointer:
+    with mock.patch.object(logging, 'warning') as mock_warning:
+      restored = checkpointer.restore_latest(_random_state(9))
+    assert restored.step == 2
+    _assert_trees_equal(restored.state, states[2])
+    assert any('step 3' in m and 'another process cannot read it' in m
+               for m in _warnings(mock_warning)), _warnings(mock_warning)
+    assert calls == [[3, 1], [2, 1]]
+    # Skipped by all: retraining replaces it, on every process alike.
+    assert checkpointer.save(3, states[1], data_state={'step': 3}, config={})
+    assert calls[2:] == [[3, 3, 1], [1]]  # the save, the set-aside
+  assert [name.split('-')[0] for name in
+          os.listdir(f'{tmp_path}.unreadable')] == ['3']
+
+
+def test_no_checkpoint_makes_one_agreement_call_in_restore_latest(
+    tmp_path, monkeypatch):
+  calls = []
+  monkeypatch.setattr(_agreement, 'gather',
+                      _two_processes(lambda row: row, calls))
+  with Checkpointer(str(tmp_path)) as checkpointer:
+    assert checkpointer.restore_latest({'w': jnp.ones(2)}) is None
+  assert calls == [[-1, 1]]  # (and every process makes it)
+
+
+def test_every_save_makes_one_agreement_call_whatever_it_does(
+    tmp_path, monkeypatch):
+  calls = []
+  monkeypatch.setattr(_agreement, 'gather',
+                      _two_processes(lambda row: row, calls))
+  with Checkpointer(str(tmp_path)) as checkpointer:
+    assert checkpointer.save(2, {'w': jnp.ones(2)}, data_state={}, config={})
+    assert not checkpointer.save(2, {'w': jnp.ones(2)}, data_state={},
+                                 config={})
+    assert not checkpointer.save(1, {'w': jnp.ones(2)}, data_state={},
+                                 config={})
+  assert calls == [[2, -1, 0], [2, 2, 0], [1, 2, 0]]
+
+
+def test_a_save_the_processes_disagree_on_is_refused(tmp_path, monkeypatch):
+  with Checkpointer(str(tmp_path)) as checkpointer:
+    checkpointer.save(2, {'w': jnp.ones(2)}, data_state={}, config={})
+    checkpointer.wait_until_finished()
+    # The other process has no checkpoint of step 2.
+    monkeypatch.setattr(_agreement, 'gather', _two_processes(
+        lambda row: [row[0], -1, row[2]]))
+    with pytest.raises(RuntimeError,
+                       match=r'disagree on the save of step 4 .*\[\[4, 2, 0\], '
+                       r'\[4, -1, 0\]\]'):
+      checkpointer.save(4, {'w': jnp.ones(2)}, data_state={}, config={})
+    assert checkpointer.all_steps() == [2]

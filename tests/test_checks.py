@@ -151,12 +151,25 @@ def test_check_index():
 
 def test_the_checks_do_not_import_jax():
   # A traced value exists only once jax is imported: the data modules that
-  # use the checks stay free of jax.
+  # use the checks (of numbers and of integers alike) stay free of jax.
   out = subprocess.run(
       [sys.executable, '-c', 'import sys; from tcm_jax import _checks; '
-       "_checks.concrete_float('x', 1.0); print('jax' in sys.modules)"],
+       "_checks.concrete_float('x', 1.0); _checks.concrete_int('n', 2); "
+       "_checks.check_choice('c', 'a', 'ab'); print('jax' in sys.modules)"],
       check=True, capture_output=True, text=True).stdout
   assert out.strip() == 'False'
+
+
+def test_every_check_is_used_from_checks():
+  # The integer, choice and type checks live in their own module; callers
+  # use them, as the others, from tcm_jax._checks.
+  from tcm_jax import _discrete_checks  # pylint: disable=g-import-not-at-top
+  published = [name for name, value in vars(_discrete_checks).items()
+               if callable(value) and not name.startswith('_')
+               and value.__module__ == _discrete_checks.__name__]
+  assert len(published) == 9, published
+  for name in published:
+    assert getattr(_checks, name) is getattr(_discrete_checks, name), name
 
 
 def test_concrete_int_accepts_integers_and_lets_traced_integers_through():

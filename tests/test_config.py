@@ -97,6 +97,66 @@ def test_resume_changes_tell_resumable_keys_from_another_run():
       ['loss.name', 'train.num_steps'], ['loss.name'])
 
 
+def _saved(config):
+  """A config as a checkpoint's config.json holds it."""
+  return json.loads(json.dumps(config.to_dict()))
+
+
+@pytest.mark.parametrize('name, option', [('resnet18', 'gem_p'),
+                                          ('vit_ti', 'patch_size')])
+def test_a_run_saved_before_an_encoder_option_existed_resumes(name, option):
+  config = config_lib.default_config()
+  config.model = config_lib.model_config(name, embedding_size=16)
+  current = _saved(config)
+  saved = _saved(config)
+  del saved['model'][option]  # saved before the encoder had the option
+  assert config_lib.resume_changes(saved, current) == ([], [])
+  merged = config_lib.with_default_keys(saved)
+  assert merged['model'] == current['model']
+  assert merged['model']['embedding_size'] == 16  # the saved value stays
+
+
+def test_a_changed_encoder_option_is_still_another_run():
+  config = config_lib.default_config()
+  config.model = config_lib.model_config('resnet18')
+  saved = _saved(config)
+  del saved['model']['gem_p']  # it ran at the default, 3.0
+  config.model.gem_p = 4.0
+  assert config_lib.resume_changes(saved, _saved(config)) == (
+      ['model.gem_p'], ['model.gem_p'])
+  config.model.gem_p, config.model.width = 3.0, 0.5
+  assert config_lib.resume_changes(saved, _saved(config)) == (
+      ['model.width'], ['model.width'])
+  assert config_lib.describe_changes(saved, _saved(config),
+                                     ['model.width']) == 'model.width 1.0 vs 0.5'
+  config.model = config_lib.model_config('resnet34')
+  assert config_lib.resume_changes(saved, _saved(config))[1] == ['model.name']
+
+
+def test_no_option_is_invented_for_a_model_that_is_no_encoder():
+  saved = _saved(config_lib.default_config())
+  saved['model'] = {'name': 'my_encoder', 'depth': 3}
+  assert config_lib.with_default_keys(saved)['model'] == {
+      'name': 'my_encoder', 'depth': 3}
+  del saved['model']  # (and no section for a config without one)
+  assert 'model' not in config_lib.with_default_keys(saved)
+
+
+def test_a_model_section_that_leaves_options_to_their_defaults_resumes():
+  # model_config fills every option; a section of a few keys is valid too
+  # (the encoder takes the rest at their defaults), saved or current.
+  config = config_lib.default_config()
+  config.model = config_lib.model_config('vit_ti', image_size=32)
+  full = _saved(config)
+  short = {**full, 'model': {'name': 'vit_ti', 'image_size': 32}}
+  assert config_lib.resume_changes(full, short) == ([], [])
+  assert config_lib.resume_changes(short, full) == ([], [])
+  short['model']['patch_size'] = 8
+  assert config_lib.resume_changes(full, short)[1] == ['model.patch_size']
+  assert config_lib.describe_changes(
+      full, short, ['model.patch_size']) == 'model.patch_size 16 vs 8'
+
+
 # --- Every value is checked before anything is built ---------------------------
 
 

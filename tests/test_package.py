@@ -37,7 +37,8 @@ HEAVY = ('flax', 'optax', 'orbax', 'tensorflow', 'tensorflow_datasets', 'grain',
          'ml_collections', 'sklearn', 'matplotlib', 'absl', 'tensorboardX',
          'safetensors', 'PIL', 'tqdm', 'chex')
 # The tcm_jax modules the light core is made of.
-LIGHT = ('tcm_jax', 'tcm_jax._checks', 'tcm_jax._array_checks',
+LIGHT = ('tcm_jax', 'tcm_jax._checks', 'tcm_jax._discrete_checks',
+         'tcm_jax._array_checks',
          'tcm_jax._moved', 'tcm_jax.similarity', 'tcm_jax.losses',
          'tcm_jax.metrics')
 
@@ -158,8 +159,9 @@ def test_losses_and_metrics_do_not_import_models_data_or_train():
                'import ml_collections', 'import absl', 'from absl')
   for name in _modules():
     if name.startswith(('tcm_jax.losses', 'tcm_jax.metrics',
-                        'tcm_jax.similarity', 'tcm_jax._checks',
-                        'tcm_jax._array_checks')):
+                        'tcm_jax.similarity')) or name in (
+                            'tcm_jax._checks', 'tcm_jax._discrete_checks',
+                            'tcm_jax._array_checks'):
       source = inspect.getsource(importlib.import_module(name))
       for text in forbidden:
         assert text not in source, (name, text)

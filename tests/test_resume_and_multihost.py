@@ -265,24 +265,21 @@ def test_a_flipped_bit_in_the_latest_checkpoint_is_caught_and_retrained(
   assert _logged(workdir) == _complete_run_log(2 * N)
 
 
-@pytest.mark.slow
-def test_two_processes_agree_with_one_process_on_as_many_devices(
-    reference, tmp_path, cache_dir):
-  ref_workdir, ref_out = reference
-  workdir, out = tmp_path / 'run', tmp_path / 'out'
+def _run_two_processes(workdir, out, cache_dir, logs_dir, **extra):
+  """Runs the worker as the two processes of one run, to their end; the
+  log of each (its absl log and output)."""
   with socket.socket() as s:
     s.bind(('127.0.0.1', 0))
     port = s.getsockname()[1]
   processes, logs = [], []
   try:
     for i in range(2):
-      spec = _spec(workdir, out, cache_dir, dump_steps=(1, 2 * N),
-                   coordinator=f'127.0.0.1:{port}', num_processes=2,
-                   process_id=i)
+      spec = _spec(workdir, out, cache_dir, coordinator=f'127.0.0.1:{port}',
+                   num_processes=2, process_id=i, **extra)
       spec['devices'] = DEVICES // 2
       # To files, not pipes: a process blocked on a full pipe would stall
       # the other's collectives.
-      logs.append(tmp_path / f'process_{i}.log')
+      logs.append(logs_dir / f'process_{i}.log')
       with open(logs[-1], 'w') as log_file:
         processes.append(subprocess.Popen(
             [sys.executable, WORKER, json.dumps(spec)], stdout=log_file,
@@ -299,6 +296,16 @@ def test_two_processes_agree_with_one_process_on_as_many_devices(
     assert process.returncode == 0, (
         f'{log.name} exited with {process.returncode}:\n'
         f'{log.read_text()[-5000:]}')
+  return [log.read_text() for log in logs]
+
+
+@pytest.mark.slow
+def test_two_processes_agree_with_one_process_on_as_many_devices(
+    reference, tmp_path, cache_dir):
+  ref_workdir, ref_out = reference
+  workdir, out = tmp_path / 'run', tmp_path / 'out'
+  _run_two_processes(workdir, out, cache_dir, tmp_path,
+                     dump_steps=(1, 2 * N))
 
   for step in (1, 2 * N):
     _assert_bitwise_equal(_dump(out, step, process=1), _dump(out, step))
@@ -334,3 +341,32 @@ def test_two_processes_agree_with_one_process_on_as_many_devices(
   assert sorted(os.listdir(workdir / 'checkpoints')) == [str(N), str(2 * N)]
   _assert_bitwise_equal(_restore(workdir / 'checkpoints' / str(2 * N)),
                         _by_leaf_id(last))
+
+
+@pytest.mark.slow
+def test_a_checkpoint_one_process_cannot_read_is_skipped_by_both(
+    reference, tmp_path, cache_dir):
+  ref_workdir, _ = reference
+  workdir, out = tmp_path / 'run', tmp_path / 'out'
+  shutil.copytree(ref_workdir, workdir)
+  # Process 1 alone finds step 2 N damaged: both resume from step N (alone,
+  # process 0 would take step 2 N for a finished run, and the two would
+  # wait on each other's collectives).
+  logs = _run_two_processes(workdir, out, cache_dir, tmp_path,
+                            dump_steps=(2 * N,), unreadable={'1': [2 * N]})
+  assert _warned(logs[0], f'Cannot read the checkpoint at step {2 * N} in '
+                 f'{workdir / "checkpoints"} (another process cannot read '
+                 'it)'), logs[0][-5000:]
+  assert _warned(logs[1], f'Cannot read the checkpoint at step {2 * N} in '
+                 f'{workdir / "checkpoints"} (DamagedCheckpointError: step '
+                 f'{2 * N} fails its checks in this process'), logs[1][-5000:]
+  for process, log in enumerate(logs):
+    assert f'Resumed from step {N} in {workdir}' in log
+    assert _seen_steps(out, process) == list(range(N + 1, 2 * N + 1))
+  _assert_bitwise_equal(_dump(out, 2 * N, process=1), _dump(out, 2 * N))
+  # Retrained, saved again, the checkpoint both skipped set aside once.
+  aside = os.listdir(workdir / 'checkpoints.unreadable')
+  assert [name.split('-')[0] for name in aside] == [str(2 * N)], aside
+  assert sorted(os.listdir(workdir / 'checkpoints')) == [str(N), str(2 * N)]
+  assert _restore(workdir / 'checkpoints' / str(2 * N))[('step',)] == 2 * N
+  assert _logged(workdir) == _complete_run_log(2 * N)

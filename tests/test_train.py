@@ -1167,11 +1167,11 @@ def test_a_run_saved_before_a_config_key_existed_is_the_same_run():
   current = checkpoint_lib.json_safe(config_lib.default_config().to_dict())
   saved = json.loads(json.dumps(current))
   del saved['eval']['final_split'], saved['dataset']['glyphs']
-  saved['model'] = {'name': 'vit_ti'}  # free sections are not filled in
+  saved['model'] = {'name': 'vit_ti'}  # its options at the encoder's defaults
   merged = config_lib.with_default_keys(saved)
   assert merged['eval']['final_split'] == 'test'
-  assert merged['model'] == {'name': 'vit_ti'}
-  current['model'] = {'name': 'vit_ti'}
+  assert merged['model'] == config_lib.model_config('vit_ti').to_dict()
+  current['model'] = config_lib.model_config('vit_ti').to_dict()
   assert config_lib.changed_keys(merged, current) == []
   current['dataset']['glyphs']['fonts'] = 'dejavu'
   assert config_lib.changed_keys(merged, current) == ['dataset.glyphs.fonts']

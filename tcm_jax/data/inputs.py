@@ -15,6 +15,7 @@ from typing import NamedTuple
 import ml_collections
 import numpy as np
 
+from tcm_jax import _config_checks
 from tcm_jax import config as config_lib
 from tcm_jax.data import datasets
 from tcm_jax.data import pipeline
@@ -113,16 +114,12 @@ def create_inputs(config: ml_collections.ConfigDict, *, num_devices: int = 1,
     raise ValueError(
         f'input.eval_batch_size ({config.input.eval_batch_size}) must be a '
         f'multiple of the number of devices ({num_devices}).')
+  # (check_config's own check, for a config that skipped check_config.)
+  _config_checks.check_dataset(config)
   d = config.dataset
   class_lists = ((d.train_class_list, d.test_class_list)
                  if d.train_class_list or d.test_class_list else None)
-  sides = datasets.DATASETS[d.name].sides if d.name in datasets.DATASETS else ()
-  trainable = [side for side in sides or ('train',)
-               if side not in ('val', 'test')]
-  if d.train_side not in trainable:
-    raise ValueError(
-        f'dataset.train_side must be one of {trainable} for {d.name} (never '
-        f'the classes it is evaluated on), got {d.train_side!r}.')
+  sides = datasets.DATASETS[d.name].sides
   names = {'train': d.train_side, 'test': 'test', 'val': 'val'}
   split = {side: datasets.load_split(
       d.name, names[side], data_dir=d.data_dir or None,

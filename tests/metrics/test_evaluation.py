@@ -265,3 +265,40 @@ def test_the_scale_of_the_embeddings_does_not_matter(scale):
   _assert_same_evaluation(metrics.evaluate_embeddings(
       scaled[half], labels[half], scaled[~half], labels[~half], ks=(1,)),
                           want)
+
+
+@pytest.mark.parametrize('scale', ['1e200', '1e-200', 'per row'])
+def test_float64_rows_beyond_float32_are_measured_by_their_direction(scale):
+  # JAX holds float64 as float32 unless jax_enable_x64 is set: rows x 1e200
+  # once became infinite (refused as 'NaN or infinite') and rows x 1e-200
+  # zero (a collapsed embedding).
+  assert not jax.config.jax_enable_x64
+  z, labels = clustered_set(3, [5, 6, 7, 4], dim=4)
+  z = z.astype(np.float64)
+  factor = {'1e200': 1e200, '1e-200': 1e-200,
+            'per row': 10.0**np.random.default_rng(0).uniform(
+                -300, 300, (len(z), 1))}[scale]
+  scaled = z * factor
+  assert np.all(np.isfinite(scaled)) and np.all(np.abs(scaled).max(1) > 0)
+  want = metrics.evaluate_embeddings(z, labels, ks=(1, 2))
+  _assert_same_evaluation(metrics.evaluate_embeddings(scaled, labels,
+                                                      ks=(1, 2)), want)
+  # And as a separate gallery; as a list of Python floats too.
+  half = np.arange(len(z)) % 2 == 0
+  want = metrics.evaluate_embeddings(z[half], labels[half], z[~half],
+                                     labels[~half], ks=(1,))
+  _assert_same_evaluation(metrics.evaluate_embeddings(
+      scaled[half].tolist(), labels[half], scaled[~half], labels[~half],
+      ks=(1,)), want)
+
+
+def test_only_the_rows_that_are_not_finite_are_named_among_huge_ones():
+  z, labels = clustered_set(3, [5, 6, 7, 4], dim=4)
+  z = z.astype(np.float64) * 1e200
+  z[[2, 9], 1] = np.inf, np.nan
+  with pytest.raises(ValueError, match=r'^embeddings has 2 rows with NaN or '
+                     r'infinite values \(rows \[2, 9\]\)\.$'):
+    metrics.evaluate_embeddings(z, labels)
+  with pytest.raises(ValueError, match=r'^ref_embeddings has 2 rows .* '
+                     r'\(rows \[2, 9\]\)\.$'):
+    metrics.evaluate_embeddings(z[[0, 1]] + 1, labels[[0, 1]], z, labels)
