@@ -50,6 +50,48 @@ def check_similarity(similarity: jax.Array | np.ndarray) -> None:
         f'similarity must have a floating dtype, got {similarity.dtype}.')
 
 
+def _held_rows(embeddings):
+  """`embeddings`, each host row JAX's dtype for it cannot hold scaled into
+  range by a power of two; JAX arrays (already held) as they are.
+
+  Without `jax_enable_x64` JAX holds float64 as float32, in which a row of
+  1e200 would be infinite and one of 1e-200 zero. Scaled so that its largest
+  magnitude is in [0.5, 1) (as `tcm_jax.similarity.l2_normalize` scales rows
+  on device) a row keeps its direction, all that its cosines depend on. Rows
+  already in range are left bit for bit, and so are zero rows and rows with
+  NaN or an infinity (for `check_finite_rows` to name).
+
+  Examples:
+    >>> import numpy as np
+    >>> from tcm_jax import _array_checks
+    >>> rows = np.array([[3.0, -4.0], [3.0, 4.0], [0.0, 0.0]])
+    >>> rows[0] *= 2.0**700  # 2e211: beyond float32
+    >>> print(_array_checks._held_rows(rows))  # row 0 times 2**-703
+    [[ 0.375 -0.5  ]
+     [ 3.     4.   ]
+     [ 0.     0.   ]]
+  """
+  if isinstance(embeddings, jax.Array):
+    return embeddings
+  host = np.asarray(embeddings)
+  if host.ndim != 2 or not np.issubdtype(host.dtype, np.floating):
+    return host
+  held = np.finfo(jax.dtypes.canonicalize_dtype(host.dtype))
+  if held.maxexp >= np.finfo(host.dtype).maxexp:
+    return host  # (JAX holds this dtype, or a wider one)
+  # The largest magnitude of each row, without a copy of the array.
+  peak = np.maximum(np.max(host, axis=1, initial=0.0),
+                    -np.min(host, axis=1, initial=0.0))
+  _, exponent = np.frexp(peak)  # peak in [2**(exponent - 1), 2**exponent)
+  outside = np.isfinite(peak) & (peak > 0) & (
+      (exponent >= held.maxexp) | (exponent <= held.minexp))
+  if not outside.any():
+    return host
+  scaled = host.copy()
+  scaled[outside] = np.ldexp(host[outside], -exponent[outside, None])
+  return scaled
+
+
 def check_embeddings(name: str, embeddings: jax.typing.ArrayLike, *,
                      dim: int | None = None,
                      expected: str | None = None) -> jax.Array:
@@ -62,7 +104,9 @@ def check_embeddings(name: str, embeddings: jax.typing.ArrayLike, *,
     expected: what the message says it must be (default: `'2-D [n, dim]'`).
 
   Returns:
-    The embeddings as a JAX array.
+    The embeddings as a JAX array; host rows beyond what JAX's dtype for
+    them holds (float64 without `jax_enable_x64`) scaled by a power of two
+    (`_held_rows`), so that their direction, all a cosine needs, survives.
 
   Examples:
     >>> import numpy as np
@@ -73,7 +117,7 @@ def check_embeddings(name: str, embeddings: jax.typing.ArrayLike, *,
     ...
     ValueError: ref_embeddings must be 2-D [m, 4], got shape (3, 5).
   """
-  embeddings = jnp.asarray(embeddings)
+  embeddings = jnp.asarray(_held_rows(embeddings))
   if expected is None:
     expected = f'2-D [n, {"dim" if dim is None else dim}]'
   if embeddings.ndim != 2 or (dim is not None and embeddings.shape[1] != dim):

@@ -120,48 +120,6 @@ def blocks(source: PairSource,
       progress(index + 1, num_blocks)
 
 
-def _held_rows(embeddings):
-  """`embeddings`, each host row JAX's dtype for it cannot hold scaled into
-  range by a power of two; JAX arrays (already held) as they are.
-
-  Without `jax_enable_x64` JAX holds float64 as float32, in which a row of
-  1e200 would be infinite and one of 1e-200 zero. Scaled so that its largest
-  magnitude is in [0.5, 1) (as `tcm_jax.similarity.l2_normalize` scales rows
-  on device) a row keeps its direction, all that its cosines depend on. Rows
-  already in range are left bit for bit, and so are zero rows and rows with
-  NaN or an infinity (for `check_finite_rows` to name).
-
-  Examples:
-    >>> import numpy as np
-    >>> from tcm_jax.metrics import _pair_sources
-    >>> rows = np.array([[3.0, -4.0], [3.0, 4.0], [0.0, 0.0]])
-    >>> rows[0] *= 2.0**700  # 2e211: beyond float32
-    >>> print(_pair_sources._held_rows(rows))  # row 0 times 2**-703
-    [[ 0.375 -0.5  ]
-     [ 3.     4.   ]
-     [ 0.     0.   ]]
-  """
-  if isinstance(embeddings, jax.Array):
-    return embeddings
-  host = np.asarray(embeddings)
-  if host.ndim != 2 or not np.issubdtype(host.dtype, np.floating):
-    return host
-  held = np.finfo(jax.dtypes.canonicalize_dtype(host.dtype))
-  if held.maxexp >= np.finfo(host.dtype).maxexp:
-    return host  # (JAX holds this dtype, or a wider one)
-  # The largest magnitude of each row, without a copy of the array.
-  peak = np.maximum(np.max(host, axis=1, initial=0.0),
-                    -np.min(host, axis=1, initial=0.0))
-  _, exponent = np.frexp(peak)  # peak in [2**(exponent - 1), 2**exponent)
-  outside = np.isfinite(peak) & (peak > 0) & (
-      (exponent >= held.maxexp) | (exponent <= held.minexp))
-  if not outside.any():
-    return host
-  scaled = host.copy()
-  scaled[outside] = np.ldexp(host[outside], -exponent[outside, None])
-  return scaled
-
-
 def _host_labels(name: str, labels, length: int) -> np.ndarray:
   labels = np.asarray(labels)
   _array_checks.check_labels(name, labels, length, context=', one per row')
@@ -279,8 +237,7 @@ def source_from_embeddings(embeddings, labels, ref_embeddings=None,
     >>> source.num_queries, source.num_refs, source.num_classes
     (4, 4, 2)
   """
-  embeddings = _array_checks.check_embeddings('embeddings',
-                                              _held_rows(embeddings))
+  embeddings = _array_checks.check_embeddings('embeddings', embeddings)
   labels = _host_labels('labels', labels, embeddings.shape[0])
   if (ref_embeddings is None) != (ref_labels is None):
     raise ValueError('ref_embeddings and ref_labels must be given together.')
@@ -288,7 +245,7 @@ def source_from_embeddings(embeddings, labels, ref_embeddings=None,
   if ref_embeddings is not None:
     dim = embeddings.shape[1]
     ref_embeddings = _array_checks.check_embeddings(
-        'ref_embeddings', _held_rows(ref_embeddings), dim=dim,
+        'ref_embeddings', ref_embeddings, dim=dim,
         expected=f'2-D [m, {dim}]')
     ref_labels = _host_labels('ref_labels', ref_labels, ref_embeddings.shape[0])
     _array_checks.check_finite_rows('ref_embeddings', ref_embeddings)

@@ -241,6 +241,19 @@ def _assert_same_evaluation(got, want, path='evaluation'):
                                atol=1e-7, err_msg=path)
 
 
+def _assert_scale_free(z, scaled, labels, queries_as_list=False):
+  """`scaled` rows evaluate as `z` does: leave-one-out and as a gallery."""
+  want = metrics.evaluate_embeddings(z, labels, ks=(1, 2))
+  _assert_same_evaluation(metrics.evaluate_embeddings(scaled, labels,
+                                                      ks=(1, 2)), want)
+  half = np.arange(len(z)) % 2 == 0
+  want = metrics.evaluate_embeddings(z[half], labels[half], z[~half],
+                                     labels[~half], ks=(1,))
+  queries = scaled[half].tolist() if queries_as_list else scaled[half]
+  _assert_same_evaluation(metrics.evaluate_embeddings(
+      queries, labels[half], scaled[~half], labels[~half], ks=(1,)), want)
+
+
 @pytest.mark.parametrize('scale', ['2**66', '1e20', '1e-20', 'per row'])
 def test_the_scale_of_the_embeddings_does_not_matter(scale):
   # Cosine similarity is scale-free; in float32 the squared norm of a row
@@ -255,16 +268,7 @@ def test_the_scale_of_the_embeddings_does_not_matter(scale):
                 -30, 30, (len(z), 1))}[scale]
   scaled = (z.astype(np.float64) * factor).astype(np.float32)
   assert np.all(np.isfinite(scaled)) and np.all(np.abs(scaled).max(1) > 0)
-  want = metrics.evaluate_embeddings(z, labels, ks=(1, 2))
-  _assert_same_evaluation(metrics.evaluate_embeddings(scaled, labels,
-                                                      ks=(1, 2)), want)
-  # And as a separate gallery.
-  half = np.arange(len(z)) % 2 == 0
-  want = metrics.evaluate_embeddings(z[half], labels[half], z[~half],
-                                     labels[~half], ks=(1,))
-  _assert_same_evaluation(metrics.evaluate_embeddings(
-      scaled[half], labels[half], scaled[~half], labels[~half], ks=(1,)),
-                          want)
+  _assert_scale_free(z, scaled, labels)
 
 
 @pytest.mark.parametrize('scale', ['1e200', '1e-200', 'per row'])
@@ -280,16 +284,7 @@ def test_float64_rows_beyond_float32_are_measured_by_their_direction(scale):
                 -300, 300, (len(z), 1))}[scale]
   scaled = z * factor
   assert np.all(np.isfinite(scaled)) and np.all(np.abs(scaled).max(1) > 0)
-  want = metrics.evaluate_embeddings(z, labels, ks=(1, 2))
-  _assert_same_evaluation(metrics.evaluate_embeddings(scaled, labels,
-                                                      ks=(1, 2)), want)
-  # And as a separate gallery; as a list of Python floats too.
-  half = np.arange(len(z)) % 2 == 0
-  want = metrics.evaluate_embeddings(z[half], labels[half], z[~half],
-                                     labels[~half], ks=(1,))
-  _assert_same_evaluation(metrics.evaluate_embeddings(
-      scaled[half].tolist(), labels[half], scaled[~half], labels[~half],
-      ks=(1,)), want)
+  _assert_scale_free(z, scaled, labels, queries_as_list=True)
 
 
 def test_only_the_rows_that_are_not_finite_are_named_among_huge_ones():
