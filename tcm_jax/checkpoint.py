@@ -36,6 +36,7 @@ from orbax.checkpoint import checkpoint_managers
 from tcm_jax import _agreement
 from tcm_jax import _checks
 from tcm_jax import _moved
+from tcm_jax import _runs
 from tcm_jax import writers
 from tcm_jax._checkpoint_io import ITEMS
 from tcm_jax._checkpoint_io import Manager as _Manager
@@ -427,3 +428,6 @@ class Checkpointer:
 
 
 _moved.publish(globals())  # these functions name this module, not a private one
+# `resume`'s annotation names the class; typing.get_type_hints (and the docs)
+# resolve it in its own module, which cannot import this one at import time.
+_runs.Checkpointer = Checkpointer

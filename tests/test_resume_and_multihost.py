@@ -331,8 +331,11 @@ def test_two_processes_agree_with_one_process_on_as_many_devices(
                                  err_msg=key)
   final, ref_final = _final_metrics(out), _final_metrics(ref_out)
   assert final.keys() == ref_final.keys()
+  # A weight's last digit can swap a query's two nearly tied neighbours:
+  # Recall@1 may move by one query in the 896 (1.1e-3), no more than two.
   for key, value in ref_final.items():
-    assert final[key] == pytest.approx(value, rel=1e-3), key
+    tolerance = dict(abs=2.5e-3) if key == 'recall_at_1' else dict(rel=1e-3)
+    assert final[key] == pytest.approx(value, **tolerance), key
 
   # Process 0 alone writes the logs and the report; Orbax wrote one set of
   # checkpoints from both processes, which reads back as their state.
