@@ -303,7 +303,8 @@ def read_result(path: str, config: ml_collections.ConfigDict,
         f'in {config.pretrained}; delete the fine-tuning runs of that seed '
         'to train them again.')
   saved = _flat(config_lib.with_default_keys(result['config']))
-  now = _flat(checkpoint_lib.json_safe(config.to_dict()))
+  now = _flat(config_lib.with_default_keys(  # the same on both sides
+      checkpoint_lib.json_safe(config.to_dict())))
   changed = sorted(k for k in set(saved) | set(now)
                    if saved.get(k) != now.get(k))
   if changed:
@@ -617,8 +618,9 @@ def failures(results, regime: str, loss: str | None = None,
 
 def _failed_recall(run: Run, args) -> str:
   """A failed run's Recall@1 (it needs no calibration range), from the
-  embeddings its final evaluation saved, when it saved them."""
-  path = os.path.join(args.workdir, run.name, 'embeddings.npz')
+  embeddings its final evaluation set aside, when it did."""
+  path = os.path.join(args.workdir, run.name,
+                      evaluator_lib.FAILED_EMBEDDINGS)
   if not os.path.exists(path):
     return ''
   with np.load(path) as saved:

@@ -12,6 +12,7 @@ saved embeddings, bootstrap intervals and hard-pair fractions) and then
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from collections.abc import Callable
@@ -244,19 +245,21 @@ def final_evaluation(config: ml_collections.ConfigDict, workdir: str,
                      ) -> FinalEvaluation:
   """Every metric of the final split's embeddings; process 0 saves them.
 
-  Process 0 writes `embeddings.npz` (whole: a temporary file renamed), once
-  the embeddings are found finite and before they are evaluated (a run
-  whose evaluation fails, e.g. collapsed embeddings without a threshold
-  range, leaves them for inspection), and also measures the bootstrap
-  intervals over classes and the fractions of the split's pairs that TCM
-  would count as hard at the run's margins (`tcm_margins`, or the config's;
-  for runs without TCM too), for `write_final_report`.
+  Process 0 also measures the bootstrap intervals over classes and the
+  fractions of the split's pairs that TCM would count as hard at the run's
+  margins (`tcm_margins`, or the config's; for runs without TCM too), for
+  `write_final_report`, and writes the embeddings (whole: a temporary file
+  renamed) once they are evaluated: to `embeddings.npz` when every metric
+  is finite (an `embeddings.failed.npz` of an earlier attempt is removed),
+  else to `embeddings.failed.npz`, for a look at why (e.g. collapsed
+  embeddings without a threshold range), leaving an earlier evaluation's
+  `embeddings.npz` as it was.
 
   Raises:
     ValueError: the embeddings hold NaN or infinite values (checked first:
-      the `embeddings.npz` of an earlier evaluation is then left as it
-      was), or cannot be evaluated, or give non-finite metrics.
-    tcm_jax.writers.RunIOError: `embeddings.npz` could not be written.
+      nothing is written), or cannot be evaluated, or give non-finite
+      metrics.
+    tcm_jax.writers.RunIOError: the embeddings could not be written.
 
   Examples:
     >>> import os, tempfile
@@ -277,10 +280,34 @@ def final_evaluation(config: ml_collections.ConfigDict, workdir: str,
   if jax.process_index() != 0:
     return FinalEvaluation(evaluation_metrics(
         metrics.evaluate_embeddings(embeddings, labels, **kwargs)))
+  try:
+    final = _evaluate_on_process_0(config, workdir, embeddings, labels,
+                                   tcm_margins)
+  except ValueError:  # kept aside, for a look at why
+    _save_embeddings(workdir, FAILED_EMBEDDINGS, embeddings, labels)
+    logging.warning('The final evaluation failed; its embeddings are in %s.',
+                    os.path.join(workdir, FAILED_EMBEDDINGS))
+    raise
+  _save_embeddings(workdir, 'embeddings.npz', embeddings, labels)
+  with contextlib.suppress(FileNotFoundError):
+    os.remove(os.path.join(workdir, FAILED_EMBEDDINGS))
+  return final
+
+
+FAILED_EMBEDDINGS = 'embeddings.failed.npz'
+
+
+def _save_embeddings(workdir: str, name: str, embeddings: np.ndarray,
+                     labels: np.ndarray) -> None:
   writers.write_atomic(  # whole or absent, never cut short
-      os.path.join(workdir, 'embeddings.npz'),
+      os.path.join(workdir, name),
       lambda f: np.savez(f, embeddings=embeddings, labels=labels), 'wb')
-  evaluation = metrics.evaluate_embeddings(embeddings, labels, **kwargs)
+
+
+def _evaluate_on_process_0(config, workdir, embeddings, labels, tcm_margins):
+  """`final_evaluation`'s metrics, figure curves and extra keys."""
+  evaluation = metrics.evaluate_embeddings(embeddings, labels,
+                                           **eval_kwargs(config))
   wide = report.plot_curves(evaluation, embeddings, labels)
   if tcm_margins is None:
     tcm_margins = (config.loss.tcm.margin_pos, config.loss.tcm.margin_neg)
@@ -390,8 +417,8 @@ def write_final_report(config: ml_collections.ConfigDict, workdir: str,
   sections = report.run_sections(config, inputs, split, num_steps, values,
                                  baselines, margins)
   # Into a folder of its own first, then each file renamed over the old
-  # one: a failure half way (a full disk, the figure) leaves the last
-  # report whole.
+  # one, metrics.json last: a failure half way (a full disk, the figure)
+  # leaves the last report whole.
   staging = os.path.join(workdir, '.report.tmp')  # (process 0 alone)
   shutil.rmtree(staging, ignore_errors=True)  # a killed attempt's
   try:
@@ -400,9 +427,10 @@ def write_final_report(config: ml_collections.ConfigDict, workdir: str,
         plot_curves=final.plot_curves, extra=extra, sections=sections,
         title=report.run_title(
             config, os.path.basename(os.path.normpath(workdir)), split.name))
-    for name, path in report.report_paths(staging).items():
-      if os.path.exists(path):
-        os.replace(path, os.path.join(workdir, name))
+    staged = {name: path for name, path in report.report_paths(
+        staging).items() if os.path.exists(path)}
+    writers.replace_files(dict(sorted(  # metrics.json last: the set is whole
+        staged.items(), key=lambda item: item[0] == 'metrics.json')), workdir)
   except OSError as error:
     raise writers.io_error('Writing the report', workdir, error) from error
   finally:

@@ -376,16 +376,6 @@ def train_and_evaluate(
   config_lib.check_config(config)
   prepare_workdir(workdir)
   mesh = parallel.data_mesh(devices)
-  logging.info('Building the input pipeline of %s ...', config.dataset.name)
-  inputs = inputs_lib.create_inputs(config, num_devices=mesh.size,
-                                    num_processes=jax.process_count(),
-                                    process_index=jax.process_index())
-  final_split = inputs.final_split(config.eval.final_split)  # before training
-  if inputs.val is None and config.train.eval_every_steps > 0:
-    logging.warning(
-        '%s has no validation side: periodic evaluation and the best '
-        'checkpoint use its test classes.', config.dataset.name)
-  total_steps = inputs_lib.num_steps(config, inputs.steps_per_epoch)
   config_dict = checkpoint_lib.json_safe(config.to_dict())
   checkpoints = checkpoint_lib.Checkpointer(
       os.path.join(workdir, 'checkpoints'),
@@ -396,6 +386,16 @@ def train_and_evaluate(
     newest = checkpoints.newest_config()
     if newest is not None:  # another run's workdir: refused before building
       checkpoint_lib.check_same_run(newest[1], config_dict, workdir)
+    logging.info('Building the input pipeline of %s ...', config.dataset.name)
+    inputs = inputs_lib.create_inputs(config, num_devices=mesh.size,
+                                      num_processes=jax.process_count(),
+                                      process_index=jax.process_index())
+    final_split = inputs.final_split(config.eval.final_split)  # before training
+    if inputs.val is None and config.train.eval_every_steps > 0:
+      logging.warning(
+          '%s has no validation side: periodic evaluation and the best '
+          'checkpoint use its test classes.', config.dataset.name)
+    total_steps = inputs_lib.num_steps(config, inputs.steps_per_epoch)
     logging.info('Building %s and its %s objective ...', config.model.name,
                  config.loss.name)
     state, step_fn, embed_fn = create_training(

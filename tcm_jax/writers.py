@@ -107,12 +107,56 @@ def write_atomic(path: str, write, mode: str = 'w') -> None:
   try:
     with open(temporary, mode) as f:
       write(f)
+      f.flush()
+      os.fsync(f.fileno())  # on disk before it replaces the old file
     os.replace(temporary, path)
+    _sync_folder(os.path.dirname(path))
   except OSError as error:
     raise io_error(f'Writing {os.path.basename(path)}', path, error) from error
   finally:
     with contextlib.suppress(OSError):
       os.remove(temporary)
+
+
+def replace_files(staged: dict[str, str], folder: str) -> None:
+  """Moves each staged file (`{name: path}`, written in full) to
+  `folder/name`, in the order given, each flushed to disk first.
+
+  A set of files cannot be replaced in one step: put last the file whose
+  presence says the set is complete (the report puts `metrics.json` last).
+  Raises the `OSError` of a file that could not be moved; the ones moved
+  before it stay.
+
+  Examples:
+    >>> import os, tempfile
+    >>> from tcm_jax import writers
+    >>> staging, folder = tempfile.mkdtemp(), tempfile.mkdtemp()
+    >>> _ = open(os.path.join(staging, 'a.txt'), 'w').write('new')
+    >>> writers.replace_files({'a.txt': os.path.join(staging, 'a.txt')},
+    ...                       folder)
+    >>> open(os.path.join(folder, 'a.txt')).read(), os.listdir(staging)
+    ('new', [])
+  """
+  for path in staged.values():
+    with open(path, 'rb+') as f:
+      os.fsync(f.fileno())
+  for name, path in staged.items():
+    os.replace(path, os.path.join(folder, name))
+  _sync_folder(folder)
+
+
+def _sync_folder(folder: str) -> None:
+  """Flushes a folder's entries (renames) to disk where the system can."""
+  try:
+    descriptor = os.open(folder or '.', os.O_RDONLY)
+  except OSError:  # (e.g. Windows: folders cannot be opened)
+    return
+  try:
+    os.fsync(descriptor)
+  except OSError:
+    pass
+  finally:
+    os.close(descriptor)
 
 
 class MetricsWriter:
@@ -122,7 +166,8 @@ class MetricsWriter:
   (those steps are trained again); `resumed_step=-1` (a run started afresh)
   drops every line of an earlier attempt; `reevaluate=True` (a finished run
   evaluated again) drops the `eval` and `test` lines of `resumed_step` too,
-  which the new evaluation writes.
+  which the new evaluation writes: when it writes its first line, so that an
+  evaluation that fails leaves them as they were.
 
   Examples:
     >>> import tempfile
@@ -141,21 +186,9 @@ class MetricsWriter:
     if not self._active:
       return
     self._path = os.path.join(workdir, 'metrics.jsonl')
-    dropped = ('eval', 'test') if reevaluate else ()
-
-    def keep(line):
-      step = _logged_step(line)
-      return step < resumed_step or (
-          step == resumed_step and _logged_kind(line) not in dropped)
-
-    if os.path.exists(self._path):
-      try:
-        with open(self._path) as f:
-          kept = [line for line in f if keep(line)]
-      except OSError as error:
-        raise io_error('Reading metrics.jsonl', self._path, error) from error
-      # Whole or not at all: a full disk must not cut the earlier lines.
-      write_atomic(self._path, lambda f: f.writelines(kept))
+    self._resumed_step = resumed_step
+    self._reevaluated = reevaluate  # lines still to drop at the first write
+    self._drop_lines(())
     tensorboard = os.path.join(workdir, 'tensorboard')
     from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
     try:
@@ -174,6 +207,9 @@ class MetricsWriter:
     """
     if not self._active:
       return
+    if self._reevaluated:
+      self._drop_lines(('eval', 'test'))
+      self._reevaluated = False
     try:
       with open(self._path, 'a') as f:
         f.write(json.dumps({'step': step, 'kind': kind, **values}) + '\n')
@@ -186,6 +222,26 @@ class MetricsWriter:
     except OSError as error:
       raise io_error('Writing the TensorBoard log', self._tensorboard_dir,
                      error) from error
+
+  def _drop_lines(self, kinds: tuple[str, ...]) -> None:
+    """Drops the lines past the resumed step, and its lines of `kinds`."""
+    step_kept = self._resumed_step
+
+    def keep(line):
+      step = _logged_step(line)
+      return step < step_kept or (
+          step == step_kept and _logged_kind(line) not in kinds)
+
+    if not os.path.exists(self._path):
+      return
+    try:
+      with open(self._path) as f:
+        lines = f.readlines()
+    except OSError as error:
+      raise io_error('Reading metrics.jsonl', self._path, error) from error
+    kept = [line for line in lines if keep(line)]
+    if kept != lines:  # whole or not at all: a full disk must not cut them
+      write_atomic(self._path, lambda f: f.writelines(kept))
 
   def close(self) -> None:
     """Flushes and closes the TensorBoard writer."""

@@ -633,6 +633,22 @@ def test_a_fine_tuning_run_of_another_pretraining_is_refused(tmp_path):
     reproduce.train_run(run, config, str(run_dir), 'bbb')
 
 
+def test_a_key_left_at_its_default_on_either_side_is_the_same_run(tmp_path):
+  args = _args(tmp_path)
+  run = reproduce.Run('scratch', 'contrastive', 'none', 0)
+  config = reproduce.run_config(reproduce.base_config(args), run, args)
+  full = reproduce.checkpoint_lib.json_safe(config.to_dict())
+  path = tmp_path / 'result.json'
+  path.write_text(json.dumps({'config': full}))
+  lacking = config.copy_and_resolve_references()
+  del lacking.eval['epsilon']  # a config written before the key existed
+  assert reproduce.read_result(str(path), lacking)['config'] == full
+  other = config.copy_and_resolve_references()
+  other.eval.epsilon = full['eval']['epsilon'] / 2
+  with pytest.raises(ValueError, match=r'differs in eval\.epsilon\)'):
+    reproduce.read_result(str(path), other)
+
+
 def test_pretraining_identity_is_the_hash_of_its_result(tmp_path):
   path = tmp_path / 'result.json'
   path.write_text('{"seconds": 1.0}')

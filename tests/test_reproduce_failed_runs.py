@@ -177,7 +177,7 @@ def test_a_failed_runs_recall_is_reported_from_its_embeddings(tmp_path):
   z = rng.normal(size=(30, 4)).astype(np.float32)
   run_dir = tmp_path / 'scratch' / 'contrastive-data-seed1'
   run_dir.mkdir(parents=True)
-  np.savez(run_dir / 'embeddings.npz', embeddings=z, labels=labels)
+  np.savez(run_dir / 'embeddings.failed.npz', embeddings=z, labels=labels)
   unit = z / np.linalg.norm(z, axis=1, keepdims=True)
   similarity = unit @ unit.T
   np.fill_diagonal(similarity, -np.inf)

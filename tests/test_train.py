@@ -759,6 +759,23 @@ def test_a_finished_run_run_again_says_so_and_is_evaluated_again(
           == json.loads(before['metrics.json']))
 
 
+def test_a_workdir_of_another_config_is_refused_before_the_inputs(
+    finished_run, tmp_path, monkeypatch):
+  config, finished = finished_run
+  workdir = tmp_path / 'run'
+  shutil.copytree(finished, workdir)
+  before = _outputs(workdir)
+  config = config.copy_and_resolve_references()
+  config.model.embedding_size = 8  # another model: its arrays would not fit
+  create_inputs = mock.Mock(side_effect=AssertionError('inputs were built'))
+  monkeypatch.setattr(inputs_lib, 'create_inputs', create_inputs)
+  with pytest.raises(ValueError, match=(
+      f'{workdir} holds a run with another config: model.embedding_size ')):
+    train.train_and_evaluate(config, str(workdir), devices=jax.devices()[:1])
+  create_inputs.assert_not_called()
+  assert _outputs(workdir) == before
+
+
 @pytest.mark.parametrize('failure', ['nan_embeddings', 'evaluation', 'figure'])
 def test_good_outputs_survive_a_failing_final_evaluation(
     failure, finished_run, tmp_path, monkeypatch):
@@ -784,17 +801,26 @@ def test_good_outputs_survive_a_failing_final_evaluation(
   with pytest.raises((ValueError, OSError), match=message):
     train.train_and_evaluate(config, str(workdir), devices=jax.devices()[:1])
   after = _outputs(workdir)
-  for name in ('metrics.json', 'report.md', 'utility_curves.png'):
+  for name in ('metrics.json', 'report.md', 'utility_curves.png',
+               'metrics.jsonl'):
     assert after[name] == before[name], name
-  # The embeddings: kept when they are not finite; else those of the run
-  # (the same checkpoint's), for a look at why its evaluation failed.
-  with np.load(io.BytesIO(after['embeddings.npz'])) as a, np.load(
-      io.BytesIO(before['embeddings.npz'])) as b:
-    assert np.all(np.isfinite(a['embeddings']))
-    np.testing.assert_array_equal(a['embeddings'], b['embeddings'])
-    np.testing.assert_array_equal(a['labels'], b['labels'])
-  if failure == 'nan_embeddings':
+  # The embeddings: kept when their evaluation fails, the failed ones set
+  # aside (finite ones only) for a look at why; replaced by the same
+  # checkpoint's when only the report failed.
+  if failure == 'figure':
+    with np.load(io.BytesIO(after['embeddings.npz'])) as a, np.load(
+        io.BytesIO(before['embeddings.npz'])) as b:
+      np.testing.assert_array_equal(a['embeddings'], b['embeddings'])
+      np.testing.assert_array_equal(a['labels'], b['labels'])
+  else:
     assert after['embeddings.npz'] == before['embeddings.npz']
+  failed = workdir / 'embeddings.failed.npz'
+  assert failed.exists() == (failure == 'evaluation')
+  if failed.exists():
+    with np.load(failed) as a, np.load(
+        io.BytesIO(before['embeddings.npz'])) as b:
+      np.testing.assert_array_equal(a['embeddings'], b['embeddings'])
+      np.testing.assert_array_equal(a['labels'], b['labels'])
   assert not [n for n in os.listdir(workdir) if 'tmp' in n]
 
 
