@@ -13,16 +13,25 @@ from __future__ import annotations
 import json
 import math
 import os
-import zipfile
-import zlib
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from tcm_jax import _moved
 from tcm_jax import metrics
 from tcm_jax import plots
+from tcm_jax._npz import load_npz
+from tcm_jax._tables import metric_label
+from tcm_jax._tables import metric_value
+from tcm_jax._tables import results_table
 from tcm_jax.metrics import advanced
+
+__all__ = ['PLOT_THRESHOLDS', 'REPORT_FILES', 'evaluate_arrays', 'load_npz',
+           'load_results', 'load_results_dict', 'metric_label',
+           'metric_value', 'paths_text', 'plot_curves', 'report_paths',
+           'results_table', 'run_sections', 'run_title', 'worst_classes',
+           'write_report']
 
 if TYPE_CHECKING:  # in annotations only; the data is not this module's
   import ml_collections
@@ -30,7 +39,8 @@ if TYPE_CHECKING:  # in annotations only; the data is not this module's
   from tcm_jax.data.datasets import Split
   from tcm_jax.data.inputs import Inputs
 
-# Thresholds of the figure's curves over [0, 2]: 0.01 apart.
+#: Thresholds of the figure's curves over the distance range [0, 2]: 0.01
+#: apart.
 PLOT_THRESHOLDS = 201
 
 
@@ -48,108 +58,6 @@ class _ProgressBar:
 
   def close(self) -> None:
     self._bar.close()
-
-
-# The first bytes of a zip (with entries, or empty) and of a .npy file.
-_ZIP_MAGIC = (b'PK\x03\x04', b'PK\x05\x06')
-_NPY_MAGIC = b'\x93NUMPY'
-# What reading an npz that is cut short or damaged raises, inside numpy.
-_DAMAGED = (zipfile.BadZipFile, EOFError, zlib.error, ValueError, OSError)
-
-
-def _check_npz_file(path: str, name: str) -> None:
-  """A file that is there, readable and starts as an npz archive does."""
-  if os.path.isdir(path):
-    raise ValueError(f'{name} is a folder, not an npz file.')
-  try:
-    with open(path, 'rb') as f:
-      head = f.read(8)
-  except FileNotFoundError:
-    raise ValueError(f'{name}: no such file.') from None
-  except OSError as e:
-    raise ValueError(f'{name} cannot be read ({e.strerror}).') from None
-  if not head:
-    raise ValueError(f'{name} is empty (0 bytes), not an npz archive.')
-  if head.startswith(_NPY_MAGIC):
-    raise ValueError(
-        f'{name} holds a single .npy array, not an npz archive of named '
-        'arrays: save one with np.savez(path, embeddings=z, labels=y).')
-  if not head.startswith(_ZIP_MAGIC):
-    raise ValueError(
-        f'{name} is not an npz archive (a zip of .npy arrays, as np.savez '
-        f'writes): it starts with {head!r}.')
-
-
-def _read_array(data, key: str, name: str) -> np.ndarray:
-  try:
-    return data[key]
-  except ValueError as e:
-    if 'pickle' in str(e):  # an object array: loading it would unpickle
-      raise ValueError(
-          f'{name}: array {key!r} holds Python objects (dtype object), which '
-          'are not loaded (unpickling can run code); save numeric arrays.'
-      ) from None
-    raise ValueError(f'{name} is not a readable npz archive (truncated or '
-                     f'damaged: array {key!r}: {e}).') from None
-  except _DAMAGED as e:
-    raise ValueError(f'{name} is not a readable npz archive (truncated or '
-                     f'damaged: array {key!r}: {e}).') from None
-
-
-def load_npz(path: str, *, name: str | None = None) -> dict[str, np.ndarray]:
-  """The arrays of an evaluation file, checked for the keys it needs.
-
-  Never unpickles: a file that is not an npz archive (text, a single
-  `.npy` array, an empty or truncated file) or that holds object arrays is
-  refused with an error naming it.
-
-  Args:
-    path: the npz file.
-    name: what the errors call it (default: the path), e.g. the flag that
-      gave it.
-
-  Returns:
-    Every array of the file by key: `embeddings` and `labels`, and
-    `ref_embeddings` with `ref_labels` when there is a gallery.
-
-  Raises:
-    ValueError: the file is missing, not an npz archive, damaged, holds
-      object arrays, lacks `embeddings` or `labels` (the keys it has are
-      listed), or has only one of `ref_embeddings` and `ref_labels`.
-
-  Examples:
-    >>> import os, tempfile
-    >>> import numpy as np
-    >>> from tcm_jax import report
-    >>> path = os.path.join(tempfile.mkdtemp(), 'embeddings.npz')
-    >>> np.savez(path, embeddings=np.eye(4), labels=np.array([0, 0, 1, 1]))
-    >>> sorted(report.load_npz(path))
-    ['embeddings', 'labels']
-    >>> _ = open(path, 'w').write('0.1, 0.2\\n')
-    >>> report.load_npz(path, name='the file')
-    Traceback (most recent call last):
-    ...
-    ValueError: the file is not an npz archive (a zip of .npy arrays, as np.savez writes): it starts with b'0.1, 0.2'.
-  """
-  path = os.fspath(path)
-  name = path if name is None else name
-  _check_npz_file(path, name)
-  try:
-    data = np.load(path, allow_pickle=False)
-  except _DAMAGED as e:
-    raise ValueError(f'{name} is not a readable npz archive (truncated or '
-                     f'damaged: {e}).') from None
-  with data:
-    arrays = {key: _read_array(data, key, name) for key in data.files}
-  missing = {'embeddings', 'labels'} - arrays.keys()
-  if missing:
-    raise ValueError(
-        f'{name} must hold arrays named embeddings and labels; missing '
-        f'{sorted(missing)}, found {sorted(arrays)}.')
-  if ('ref_embeddings' in arrays) != ('ref_labels' in arrays):
-    raise ValueError(f'{name}: ref_embeddings and ref_labels go together; '
-                     f'found {sorted(arrays)}.')
-  return arrays
 
 
 def plot_curves(evaluation: metrics.Evaluation, embeddings, labels,
@@ -303,6 +211,7 @@ def _format_report(evaluation: metrics.Evaluation, source_name: str,
   return '\n'.join(lines)
 
 
+#: The files of a report, as `report_paths` names them.
 REPORT_FILES = ('metrics.json', 'report.md', 'utility_curves.png')
 
 
@@ -387,91 +296,6 @@ def write_report(evaluation: metrics.Evaluation, out_dir: str, *,
 
 
 # --- A run's results -------------------------------------------------------------
-
-
-# The report's names of the metrics (`metric_label`) and their decimals.
-_LABELS = {'map_at_r': 'MAP@R', 'r_precision': 'R-precision', 'opis': 'OPIS',
-           'mean_utility': 'mean utility', 'mean_tpr': 'mean TPR'}
-_DECIMALS = {'opis': 5, 'eps_opis': 5}  # the others: 4
-
-
-def metric_label(key: str, epsilon: float | None = None) -> str:
-  """The report's name of a metric key (`recall_at_1` is Recall@1).
-
-  Args:
-    key: a key of `load_results`' metrics (or of `config.metric_names`).
-    epsilon: the worst-class fraction of eps-OPIS, to name it as the report
-      does (`0.1-OPIS`); unknown: `eps-OPIS`.
-
-  Returns:
-    The label; an unknown key as it is.
-
-  Examples:
-    >>> from tcm_jax import report
-    >>> [report.metric_label(k, 0.1) for k in ('recall_at_4', 'map_at_r',
-    ...                                         'eps_opis', 'loss')]
-    ['Recall@4', 'MAP@R', '0.1-OPIS', 'loss']
-  """
-  if key.startswith('recall_at_'):
-    return f'Recall@{key[len("recall_at_"):]}'
-  if key == 'eps_opis':
-    return 'eps-OPIS' if epsilon is None else f'{epsilon:g}-OPIS'
-  return _LABELS.get(key, key)
-
-
-def metric_value(key: str, value: float | None) -> str:
-  """A metric's value as the report writes it (`-` when there is none).
-
-  Examples:
-    >>> from tcm_jax import report
-    >>> report.metric_value('recall_at_1', 0.9), report.metric_value(
-    ...     'opis', 0.0123), report.metric_value('opis', None)
-    ('0.9000', '0.01230', '-')
-  """
-  if value is None:
-    return '-'
-  return f'{value:.{_DECIMALS.get(key, 4)}f}'
-
-
-def results_table(values: dict[str, float],
-                  baselines: dict[str, dict[str, float]] | None = None, *,
-                  column: str = 'model',
-                  epsilon: float | None = None) -> str:
-  """A markdown table of evaluation metrics, as printed at the end of a run.
-
-  Rows are named and valued as in `report.md` (`metric_label`,
-  `metric_value`); `python -m tcm_jax.evaluate` prints the same table.
-
-  Args:
-    values: the model's metrics.
-    baselines: optional metrics of raw-input baselines by name (as in
-      `metrics.json['baselines']`), one more column each.
-    column: the heading of the `values` column.
-    epsilon: eps-OPIS's worst-class fraction, for its label.
-
-  Examples:
-    >>> from tcm_jax import report
-    >>> print(report.results_table({'recall_at_1': 0.9, 'opis': 0.0123}))
-    | metric | model |
-    |---|---|
-    | Recall@1 | 0.9000 |
-    | OPIS | 0.01230 |
-    >>> print(report.results_table({'recall_at_1': 0.9, 'eps_opis': 0.05},
-    ...                            {'pixels': {'recall_at_1': 0.8}},
-    ...                            epsilon=0.1))
-    | metric | model | pixels |
-    |---|---|---|
-    | Recall@1 | 0.9000 | 0.8000 |
-    | 0.1-OPIS | 0.05000 | - |
-  """
-  baselines = baselines or {}
-  lines = ['| ' + ' | '.join(['metric', column, *baselines]) + ' |',
-           '|---' * (2 + len(baselines)) + '|']
-  for key, value in values.items():
-    cells = [value] + [baseline.get(key) for baseline in baselines.values()]
-    lines.append(f'| {metric_label(key, epsilon)} | ' + ' | '.join(
-        metric_value(key, v) for v in cells) + ' |')
-  return '\n'.join(lines)
 
 
 def load_results(workdir: str) -> tuple[dict[str, float],
@@ -652,3 +476,6 @@ def _training_section(config, inputs: Inputs, num_steps: int,
       f'{config.input.samples_per_class}). {selection} The whole config is in '
       '`config.json`; the training curves are in `metrics.jsonl` and '
       '`tensorboard/`.\n')
+
+
+_moved.publish(globals())  # documented, and named in tracebacks, as here
