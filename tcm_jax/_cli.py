@@ -10,17 +10,20 @@ rule by hand): an error while the flags are parsed (a misspelt
 
 on stderr and exits with status 2 (flags) or 1 (everything else); `--verbose`
 shows the traceback before that line. Ctrl-C exits with status 130 and one
-line; `--help` with status 0.
+line; `--help` with status 0. JAX's INFO line about each backend it probes
+and cannot start (the TPU's, on a machine without one) is kept out.
 """
 
 from __future__ import annotations
 
+import logging as std_logging
 import sys
 import traceback
 from typing import Any, Callable, Sequence
 
 from absl import app
 from absl import flags
+from absl import logging
 
 _VERBOSE = flags.DEFINE_bool(
     'verbose', False, 'on an error, show the traceback, not only its message.')
@@ -111,8 +114,16 @@ def _guarded(main: Callable[[list[str]], Any]) -> Callable[[list[str]], Any]:
   return guarded
 
 
+def _no_backend_probe(record: std_logging.LogRecord) -> bool:
+  """False for JAX's INFO line about a backend it could not start."""
+  return not (record.name.startswith('jax')
+              and record.levelno < std_logging.WARNING
+              and record.getMessage().startswith('Unable to initialize backend'))
+
+
 def run(main: Callable[[list[str]], Any],
         argv: Sequence[str] | None = None) -> None:
   """`absl.app.run(main)`, with errors as one line (see the module)."""
+  logging.get_absl_handler().addFilter(_no_backend_probe)
   app.run(_guarded(main), argv=None if argv is None else list(argv),
           flags_parser=_parse_flags)

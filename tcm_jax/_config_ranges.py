@@ -32,6 +32,15 @@ def _int_from(low: int):
   return lambda value, _: _is_int(value) and value >= low
 
 
+# The most thresholds any calibration range can hold: those of the whole
+# distance range [0, 2] (`tcm_jax.metrics.advanced.thresholds_between`).
+_MAX_THRESHOLDS = 2_097_153
+
+
+def _num_thresholds(value: Any, _) -> bool:
+  return _is_int(value) and 2 <= value <= _MAX_THRESHOLDS
+
+
 def _real(test):
   return lambda value, config: _is_real(value) and test(value, config)
 
@@ -178,7 +187,9 @@ RANGES = (
      'a false-accept rate in (0, 1]'),
     ('eval.epsilon', _real(lambda v, _: 0 < v < 1),
      'in (0, 1) (the fraction of worst classes eps-OPIS averages)'),
-    ('eval.num_thresholds', _int_from(2), 'an int >= 2'),
+    ('eval.num_thresholds', _num_thresholds,
+     f'an int from 2 to {_MAX_THRESHOLDS} (the most distinct float32 '
+     'thresholds over the distance range [0, 2])'),
     ('eval.ks', _ks, 'a non-empty tuple of ints >= 1'),
     ('eval.beta', _real(lambda v, _: v > 0), '> 0'),
     ('eval.baselines', _flag, 'a bool'),

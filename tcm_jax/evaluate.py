@@ -29,6 +29,7 @@ from absl import flags
 from tcm_jax import _cli
 from tcm_jax import _moved
 from tcm_jax import report
+from tcm_jax.metrics import advanced
 
 # Old names, for one release.
 __getattr__ = _moved.moved(
@@ -121,6 +122,15 @@ def main(argv: Sequence[str]) -> None:
       beta=_BETA.value, num_thresholds=_NUM_THRESHOLDS.value,
       epsilon=_EPSILON.value, target_far=_TARGET_FAR.value,
       ks=_positive_ints('ks', _KS.value))
+  options = {k: v for k, v in kwargs.items() if k != 'ks'}
+  try:  # the flags before any work, named as flags
+    advanced.check_options(**options)
+  except (ValueError, TypeError) as e:
+    raise app.UsageError(f'--{e}') from None
+  if _BLOCK_SIZE.value is not None and _BLOCK_SIZE.value < 1:
+    raise app.UsageError(
+        f'--block_size must be a positive number of rows, got '
+        f'{_BLOCK_SIZE.value}.')
   _check_out_dir(_OUT.value)
   arrays = report.load_npz(_EMBEDDINGS.value,
                            name=f'--embeddings={_EMBEDDINGS.value}')

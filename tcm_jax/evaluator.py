@@ -4,17 +4,17 @@
 `Evaluator(embed_fn, mesh, config, transform)` is built once per run (after
 big_vision's evaluators); `evaluator.run(state, split)` embeds the split with
 a train state and returns its metrics, as periodic evaluation logs them.
-The end of a run is `final_evaluation` (every metric of the final split, the
-saved embeddings, bootstrap intervals and hard-pair fractions) and then
-`write_final_report` (the raw-input baselines and the report, by
-`tcm_jax.report`).
+The end of a run is `final_evaluation` (every metric of the final split,
+bootstrap intervals and hard-pair fractions) and then `write_final_report`
+(the raw-input baselines, and the report, by `tcm_jax.report`, with the
+embeddings and the config: the run's final files, replaced together).
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
-import shutil
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -24,6 +24,7 @@ from jax.sharding import PartitionSpec as P
 import ml_collections
 import numpy as np
 
+from tcm_jax import _checksums
 from tcm_jax import margins as margins_lib
 from tcm_jax import metrics
 from tcm_jax import models
@@ -144,7 +145,7 @@ class Evaluator:
     >>> from tcm_jax.data import datasets, transforms
     >>> config = config_lib.default_config()
     >>> config.model = config_lib.model_config(
-    ...     'resnet18', width=0.25, small_images=True, embedding_size=8)
+    ...     'vit_ti', patch_size=4, image_size=16, embedding_size=8)
     >>> config.input.eval_batch_size, config.eval.ks = 128, (1,)
     >>> mesh = parallel.data_mesh()
     >>> state, _, embed = train.create_training(
@@ -232,34 +233,37 @@ class FinalEvaluation(NamedTuple):
     plot_curves: the figure's curves (process 0).
     extra: `metrics.json`'s keys beyond the evaluation's own: `tcm_pairs`
       and `bootstrap` (process 0).
+    embeddings: the split's embeddings and labels, which
+      `write_final_report` saves with the report (process 0).
   """
   metrics: dict[str, float]
   evaluation: metrics.Evaluation | None = None
   plot_curves: metrics.UtilityCurves | None = None
   extra: dict[str, Any] | None = None
+  embeddings: tuple[np.ndarray, np.ndarray] | None = None
 
 
 def final_evaluation(config: ml_collections.ConfigDict, workdir: str,
                      embeddings: np.ndarray, labels: np.ndarray, *,
                      tcm_margins: tuple[float, float] | None
                      ) -> FinalEvaluation:
-  """Every metric of the final split's embeddings; process 0 saves them.
+  """Every metric of the final split's embeddings, for `write_final_report`.
 
   Process 0 also measures the bootstrap intervals over classes and the
   fractions of the split's pairs that TCM would count as hard at the run's
-  margins (`tcm_margins`, or the config's; for runs without TCM too), for
-  `write_final_report`, and writes the embeddings (whole: a temporary file
-  renamed) once they are evaluated: to `embeddings.npz` when every metric
-  is finite (an `embeddings.failed.npz` of an earlier attempt is removed),
-  else to `embeddings.failed.npz`, for a look at why (e.g. collapsed
-  embeddings without a threshold range), leaving an earlier evaluation's
-  `embeddings.npz` as it was.
+  margins (`tcm_margins`, or the config's; for runs without TCM too). It
+  writes nothing when the evaluation succeeds (`write_final_report` saves
+  the embeddings with the report); embeddings whose evaluation fails (e.g.
+  collapsed, without a threshold range) are written to
+  `embeddings.failed.npz`, for a look at why, and the files of an earlier
+  evaluation are left as they were.
 
   Raises:
     ValueError: the embeddings hold NaN or infinite values (checked first:
       nothing is written), or cannot be evaluated, or give non-finite
       metrics.
-    tcm_jax.writers.RunIOError: the embeddings could not be written.
+    tcm_jax.writers.RunIOError: `embeddings.failed.npz` could not be
+      written.
 
   Examples:
     >>> import os, tempfile
@@ -272,8 +276,8 @@ def final_evaluation(config: ml_collections.ConfigDict, workdir: str,
     >>> workdir = tempfile.mkdtemp()
     >>> final = evaluator.final_evaluation(config, workdir, z, labels,
     ...                                    tcm_margins=None)
-    >>> sorted(final.extra), os.listdir(workdir)
-    (['bootstrap', 'tcm_pairs'], ['embeddings.npz'])
+    >>> sorted(final.extra), final.embeddings[0].shape, os.listdir(workdir)
+    (['bootstrap', 'tcm_pairs'], (40, 8), [])
   """
   kwargs = eval_kwargs(config)
   check_finite_embeddings(embeddings, workdir)
@@ -288,19 +292,16 @@ def final_evaluation(config: ml_collections.ConfigDict, workdir: str,
     logging.warning('The final evaluation failed; its embeddings are in %s.',
                     os.path.join(workdir, FAILED_EMBEDDINGS))
     raise
-  _save_embeddings(workdir, 'embeddings.npz', embeddings, labels)
-  with contextlib.suppress(FileNotFoundError):
-    os.remove(os.path.join(workdir, FAILED_EMBEDDINGS))
-  return final
+  return final._replace(embeddings=(embeddings, labels))
 
 
 FAILED_EMBEDDINGS = 'embeddings.failed.npz'
 
 
-def _save_embeddings(workdir: str, name: str, embeddings: np.ndarray,
+def _save_embeddings(folder: str, name: str, embeddings: np.ndarray,
                      labels: np.ndarray) -> None:
   writers.write_atomic(  # whole or absent, never cut short
-      os.path.join(workdir, name),
+      os.path.join(folder, name),
       lambda f: np.savez(f, embeddings=embeddings, labels=labels), 'wb')
 
 
@@ -381,9 +382,12 @@ def write_final_report(config: ml_collections.ConfigDict, workdir: str,
   False) and TCM's margins as the run estimated them (`tcm_margins` in
   `metrics.json`). The trainer writes the report without the baselines as
   soon as the final evaluation is done, and again with them at the very end,
-  so that a failure in between leaves the run's metrics on disk. Each file
-  replaces the one before only once all are written (`RunIOError` if they
-  cannot be).
+  so that a failure in between leaves the run's metrics on disk. The final
+  files are `final.embeddings` as `embeddings.npz` (unless None),
+  `config.json`, `report.md`, the figure and `metrics.json`: each replaces
+  the one before only once all are written, in that order, `metrics.json`
+  last (`RunIOError` if they cannot be), so that a failure leaves the set of
+  the last evaluation whole.
 
   Examples:
     >>> import os, tempfile
@@ -403,7 +407,7 @@ def write_final_report(config: ml_collections.ConfigDict, workdir: str,
     >>> evaluator.write_final_report(config, workdir, inputs, inputs.test,
     ...                              100, final)
     >>> sorted(os.listdir(workdir))
-    ['embeddings.npz', 'metrics.json', 'report.md', 'utility_curves.png']
+    ['config.json', 'embeddings.npz', 'metrics.json', 'report.md', 'utility_curves.png']
   """
   extra = dict(final.extra)
   margins = writers.logged_margins(workdir)
@@ -416,22 +420,17 @@ def write_final_report(config: ml_collections.ConfigDict, workdir: str,
   values, _ = report.load_results_dict(final.evaluation.to_dict())
   sections = report.run_sections(config, inputs, split, num_steps, values,
                                  baselines, margins)
-  # Into a folder of its own first, then each file renamed over the old
-  # one, metrics.json last: a failure half way (a full disk, the figure)
-  # leaves the last report whole.
-  staging = os.path.join(workdir, '.report.tmp')  # (process 0 alone)
-  shutil.rmtree(staging, ignore_errors=True)  # a killed attempt's
-  try:
+  config_dict = _checksums.json_safe(config.to_dict())
+  with writers.staged_files(workdir) as staging:  # (process 0 alone)
+    if final.embeddings is not None:
+      _save_embeddings(staging, 'embeddings.npz', *final.embeddings)
+    writers.write_atomic(os.path.join(staging, 'config.json'),
+                         lambda f: json.dump(config_dict, f, indent=2))
     report.write_report(
         final.evaluation, staging, source_name=f'the {split.name} split',
         plot_curves=final.plot_curves, extra=extra, sections=sections,
         title=report.run_title(
             config, os.path.basename(os.path.normpath(workdir)), split.name))
-    staged = {name: path for name, path in report.report_paths(
-        staging).items() if os.path.exists(path)}
-    writers.replace_files(dict(sorted(  # metrics.json last: the set is whole
-        staged.items(), key=lambda item: item[0] == 'metrics.json')), workdir)
-  except OSError as error:
-    raise writers.io_error('Writing the report', workdir, error) from error
-  finally:
-    shutil.rmtree(staging, ignore_errors=True)
+  if final.embeddings is not None:  # the evaluation of these succeeded
+    with contextlib.suppress(FileNotFoundError):
+      os.remove(os.path.join(workdir, FAILED_EMBEDDINGS))

@@ -114,26 +114,21 @@ def _quiet_logs(record) -> bool:
   """Keeps other libraries' narration out of the run's log.
 
   Orbax narrates every save at INFO (and warns of each save between
-  evaluations, which carry no metrics by design); its errors are kept as
-  one line each (the trainer raises the failure itself, naming the step,
-  the path and the cause), and the writes a failed save leaves behind are
-  not listed one by one as the process ends (asyncio's 'Task exception was
-  never retrieved'); --verbose keeps their tracebacks. JAX logs at INFO each
-  backend it probes and cannot start (the TPU's, on a machine without one).
+  evaluations, which carry no metrics by design); its errors are left out
+  (the trainer raises the failure itself, in one line naming the step, the
+  path and the cause), and so are the writes a failed save leaves behind as
+  the process ends (asyncio's 'Task exception was never retrieved');
+  --verbose shows both, with their tracebacks. (`_cli.run` keeps JAX's
+  backend probe out.)
   """
   verbose = flags.FLAGS['verbose'].value
   if '/orbax/' in record.pathname:
     if (record.levelno < std_logging.WARNING
         or 'did not provide metrics' in record.getMessage()):
       return False
-    if not verbose:
-      record.exc_info, record.exc_text = None, None
-    return True
+    return verbose or record.levelno < std_logging.ERROR
   if (record.name == 'asyncio' and not verbose
       and 'orbax' in record.getMessage()):
-    return False
-  if (record.name.startswith('jax') and record.levelno < std_logging.WARNING
-      and record.getMessage().startswith('Unable to initialize backend')):
     return False
   return True
 

@@ -21,6 +21,7 @@ import numpy as np
 from tcm_jax import _moved
 from tcm_jax import metrics
 from tcm_jax import plots
+from tcm_jax import writers
 from tcm_jax._npz import load_npz
 from tcm_jax._tables import metric_label
 from tcm_jax._tables import metric_value
@@ -122,6 +123,9 @@ def evaluate_arrays(arrays: dict[str, np.ndarray], out_dir: str, *,
                     **kwargs) -> metrics.Evaluation:
   """Evaluates `embeddings`/`labels` and writes the report into `out_dir`.
 
+  The report's files replace those of an earlier report only once all are
+  written, `metrics.json` last (`tcm_jax.writers.staged_files`): a failure
+  (a full disk) leaves the earlier set whole, and names the folder.
   `arrays` may also hold `ref_embeddings` and `ref_labels` (a separate
   gallery); `title` is the figure's (see `write_report`); `kwargs` are
   `metrics.evaluate_embeddings`'s.
@@ -153,8 +157,9 @@ def evaluate_arrays(arrays: dict[str, np.ndarray], out_dir: str, *,
   finally:
     if bar is not None:
       bar.close()
-  write_report(evaluation, out_dir, source_name=source_name, plot_curves=wide,
-               title=title)
+  with writers.staged_files(out_dir) as staging:  # the old set kept whole
+    write_report(evaluation, staging, source_name=source_name,
+                 plot_curves=wide, title=title)
   return evaluation
 
 

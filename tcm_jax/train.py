@@ -119,7 +119,7 @@ def create_training(config: ml_collections.ConfigDict, *, num_classes: int,
     >>> from tcm_jax import config as config_lib, parallel, train
     >>> config = config_lib.default_config()  # Smooth-AP + TCM
     >>> config.model = config_lib.model_config(
-    ...     'resnet18', width=0.25, small_images=True, embedding_size=8)
+    ...     'vit_ti', patch_size=4, image_size=8, embedding_size=8)
     >>> mesh = parallel.data_mesh()
     >>> state, train_step, _ = train.create_training(
     ...     config, num_classes=4, steps_per_epoch=10, mesh=mesh)
@@ -302,7 +302,10 @@ def train_and_evaluate(
   try:
     writer = writers.MetricsWriter(workdir, start if resumed else -1,
                                    reevaluate=complete)
-    if jax.process_index() == 0:
+    # config.json now, unless it belongs to a final report already: then it
+    # is replaced with the new report's files, which it describes.
+    reported = os.path.exists(os.path.join(workdir, 'metrics.json'))
+    if jax.process_index() == 0 and not reported:
       writers.write_atomic(os.path.join(workdir, 'config.json'),
                            lambda f: json.dump(config_dict, f, indent=2))
   except BaseException:
@@ -443,7 +446,7 @@ def train_and_evaluate(
   # After the collective save: process 0's slow part (the baselines read the
   # split's images again) keeps no other process waiting at a barrier.
   if jax.process_index() == 0 and config.eval.baselines:
-    write_report(final)
+    write_report(final._replace(embeddings=None))  # (saved already)
   return final.metrics
 
 

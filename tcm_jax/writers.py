@@ -4,8 +4,8 @@
 (kinds: `train`, `eval`, `test`, `margins`) and the same scalars to
 `tensorboard/`; `logged_margins(workdir)` reads the TCM margins a run
 estimated back from its `metrics.jsonl`. `RunIOError` is how the trainer
-reports a file it could not write or read (`io_error`), and `write_atomic`
-how it replaces one.
+reports a file it could not write or read (`io_error`), `write_atomic` how
+it replaces one, and `staged_files` how it replaces a set.
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ import json
 import math
 import os
 import re
+import shutil
+from collections.abc import Iterator, Sequence
 
 import jax
 
@@ -143,6 +145,52 @@ def replace_files(staged: dict[str, str], folder: str) -> None:
   for name, path in staged.items():
     os.replace(path, os.path.join(folder, name))
   _sync_folder(folder)
+
+
+@contextlib.contextmanager
+def staged_files(folder: str, *, last: Sequence[str] = ('metrics.json',),
+                 what: str = 'Writing the report') -> Iterator[str]:
+  """A folder to write a set of files into, which then replace `folder`'s.
+
+  Yields a staging folder (`folder/.report.tmp`, made afresh). When the
+  block ends without an error, each file written there is moved over
+  `folder/<name>` (`replace_files`), the names of `last` last (the file
+  whose presence says the set is complete); on any error `folder` keeps
+  the files it had. An `OSError` is raised as a `RunIOError` naming `what`
+  and `folder`.
+
+  Examples:
+    >>> import os, tempfile
+    >>> from tcm_jax import writers
+    >>> folder = tempfile.mkdtemp()
+    >>> with writers.staged_files(folder) as staging:
+    ...   for name in ('metrics.json', 'report.md'):
+    ...     _ = open(os.path.join(staging, name), 'w').write('new')
+    >>> sorted(os.listdir(folder))
+    ['metrics.json', 'report.md']
+    >>> with writers.staged_files(folder) as staging:
+    ...   _ = open(os.path.join(staging, 'report.md'), 'w').write('newer')
+    ...   raise ValueError('the figure failed')
+    Traceback (most recent call last):
+    ...
+    ValueError: the figure failed
+    >>> open(os.path.join(folder, 'report.md')).read(), os.listdir(folder)
+    ('new', ['metrics.json', 'report.md'])
+  """
+  staging = os.path.join(folder, '.report.tmp')  # (one writer at a time)
+  shutil.rmtree(staging, ignore_errors=True)  # a killed attempt's
+  try:
+    os.makedirs(staging)
+    yield staging
+    names = sorted(os.listdir(staging), key=lambda name: (name in last, name))
+    replace_files({name: os.path.join(staging, name) for name in names},
+                  folder)
+  except RunIOError:
+    raise
+  except OSError as error:
+    raise io_error(what, folder, error) from error
+  finally:
+    shutil.rmtree(staging, ignore_errors=True)
 
 
 def _sync_folder(folder: str) -> None:

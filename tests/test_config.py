@@ -188,7 +188,10 @@ BAD_VALUES = [
     ('eval.epsilon', 1.0, 'must be in (0, 1)'),
     ('eval.target_far', 0.0, 'must be a false-accept rate in (0, 1]'),
     ('eval.far_range', (0.1, 0.01), 'must be a pair (low, high)'),
-    ('eval.num_thresholds', 1, 'must be an int >= 2'),
+    ('eval.num_thresholds', 1, 'must be an int from 2 to 2097153'),
+    # More than any range holds (metrics.advanced.thresholds_between's
+    # float32 limit over [0, 2], checked below): refused before training.
+    ('eval.num_thresholds', 10**7, 'must be an int from 2 to 2097153'),
     ('eval.ks', (0, 1), 'must be a non-empty tuple of ints >= 1'),
     ('eval.beta', 0.0, 'must be > 0'),
     ('eval.baselines', None, 'must be a bool'),
@@ -205,6 +208,16 @@ BAD_VALUES = [
     ('train.num_steps', -5, 'must be an int >= 0'),
     ('input.eval_batch_size', 0, 'must be an int >= 1'),
 ]
+
+
+def test_the_threshold_limit_is_the_metrics_own():
+  from tcm_jax.metrics import advanced  # pylint: disable=import-outside-toplevel
+  config = _digits()
+  config.eval.num_thresholds = 2_097_153  # the most the config allows
+  config_lib.check_config(config)
+  assert len(advanced.thresholds_between(0.0, 2.0, 2_097_153)) == 2_097_153
+  with pytest.raises(ValueError, match='use num_thresholds <= 2097153'):
+    advanced.thresholds_between(0.0, 2.0, 2_097_154)
 
 
 @pytest.mark.parametrize('key, value, message', BAD_VALUES,

@@ -1,5 +1,6 @@
 """The evaluation command: metrics.json, report.md and the figure."""
 
+import errno
 import json
 import os
 import re
@@ -202,6 +203,20 @@ def test_command_refuses_bad_flags_as_usage_errors(npz_file, tmp_path):
   assert not out.exists()
 
 
+@pytest.mark.parametrize('flag, message', [
+    ('--epsilon=2', '--epsilon must be in (0, 1), got 2.0.'),
+    ('--num_thresholds=10000000', '--num_thresholds=10000000 is more than'),
+    ('--block_size=0', '--block_size must be a positive number of rows'),
+])
+def test_evaluation_flags_are_checked_before_the_file_is_read(
+    flag, message, tmp_path):
+  missing = tmp_path / 'missing.npz'  # never opened: the flag comes first
+  run = _evaluate(f'--embeddings={missing}', f'--out={tmp_path / "out"}',
+                  flag)
+  _assert_one_line_error(run, message, status=2)
+  assert 'missing.npz' not in run.stderr
+
+
 def _markdown_rows(text):
   return re.findall(r'^\| ([^|]+) \| ([0-9.]+) \|$', text, re.M)
 
@@ -255,3 +270,21 @@ def test_run_title_says_which_run_and_whether_tcm_was_on():
     config.loss.tcm.enabled = enabled
     assert report.run_title(config, 'ms-seed3', 'val') == (
         f'ms-seed3: {words}, the val split')
+
+
+def test_a_report_that_cannot_be_written_leaves_the_last_one_whole(
+    npz_file, tmp_path, monkeypatch):
+  arrays = report.load_npz(npz_file[0])
+  out = tmp_path / 'out'
+  report.evaluate_arrays(arrays, str(out), show_progress=False)
+  before = {p.name: p.read_bytes() for p in out.iterdir()}
+  other = dict(arrays, embeddings=arrays['embeddings'][:, ::-1].copy())
+
+  def full_disk(*args, **kwargs):
+    raise OSError(errno.ENOSPC, 'No space left on device')
+
+  monkeypatch.setattr(report.plots, 'plot_utility_curves', full_disk)
+  with pytest.raises(OSError, match=(
+      rf"^Writing the report failed \(No space left on device\): '{out}'$")):
+    report.evaluate_arrays(other, str(out), show_progress=False)
+  assert {p.name: p.read_bytes() for p in out.iterdir()} == before

@@ -214,3 +214,27 @@ def test_two_processes_of_a_slurm_job_connect(tmp_path):
   for process, (run, (out, err)) in enumerate(zip(runs, outputs)):
     assert run.returncode == 0, err[-3000:]
     assert out.split() == ['2', str(process)], (out, err[-3000:])
+
+
+def _record(name, level, message, pathname='x.py'):
+  return logging.LogRecord(name, level, pathname, 1, message, None, None)
+
+
+@pytest.mark.parametrize('verbose', [False, True])
+def test_orbax_errors_and_the_backend_probe_stay_out_of_the_log(
+    verbose, monkeypatch):
+  from absl import flags  # pylint: disable=import-outside-toplevel
+  from tcm_jax import _cli, main  # pylint: disable=import-outside-toplevel
+  monkeypatch.setattr(flags.FLAGS['verbose'], 'value', verbose)
+  orbax = '/site-packages/orbax/checkpoint/future.py'
+  # A failed save's errors: the trainer raises it itself, in one line.
+  assert main._quiet_logs(_record(
+      'absl', logging.ERROR, 'cannot schedule new futures', orbax)) == verbose
+  assert main._quiet_logs(_record('absl', logging.WARNING, 'slow', orbax))
+  assert not main._quiet_logs(_record('absl', logging.INFO, 'saved', orbax))
+  assert main._quiet_logs(_record('absl', logging.ERROR, 'ours'))
+  probe = _record('jax._src.xla_bridge', logging.INFO,
+                  "Unable to initialize backend 'tpu': no TPU")
+  assert not _cli._no_backend_probe(probe)
+  assert _cli._no_backend_probe(_record('jax._src.xla_bridge', logging.WARNING,
+                                        'Unable to initialize backend x'))

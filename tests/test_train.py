@@ -62,10 +62,9 @@ def _leaf_names(tree):
 
 # --- One step on 8 devices equals one step on 1 -------------------------------
 
+# Trained BatchNorm (synchronised over the devices) with a ranking loss;
+# frozen BatchNorm with a proxy loss (the proxies on their own rate).
 STEP_CASES = {
-    'resnet_frozen_batch_norm': dict(
-        model=_tiny_resnet(frozen_batch_norm=True), loss='smooth_ap',
-        hyper={}),
     'resnet_trained_batch_norm': dict(
         model=_tiny_resnet(), loss='smooth_ap', hyper={}),
     'arcface_proxies': dict(
@@ -732,16 +731,21 @@ def finished_run(tmp_path_factory):
 
 def _outputs(workdir):
   return {name: (workdir / name).read_bytes() for name in
-          ('embeddings.npz', 'metrics.json', 'report.md', 'utility_curves.png',
-           'metrics.jsonl')}
+          ('embeddings.npz', 'config.json', 'metrics.json', 'report.md',
+           'utility_curves.png', 'metrics.jsonl')}
+
+
+def _copy_of(finished_run, tmp_path):
+  """`(config, workdir, outputs)`: a copy of the finished run to run again."""
+  config, finished = finished_run
+  workdir = tmp_path / 'run'
+  shutil.copytree(finished, workdir)
+  return config, workdir, _outputs(workdir)
 
 
 def test_a_finished_run_run_again_says_so_and_is_evaluated_again(
     finished_run, tmp_path, monkeypatch):
-  config, finished = finished_run
-  workdir = tmp_path / 'run'
-  shutil.copytree(finished, workdir)
-  before = _outputs(workdir)
+  config, workdir, before = _copy_of(finished_run, tmp_path)
   messages = []  # absl's INFO lines, every module's (Orbax's too)
   monkeypatch.setattr(train.logging, 'info', lambda message, *args: (
       messages.append(str(message) % args if args else str(message))))
@@ -761,10 +765,7 @@ def test_a_finished_run_run_again_says_so_and_is_evaluated_again(
 
 def test_a_workdir_of_another_config_is_refused_before_the_inputs(
     finished_run, tmp_path, monkeypatch):
-  config, finished = finished_run
-  workdir = tmp_path / 'run'
-  shutil.copytree(finished, workdir)
-  before = _outputs(workdir)
+  config, workdir, before = _copy_of(finished_run, tmp_path)
   config = config.copy_and_resolve_references()
   config.model.embedding_size = 8  # another model: its arrays would not fit
   create_inputs = mock.Mock(side_effect=AssertionError('inputs were built'))
@@ -779,10 +780,7 @@ def test_a_workdir_of_another_config_is_refused_before_the_inputs(
 @pytest.mark.parametrize('failure', ['nan_embeddings', 'evaluation', 'figure'])
 def test_good_outputs_survive_a_failing_final_evaluation(
     failure, finished_run, tmp_path, monkeypatch):
-  config, finished = finished_run
-  workdir = tmp_path / 'run'
-  shutil.copytree(finished, workdir)
-  before = _outputs(workdir)
+  config, workdir, before = _copy_of(finished_run, tmp_path)
   if failure == 'nan_embeddings':  # as from weights restored damaged
     embed = evaluator_lib.Evaluator.embed
     monkeypatch.setattr(evaluator_lib.Evaluator, 'embed', lambda self, *a: (
@@ -800,20 +798,10 @@ def test_good_outputs_survive_a_failing_final_evaluation(
     message = 'Writing the report failed'
   with pytest.raises((ValueError, OSError), match=message):
     train.train_and_evaluate(config, str(workdir), devices=jax.devices()[:1])
-  after = _outputs(workdir)
-  for name in ('metrics.json', 'report.md', 'utility_curves.png',
-               'metrics.jsonl'):
-    assert after[name] == before[name], name
-  # The embeddings: kept when their evaluation fails, the failed ones set
-  # aside (finite ones only) for a look at why; replaced by the same
-  # checkpoint's when only the report failed.
-  if failure == 'figure':
-    with np.load(io.BytesIO(after['embeddings.npz'])) as a, np.load(
-        io.BytesIO(before['embeddings.npz'])) as b:
-      np.testing.assert_array_equal(a['embeddings'], b['embeddings'])
-      np.testing.assert_array_equal(a['labels'], b['labels'])
-  else:
-    assert after['embeddings.npz'] == before['embeddings.npz']
+  # Every final file as it was (config.json too, though the config
+  # changed), the embeddings whose evaluation failed set aside (finite
+  # ones only) for a look at why.
+  assert _outputs(workdir) == before
   failed = workdir / 'embeddings.failed.npz'
   assert failed.exists() == (failure == 'evaluation')
   if failed.exists():
@@ -822,6 +810,35 @@ def test_good_outputs_survive_a_failing_final_evaluation(
       np.testing.assert_array_equal(a['embeddings'], b['embeddings'])
       np.testing.assert_array_equal(a['labels'], b['labels'])
   assert not [n for n in os.listdir(workdir) if 'tmp' in n]
+
+
+def test_new_embeddings_whose_report_fails_leave_the_last_set_whole(
+    finished_run, tmp_path, monkeypatch):
+  """A resumed run's other embeddings: saved only with their report."""
+  config, workdir, before = _copy_of(finished_run, tmp_path)
+  inputs = inputs_lib.create_inputs(config)
+  with np.load(workdir / 'embeddings.npz') as saved:
+    embeddings, labels = saved['embeddings'], saved['labels']
+  rng = np.random.default_rng(0)
+  final = evaluator_lib.final_evaluation(
+      config, str(workdir), embeddings + rng.normal(
+          scale=0.1, size=embeddings.shape).astype(np.float32), labels,
+      tcm_margins=None)
+  monkeypatch.setattr(report_lib.plots, 'plot_utility_curves', mock.Mock(
+      side_effect=OSError(errno.ENOSPC, 'No space left on device')))
+  with pytest.raises(writers.RunIOError, match=(
+      r"^Writing the report failed \(No space left on device\): '.*run'$")):
+    evaluator_lib.write_final_report(config, str(workdir), inputs,
+                                     inputs.test, 2, final)
+  assert _outputs(workdir) == before
+  assert sorted(os.listdir(workdir)) == sorted(os.listdir(finished_run[1]))
+  monkeypatch.undo()  # and with the figure, the new set lands whole
+  evaluator_lib.write_final_report(config, str(workdir), inputs, inputs.test,
+                                   2, final)
+  with np.load(workdir / 'embeddings.npz') as saved:
+    np.testing.assert_array_equal(saved['embeddings'], final.embeddings[0])
+  assert report_lib.load_results(str(workdir))[0] == pytest.approx(
+      final.metrics)
 
 
 # --- Non-finite loss ----------------------------------------------------------
@@ -1056,10 +1073,41 @@ def _shrink(config, full_size):
   return config
 
 
+# The paper's configs of the other datasets are CUB-200's recipe with other
+# numbers (checked against PROTOCOL above): training CUB-200's trains theirs.
+RECIPE_NUMBERS = {'dataset.name', 'input.classes_per_batch',
+                  'optimizer.learning_rate', 'optimizer.milestones',
+                  'train.num_epochs', 'train.log_every_steps'}
+TRAINED_CASES = [case for case in CONFIG_CASES
+                 if case[0] not in set(PROTOCOL) - {'cub200'}]
+
+
+def _flat(tree, prefix=''):
+  flat = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      flat.update(_flat(value, f'{prefix}{key}.'))
+    else:
+      flat[prefix + key] = value
+  return flat
+
+
+@pytest.mark.parametrize('name,backbone', [
+    (name, backbone) for name in sorted(set(PROTOCOL) - {'cub200'})
+    for backbone in ('resnet50', 'vit_b16')])
+def test_other_paper_configs_differ_from_cub200_in_recipe_numbers_only(
+    name, backbone):
+  cub200 = _flat(_load_config('cub200', backbone).to_dict())
+  config = _flat(_load_config(name, backbone).to_dict())
+  differ = {key for key in cub200.keys() | config.keys()
+            if cub200.get(key, KeyError) != config.get(key, KeyError)}
+  assert 'dataset.name' in differ and differ <= RECIPE_NUMBERS, differ
+
+
 @pytest.mark.parametrize('name,backbone', [
     pytest.param(*case, id=_case_id(case),
                  marks=[pytest.mark.slow] if case in FULL_SIZE else [])
-    for case in CONFIG_CASES])
+    for case in TRAINED_CASES])
 def test_config_trains_two_steps(name, backbone, tmp_path):
   full_size = (name, backbone) in FULL_SIZE
   original = _load_config(name, backbone)

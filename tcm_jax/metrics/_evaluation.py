@@ -183,6 +183,38 @@ def _two_pass_progress(progress):
   return first, second
 
 
+def check_options(*, far_range=(1e-3, 1e-1), distance_range=None,
+                  beta: float = 1.0, num_thresholds: int = 101,
+                  epsilon: float = 0.1, target_far: float = 1e-2) -> None:
+  """`evaluate_source`'s options, checked before there is any data.
+
+  What `evaluate_source` checks first, for a caller that wants the error
+  before it loads or computes anything (a command line checks its flags).
+
+  Raises:
+    ValueError: an option out of its range, named (e.g. `epsilon must be in
+      (0, 1), got 2.0.`), or more thresholds than the range can hold.
+    TypeError: an option of the wrong type.
+
+  Examples:
+    >>> from tcm_jax.metrics import advanced
+    >>> advanced.check_options(far_range=(1e-3, 1e-1), epsilon=0.1)
+    >>> advanced.check_options(epsilon=2.0)
+    Traceback (most recent call last):
+    ...
+    ValueError: epsilon must be in (0, 1), got 2.0.
+  """
+  if distance_range is None:
+    _checks.check_range('far_range', far_range, 0.0, 1.0)
+  else:
+    _checks.check_range('distance_range', distance_range, -1.0, 3.0)
+  _checks.check_int('num_thresholds', num_thresholds, 2)
+  _threshold.check_num_thresholds_before(num_thresholds, distance_range)
+  _checks.check_fraction('epsilon', epsilon)
+  _checks.check_far('target_far', target_far)
+  _checks.check_positive('beta', beta)
+
+
 def evaluate_source(source: _pair_counts.PairSource, *,
                     far_range=(1e-3, 1e-1), distance_range=None,
                     beta: float = 1.0, num_thresholds: int = 101,
@@ -223,15 +255,9 @@ def evaluate_source(source: _pair_counts.PairSource, *,
     >>> result.retrieval.recall_at_k[1] > 0.9, result.num_queries
     (True, 200)
   """
-  if distance_range is None:
-    _checks.check_range('far_range', far_range, 0.0, 1.0)
-  else:
-    _checks.check_range('distance_range', distance_range, -1.0, 3.0)
-  _checks.check_int('num_thresholds', num_thresholds, 2)
-  _threshold.check_num_thresholds_before(num_thresholds, distance_range)
-  _checks.check_fraction('epsilon', epsilon)
-  _checks.check_far('target_far', target_far)
-  _checks.check_positive('beta', beta)
+  check_options(far_range=far_range, distance_range=distance_range,
+                beta=beta, num_thresholds=num_thresholds, epsilon=epsilon,
+                target_far=target_far)
   mask = _pair_counts.check_enough_classes(source)
   first_progress, second_progress = _two_pass_progress(progress)
 

@@ -252,13 +252,17 @@ def _collapsed_message(negative_histogram: np.ndarray,
            _pair_counts.FINE_BINS_PER_UNIT: (
                ' (all at cosine 0 is what zero embeddings give)')}.get(
                    index, '')
+  where = (f'{share:.1%} of the {total} negative pairs are at distance '
+           f'{distance:.6f} (cosine {1 - distance:.6f}), so FAR {far[0]!r} '
+           f'and {far[1]!r} are reached within one 2**-14 distance bin')
+  if share < 0.5:  # the negatives are spread: the range asked is too narrow
+    return (f'the calibration range is empty: {where}. far_range is narrower '
+            'than the negative pairs of one bin: widen it, or pass '
+            'distance_range.')
   return (
-      f'the calibration range collapsed: {share:.1%} of the {total} negative '
-      f'pairs are at distance {distance:.6f} (cosine {1 - distance:.6f}), so '
-      f'FAR {far[0]:g} and {far[1]:g} are reached within one 2**-14 distance '
-      'bin. The classes are not told apart: the embeddings have collapsed'
-      f'{cause}. Check the model and its inputs; to measure such an '
-      'embedding anyway, pass distance_range.')
+      f'the calibration range collapsed: {where}. The classes are not told '
+      f'apart: the embeddings have collapsed{cause}. Check the model and its '
+      'inputs; to measure such an embedding anyway, pass distance_range.')
 
 
 def calibration_range(similarity, labels, ref_labels=None, *,

@@ -25,6 +25,7 @@ Examples:
 """
 
 from tcm_jax import _moved
+from tcm_jax.metrics._evaluation import check_options
 from tcm_jax.metrics._evaluation import evaluate_source
 from tcm_jax.metrics._opis import curves_from_counts
 from tcm_jax.metrics._pair_counts import Block
@@ -42,6 +43,7 @@ __all__ = [
     'ClassCounts',
     'PairSource',
     'blocks',
+    'check_options',
     'class_counts',
     'curves_from_counts',
     'evaluate_source',

@@ -113,6 +113,16 @@ def test_a_collapsed_embedding_is_named_as_such():
     metrics.evaluate_embeddings(collapsed, labels)
 
 
+def test_a_far_range_too_narrow_for_its_negatives_is_named_as_such():
+  z, labels = clustered_set(13, [5, 6, 7], dim=4)  # spread negatives
+  with pytest.raises(metrics.CalibrationRangeError, match=(
+      r'^the calibration range is empty: \d+\.\d% of the 214 negative pairs '
+      r'.* so FAR 0\.1 and 0\.1000001 are reached within one 2\*\*-14 '
+      r'distance bin\. far_range is narrower than the negative pairs of one '
+      r'bin: widen it, or pass distance_range\.$')):
+    metrics.evaluate_embeddings(z, labels, far_range=(0.1, 0.1000001))
+
+
 def test_zero_embeddings_are_named_as_the_likely_cause():
   z, labels = clustered_set(13, [5, 6, 7], dim=4)
   z[:] = 0.0
