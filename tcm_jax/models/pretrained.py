@@ -160,9 +160,9 @@ def timm_keys(model: nnx.Module) -> dict[str, tuple[int, ...]]:
 
   Examples:
     >>> from flax import nnx
-    >>> from tcm_jax.models import ResNet
+    >>> from tcm_jax.models import ResNet, abstract
     >>> from tcm_jax.models.pretrained import timm_keys
-    >>> keys = timm_keys(ResNet('resnet50', rngs=nnx.Rngs(0)))
+    >>> keys = timm_keys(abstract(ResNet, 'resnet50', rngs=nnx.Rngs(0)))
     >>> keys['layer1.0.downsample.0.weight']
     (256, 64, 1, 1)
   """
