@@ -8,13 +8,27 @@
    a full sort per query) (target: at least 20x faster).
 3. Peak memory of `evaluate_embeddings` at N = 100,000, in a fresh process
    (target: under 2 GB).
+4. Side by side with the peers, each contender in a fresh process on the
+   same embeddings (N = 5,000, 20,000 and 100,000 by default), alternated
+   over the repeats: tcm_jax's whole evaluation (retrieval, OPIS,
+   calibration); pytorch-metric-learning's `AccuracyCalculator` with faiss
+   (R@1, R-precision, MAP@R only); a faiss k-NN search with the same three
+   metrics in NumPy; and the matmul floor (the blockwise similarity products
+   alone) with NumPy's BLAS and with JAX. Each prints its seconds (the first
+   call in a fresh process: compilation included) and its peak RSS, and the
+   three retrieval metrics are compared with pytorch-metric-learning's.
+   Needs the `benchmarks` extra (torch's CPU build first, see BENCHMARKS.md).
 
-  python benchmarks/metrics.py                 # all three
+  python benchmarks/metrics.py                 # parts 1 to 3
   python benchmarks/metrics.py --parts 1 2     # skip the long N = 100,000 run
+  python benchmarks/metrics.py --parts 4 --sizes 5000 20000 100000
 """
 
 import argparse
+import importlib
+import json
 import math
+import resource
 import subprocess
 import sys
 import time
@@ -145,15 +159,153 @@ def part_memory(n, dim):
         f'{"ok" if max(peak, device_peak) < 2e9 else "MISSED"}')
 
 
+# --- 4. Side by side with the peers ----------------------------------------
+
+PEER_DIM = 128
+FLOOR_ROWS = 1024  # the floors' query rows per block, whatever N
+
+
+def _retrieval_numpy(neighbour_labels, labels, counts):
+  """R@1, R-precision and MAP@R from each query's ranked neighbours
+  (self excluded), `counts[i]` the size of query i's class."""
+  r = counts - 1
+  evaluated = r > 0
+  relevant = neighbour_labels == labels[:, None]
+  ranks = np.arange(1, relevant.shape[1] + 1)
+  within = ranks[None, :] <= r[:, None]
+  hits = relevant & within
+  precision = np.cumsum(hits, axis=1) / ranks
+  map_at_r = (precision * hits).sum(axis=1)[evaluated] / r[evaluated]
+  r_precision = hits.sum(axis=1)[evaluated] / r[evaluated]
+  return {'recall_at_1': float(relevant[evaluated, 0].mean()),
+          'r_precision': float(r_precision.mean()),
+          'map_at_r': float(map_at_r.mean())}
+
+
+def _contender_tcm_jax(z, labels):
+  result = metrics.evaluate_embeddings(z, labels, far_range=FAR_RANGE, ks=KS)
+  retrieval = result.retrieval
+  return {'recall_at_1': float(retrieval.recall_at_k[1]),
+          'r_precision': float(retrieval.r_precision),
+          'map_at_r': float(retrieval.map_at_r), 'opis': float(result.opis)}
+
+
+def _contender_pml(z, labels):
+  import torch  # pylint: disable=import-outside-toplevel
+  from pytorch_metric_learning.utils import accuracy_calculator  # pylint: disable=import-outside-toplevel
+  calculator = accuracy_calculator.AccuracyCalculator(
+      include=('precision_at_1', 'r_precision',
+               'mean_average_precision_at_r'),
+      k='max_bin_count', device=torch.device('cpu'))
+  zn = z / np.linalg.norm(z, axis=1, keepdims=True)  # its default: L2 k-NN
+  out = calculator.get_accuracy(torch.from_numpy(zn), torch.from_numpy(labels))
+  return {'recall_at_1': float(out['precision_at_1']),
+          'r_precision': float(out['r_precision']),
+          'map_at_r': float(out['mean_average_precision_at_r'])}
+
+
+def _contender_faiss_numpy(z, labels):
+  import faiss  # pylint: disable=import-outside-toplevel
+  zn = np.ascontiguousarray(z / np.linalg.norm(z, axis=1, keepdims=True))
+  counts = np.bincount(labels)[labels]
+  index = faiss.IndexFlatIP(zn.shape[1])
+  index.add(zn)
+  _, found = index.search(zn, int(counts.max()))  # the query itself first
+  neighbours = np.where(found == np.arange(len(z))[:, None], -1, found)
+  order = np.argsort(neighbours == -1, axis=1, kind='stable')  # self last
+  neighbours = np.take_along_axis(neighbours, order, axis=1)[:, :-1]
+  return _retrieval_numpy(labels[neighbours], labels, counts)
+
+
+def _contender_matmul_numpy(z, labels):
+  del labels
+  zn = z / np.linalg.norm(z, axis=1, keepdims=True)
+  for start in range(0, len(zn), FLOOR_ROWS):
+    out = zn[start:start + FLOOR_ROWS] @ zn.T
+  return {'last': float(out[0, 0])}
+
+
+def _contender_matmul_jax(z, labels):
+  del labels
+  zn = jax.device_put(z / np.linalg.norm(z, axis=1, keepdims=True))
+  product = jax.jit(lambda q, r: q @ r.T)
+  pad = -len(z) % FLOOR_ROWS
+  queries = jax.numpy.pad(zn, ((0, pad), (0, 0)))
+  out = None
+  for start in range(0, len(queries), FLOOR_ROWS):
+    out = product(queries[start:start + FLOOR_ROWS], zn)
+  return {'last': float(jax.block_until_ready(out)[0, 0])}
+
+
+CONTENDERS = {
+    'tcm_jax': _contender_tcm_jax,
+    'pml+faiss': _contender_pml,
+    'faiss+numpy': _contender_faiss_numpy,
+    'matmul numpy': _contender_matmul_numpy,
+    'matmul jax': _contender_matmul_jax,
+}
+
+
+# What each contender imports, outside its timing.
+_IMPORTS = {'pml+faiss': ('torch',
+                          'pytorch_metric_learning.utils.accuracy_calculator'),
+            'faiss+numpy': ('faiss',)}
+
+
+def run_contender(name, n):
+  """One contender in this process: a JSON line of its seconds, peak RSS
+  and metric values."""
+  for module in _IMPORTS.get(name, ()):
+    importlib.import_module(module)
+  z, labels = clustered(n, PEER_DIM, seed=3)
+  seconds, values = timed(lambda: CONTENDERS[name](z, labels))
+  peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+  print(json.dumps({'seconds': seconds, 'peak_bytes': peak, **values}))
+
+
+def part_peers(sizes, repeats):
+  for n in sizes:
+    runs = {name: [] for name in CONTENDERS}
+    for _ in range(repeats):  # alternated: each round runs every contender
+      for name in CONTENDERS:
+        out = subprocess.run(
+            [sys.executable, __file__, '--contender', name, '--n', str(n)],
+            check=True, capture_output=True, text=True).stdout
+        runs[name].append(json.loads(out.strip().splitlines()[-1]))
+    best = {name: min(r, key=lambda x: x['seconds'])
+            for name, r in runs.items()}
+    floor = best['matmul numpy']['seconds']
+    reference = best['pml+faiss']
+    print(f'4. N = {n}, D = {PEER_DIM}, best of {repeats} '
+          '(seconds, ratio to the NumPy matmul floor, peak RSS):')
+    for name, run in best.items():
+      agree = ''
+      if 'map_at_r' in run:
+        gaps = [abs(run[k] - reference[k])
+                for k in ('recall_at_1', 'r_precision', 'map_at_r')]
+        agree = f', largest gap to pml {max(gaps):.1e}'
+      print(f'   {name:13s} {run["seconds"]:8.2f} s  {run["seconds"] / floor:6.2f}x'
+            f'  {run["peak_bytes"] / 2**30:5.2f} GiB{agree}')
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--parts', type=int, nargs='+', default=[1, 2, 3])
+  parser.add_argument('--sizes', type=int, nargs='+',
+                      default=[5_000, 20_000, 100_000],
+                      help='the N of part 4')
+  parser.add_argument('--contender', choices=sorted(CONTENDERS),
+                      help=argparse.SUPPRESS)  # (part 4's child processes)
+  parser.add_argument('--n', type=int, help=argparse.SUPPRESS)
   parser.add_argument('--repeats', type=int, default=2)
   parser.add_argument('--block_sizes', type=int, nargs='+', default=[None],
                       help='query rows per block in part 1 (default: the '
                            "library's, about 2**21 similarities per block on "
                            'CPU and 2**26 on accelerators)')
   args = parser.parse_args()
+  if args.contender:
+    run_contender(args.contender, args.n)
+    return
   print(f'jax {jax.__version__}, {jax.devices()[0].device_kind}, '
         f'{jax.device_count()} device(s)')
   if 1 in args.parts:
@@ -163,6 +315,8 @@ def main():
     part_numpy(5_000, 128)
   if 3 in args.parts:
     part_memory(100_000, 128)
+  if 4 in args.parts:
+    part_peers(args.sizes, args.repeats)
 
 
 if __name__ == '__main__':
