@@ -64,7 +64,7 @@ def _reals(test):
 def _far_range(value: Any, _) -> bool:
   return (isinstance(value, (list, tuple)) and len(value) == 2
           and all(_is_real(v) for v in value)
-          and 0 <= value[0] < value[1] <= 1)
+          and 0 < value[0] < value[1] <= 1)
 
 
 def _ks(value: Any, _) -> bool:
@@ -182,7 +182,7 @@ RANGES = (
     ('pretrained_head', lambda v, c: not v or bool(c.pretrained),
      'False without pretrained (there is no head to load)'),
     ('eval.far_range', _far_range,
-     'a pair (low, high) of false-accept rates, 0 <= low < high <= 1'),
+     'a pair (low, high) of false-accept rates, 0 < low < high <= 1'),
     ('eval.target_far', _real(lambda v, _: 0 < v <= 1),
      'a false-accept rate in (0, 1]'),
     ('eval.epsilon', _real(lambda v, _: 0 < v < 1),

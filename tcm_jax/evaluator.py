@@ -385,9 +385,9 @@ def write_final_report(config: ml_collections.ConfigDict, workdir: str,
   so that a failure in between leaves the run's metrics on disk. The final
   files are `final.embeddings` as `embeddings.npz` (unless None),
   `config.json`, `report.md`, the figure and `metrics.json`: each replaces
-  the one before only once all are written, in that order, `metrics.json`
-  last (`RunIOError` if they cannot be), so that a failure leaves the set of
-  the last evaluation whole.
+  the one before only once all are written, `metrics.json` last
+  (`RunIOError`, naming the workdir, if they cannot be), so that a failure
+  leaves the set of the last evaluation whole.
 
   Examples:
     >>> import os, tempfile

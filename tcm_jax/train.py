@@ -302,10 +302,11 @@ def train_and_evaluate(
   try:
     writer = writers.MetricsWriter(workdir, start if resumed else -1,
                                    reevaluate=complete)
-    # config.json now, unless it belongs to a final report already: then it
-    # is replaced with the new report's files, which it describes.
+    # config.json now, unless it belongs to the final report of the run
+    # resumed: then it is replaced with the new report's files, which it
+    # describes. (A run started afresh writes it, and its logs, anew.)
     reported = os.path.exists(os.path.join(workdir, 'metrics.json'))
-    if jax.process_index() == 0 and not reported:
+    if jax.process_index() == 0 and not (resumed and reported):
       writers.write_atomic(os.path.join(workdir, 'config.json'),
                            lambda f: json.dump(config_dict, f, indent=2))
   except BaseException:

@@ -185,10 +185,9 @@ def staged_files(folder: str, *, last: Sequence[str] = ('metrics.json',),
     names = sorted(os.listdir(staging), key=lambda name: (name in last, name))
     replace_files({name: os.path.join(staging, name) for name in names},
                   folder)
-  except RunIOError:
-    raise
-  except OSError as error:
-    raise io_error(what, folder, error) from error
+  except OSError as error:  # (a staged file's RunIOError: its own cause)
+    cause = error.__cause__ if isinstance(error, RunIOError) else None
+    raise io_error(what, folder, cause or error) from error
   finally:
     shutil.rmtree(staging, ignore_errors=True)
 

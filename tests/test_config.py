@@ -188,6 +188,8 @@ BAD_VALUES = [
     ('eval.epsilon', 1.0, 'must be in (0, 1)'),
     ('eval.target_far', 0.0, 'must be a false-accept rate in (0, 1]'),
     ('eval.far_range', (0.1, 0.01), 'must be a pair (low, high)'),
+    ('eval.far_range', (0.0, 0.1),
+     'must be a pair (low, high) of false-accept rates, 0 < low < high'),
     ('eval.num_thresholds', 1, 'must be an int from 2 to 2097153'),
     # More than any range holds (metrics.advanced.thresholds_between's
     # float32 limit over [0, 2], checked below): refused before training.

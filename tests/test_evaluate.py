@@ -207,6 +207,7 @@ def test_command_refuses_bad_flags_as_usage_errors(npz_file, tmp_path):
     ('--epsilon=2', '--epsilon must be in (0, 1), got 2.0.'),
     ('--num_thresholds=10000000', '--num_thresholds=10000000 is more than'),
     ('--block_size=0', '--block_size must be a positive number of rows'),
+    ('--far_range=0,0.1', '--far_range must start above 0, got (0.0, 0.1).'),
 ])
 def test_evaluation_flags_are_checked_before_the_file_is_read(
     flag, message, tmp_path):

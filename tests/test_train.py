@@ -677,6 +677,24 @@ def _no_space(*args, **kwargs):
   raise OSError(errno.ENOSPC, 'No space left on device')
 
 
+def test_a_staged_file_that_cannot_be_written_names_the_folder(tmp_path):
+  folder = tmp_path / 'run'
+  folder.mkdir()
+  (folder / 'config.json').write_text('old')
+
+  def no_space(f):
+    raise OSError(errno.ENOSPC, 'No space left on device')
+
+  with pytest.raises(writers.RunIOError) as caught:
+    with writers.staged_files(str(folder)) as staging:
+      writers.write_atomic(os.path.join(staging, 'config.json'), no_space)
+  # The folder the user gave, not the staging file, which is gone.
+  assert str(caught.value) == (
+      f"Writing the report failed (No space left on device): '{folder}'")
+  assert os.listdir(folder) == ['config.json']
+  assert (folder / 'config.json').read_text() == 'old'
+
+
 def test_metrics_writer_names_the_file_it_cannot_write(tmp_path, monkeypatch):
   writer = writers.MetricsWriter(str(tmp_path), resumed_step=-1)
   writer.write(1, 'train', {'loss': 1.0})

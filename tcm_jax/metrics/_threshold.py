@@ -242,6 +242,12 @@ def resolve_range(far_range, distance_range,
   return CalibrationRange(distance=(low, high), far=far)
 
 
+# A share of all negative pairs in one 2**-14 distance bin (6e-5 wide) that
+# no spread of distances gives: a spike, where embeddings (some or all)
+# collapsed onto each other.
+_SPIKE = 0.05
+
+
 def _collapsed_message(negative_histogram: np.ndarray,
                        far: tuple[float, float], distance: float) -> str:
   """Why the range is empty: how many negatives share one distance bin."""
@@ -255,10 +261,10 @@ def _collapsed_message(negative_histogram: np.ndarray,
   where = (f'{share:.1%} of the {total} negative pairs are at distance '
            f'{distance:.6f} (cosine {1 - distance:.6f}), so FAR {far[0]!r} '
            f'and {far[1]!r} are reached within one 2**-14 distance bin')
-  if share < 0.5:  # the negatives are spread: the range asked is too narrow
-    return (f'the calibration range is empty: {where}. far_range is narrower '
-            'than the negative pairs of one bin: widen it, or pass '
-            'distance_range.')
+  if share < _SPIKE:  # no spike of negatives: the range asked is too narrow
+    return (f'the calibration range is empty: {where}. far_range (a width '
+            f'of {far[1] - far[0]:.2g}) is narrower than the negative pairs '
+            'of one bin: widen it, or pass distance_range.')
   return (
       f'the calibration range collapsed: {where}. The classes are not told '
       f'apart: the embeddings have collapsed{cause}. Check the model and its '

@@ -118,9 +118,22 @@ def test_a_far_range_too_narrow_for_its_negatives_is_named_as_such():
   with pytest.raises(metrics.CalibrationRangeError, match=(
       r'^the calibration range is empty: \d+\.\d% of the 214 negative pairs '
       r'.* so FAR 0\.1 and 0\.1000001 are reached within one 2\*\*-14 '
-      r'distance bin\. far_range is narrower than the negative pairs of one '
-      r'bin: widen it, or pass distance_range\.$')):
+      r'distance bin\. far_range \(a width of 1e-07\) is narrower than the '
+      r'negative pairs of one bin: widen it, or pass distance_range\.$')):
     metrics.evaluate_embeddings(z, labels, far_range=(0.1, 0.1000001))
+
+
+def test_a_partial_collapse_is_named_a_collapse():
+  # Half the rows of every class on one point: a quarter of the negative
+  # pairs at distance 0, the rest spread.
+  rng = np.random.default_rng(0)
+  labels = np.arange(1000) % 20
+  z = rng.normal(size=(1000, 32)) + 3 * rng.normal(size=(20, 32))[labels]
+  z[:500] = 1.0
+  with pytest.raises(metrics.CalibrationRangeError, match=(
+      r'^the calibration range collapsed: 2\d\.\d% of the \d+ negative pairs '
+      r'are at distance 0\.0000.*point the same way')):
+    metrics.evaluate_embeddings(z, labels)
 
 
 def test_zero_embeddings_are_named_as_the_likely_cause():
