@@ -16,7 +16,7 @@ import math
 import os
 import re
 import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 
 import jax
 
@@ -148,16 +148,15 @@ def replace_files(staged: dict[str, str], folder: str) -> None:
 
 
 @contextlib.contextmanager
-def staged_files(folder: str, *, last: Sequence[str] = ('metrics.json',),
-                 what: str = 'Writing the report') -> Iterator[str]:
+def staged_files(folder: str) -> Iterator[str]:
   """A folder to write a set of files into, which then replace `folder`'s.
 
   Yields a staging folder (`folder/.report.tmp`, made afresh). When the
   block ends without an error, each file written there is moved over
-  `folder/<name>` (`replace_files`), the names of `last` last (the file
-  whose presence says the set is complete); on any error `folder` keeps
-  the files it had. An `OSError` is raised as a `RunIOError` naming `what`
-  and `folder`.
+  `folder/<name>` (`replace_files`), `metrics.json` last (its presence
+  says the set is complete); on any error `folder` keeps the files it had.
+  An `OSError` is raised as a `RunIOError` ('Writing the report failed')
+  naming `folder`.
 
   Examples:
     >>> import os, tempfile
@@ -182,12 +181,13 @@ def staged_files(folder: str, *, last: Sequence[str] = ('metrics.json',),
   try:
     os.makedirs(staging)
     yield staging
-    names = sorted(os.listdir(staging), key=lambda name: (name in last, name))
+    names = sorted(os.listdir(staging),
+                   key=lambda name: (name == 'metrics.json', name))
     replace_files({name: os.path.join(staging, name) for name in names},
                   folder)
   except OSError as error:  # (a staged file's RunIOError: its own cause)
     cause = error.__cause__ if isinstance(error, RunIOError) else None
-    raise io_error(what, folder, cause or error) from error
+    raise io_error('Writing the report', folder, cause or error) from error
   finally:
     shutil.rmtree(staging, ignore_errors=True)
 

@@ -1108,25 +1108,14 @@ TRAINED_CASES = [case for case in CONFIG_CASES
                  and case not in TRAINED_ELSEWHERE]
 
 
-def _flat(tree, prefix=''):
-  flat = {}
-  for key, value in tree.items():
-    if isinstance(value, dict):
-      flat.update(_flat(value, f'{prefix}{key}.'))
-    else:
-      flat[prefix + key] = value
-  return flat
-
-
 @pytest.mark.parametrize('name,backbone', [
     (name, backbone) for name in sorted(set(PROTOCOL) - {'cub200'})
     for backbone in ('resnet50', 'vit_b16')])
 def test_other_paper_configs_differ_from_cub200_in_recipe_numbers_only(
     name, backbone):
-  cub200 = _flat(_load_config('cub200', backbone).to_dict())
-  config = _flat(_load_config(name, backbone).to_dict())
-  differ = {key for key in cub200.keys() | config.keys()
-            if cub200.get(key, KeyError) != config.get(key, KeyError)}
+  differ = set(config_lib.changed_keys(
+      _load_config('cub200', backbone).to_dict(),
+      _load_config(name, backbone).to_dict()))
   assert 'dataset.name' in differ and differ <= RECIPE_NUMBERS, differ
 
 

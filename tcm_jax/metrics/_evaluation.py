@@ -205,9 +205,7 @@ def check_options(*, far_range=(1e-3, 1e-1), distance_range=None,
     ValueError: epsilon must be in (0, 1), got 2.0.
   """
   if distance_range is None:
-    low, _ = _checks.check_range('far_range', far_range, 0.0, 1.0)
-    if low <= 0.0:
-      raise ValueError(f'far_range must start above 0, got {tuple(far_range)}.')
+    _threshold.check_far_range(far_range)
   else:
     _checks.check_range('distance_range', distance_range, -1.0, 3.0)
   _checks.check_int('num_thresholds', num_thresholds, 2)

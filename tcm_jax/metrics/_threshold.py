@@ -224,6 +224,14 @@ def calibrate(counts: _pair_counts.ClassCounts, target_far: float,
   )
 
 
+def check_far_range(far_range) -> tuple[float, float]:
+  """`far_range` as `(low, high)` false-accept rates, 0 < low < high <= 1."""
+  far = _checks.check_range('far_range', far_range, 0.0, 1.0)
+  if far[0] <= 0.0:
+    raise ValueError(f'far_range must start above 0, got {far}.')
+  return far
+
+
 def resolve_range(far_range, distance_range,
                   negative_histogram: np.ndarray | None) -> CalibrationRange:
   """The calibration range: explicit distances, or read off the FAR."""
@@ -232,9 +240,7 @@ def resolve_range(far_range, distance_range,
         distance=_checks.check_range('distance_range', distance_range, -1.0,
                                      3.0),
         far=None)
-  far = _checks.check_range('far_range', far_range, 0.0, 1.0)
-  if far[0] <= 0.0:
-    raise ValueError(f'far_range must start above 0, got {far}.')
+  far = check_far_range(far_range)
   low, high = (far_quantile(negative_histogram, f) for f in far)
   if not low < high:
     raise CalibrationRangeError(_collapsed_message(negative_histogram, far,
