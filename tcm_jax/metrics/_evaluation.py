@@ -19,6 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from tcm_jax import _checks
+from tcm_jax.metrics import _histograms
+from tcm_jax.metrics import _one_pass
 from tcm_jax.metrics import _pair_counts
 from tcm_jax.metrics import _retrieval
 from tcm_jax.metrics import _threshold
@@ -220,7 +222,8 @@ def evaluate_source(source: _pair_counts.PairSource, *,
                     beta: float = 1.0, num_thresholds: int = 101,
                     epsilon: float = 0.1, ks: Sequence[int] = (1, 2, 4, 8),
                     target_far: float = 1e-2,
-                    progress: _pair_counts.ProgressFn | None = None
+                    progress: _pair_counts.ProgressFn | None = None,
+                    engine: str = 'exact', product: str | None = None
                     ) -> Evaluation:
   """Every metric of a pair source; see `evaluate_embeddings`.
 
@@ -240,6 +243,13 @@ def evaluate_source(source: _pair_counts.PairSource, *,
     ks: see `evaluate_embeddings`.
     target_far: see `evaluate_embeddings`.
     progress: `fn(done, total)` called after each block of both passes.
+    engine: `'exact'` (two passes: thresholds anywhere, counted exactly) or
+      `'histogram'` (one pass: per-class distance histograms on a grid of
+      2**-14, thresholds moved to its nearest edges; see
+      `tcm_jax.metrics._one_pass`).
+    product: with `engine='histogram'`, where the similarities are computed
+      and counted: `'numpy'` (BLAS, the default on CPU) or `'jax'` (the
+      default device, the default elsewhere).
 
   Returns:
     `Evaluation`.
@@ -259,6 +269,12 @@ def evaluate_source(source: _pair_counts.PairSource, *,
                 beta=beta, num_thresholds=num_thresholds, epsilon=epsilon,
                 target_far=target_far)
   mask = _pair_counts.check_enough_classes(source)
+  if _checks.check_choice('engine', engine, ('exact', 'histogram')) == (
+      'histogram'):
+    return _from_histograms(
+        source, mask, far_range=far_range, distance_range=distance_range,
+        beta=beta, num_thresholds=num_thresholds, epsilon=epsilon, ks=ks,
+        target_far=target_far, progress=progress, product=product)
   first_progress, second_progress = _two_pass_progress(progress)
 
   retrieval_plan = _retrieval.plan(source, ks)
@@ -282,14 +298,21 @@ def evaluate_source(source: _pair_counts.PairSource, *,
   global_threshold = _threshold.far_quantile(histogram, target_far)
   counts = _pair_counts.class_counts(source, thresholds, global_threshold,
                                     second_progress)
+  return _assemble(source, mask, counts, calibration_range, beta, epsilon,
+                   target_far, _retrieval.summarize(
+                       source, retrieval_plan, sums, class_sums))
+
+
+def _assemble(source, mask, counts, calibration_range, beta, epsilon,
+              target_far, retrieval) -> Evaluation:
+  """The `Evaluation` of per-class counts and retrieval sums."""
   curves = curves_from_counts(counts, mask, source.classes, beta,
                               calibration_range)
   negatives = max(int(counts.neg_total.sum()), 1)
   query_classes = np.zeros(source.num_classes, bool)
   query_classes[source.query_ids] = True
   return Evaluation(
-      retrieval=_retrieval.summarize(source, retrieval_plan, sums,
-                                     class_sums),
+      retrieval=retrieval,
       curves=curves,
       opis=float(opis_from_utility(curves.utility)),
       eps_opis=float(eps_opis_from_utility(curves.utility, epsilon=epsilon)),
@@ -302,6 +325,80 @@ def evaluate_source(source: _pair_counts.PairSource, *,
       num_queries=source.num_queries,
       num_references=source.num_refs,
   )
+
+
+def _default_product() -> str:
+  return 'numpy' if jax.default_backend() == 'cpu' else 'jax'
+
+
+def _histogram_counts(histograms: _histograms.PairHistograms, far_range,
+                      distance_range, num_thresholds: int, target_far: float
+                      ) -> tuple[_pair_counts.ClassCounts,
+                                 _threshold.CalibrationRange]:
+  """Counts at the grid edges nearest the range's thresholds and at the
+  global threshold (the first edge reaching `target_far`)."""
+  if distance_range is None:
+    far = _threshold.check_far_range(far_range)
+    low, high = (histograms.far_edge(f) for f in far)
+    if not low < high:
+      negatives = histograms.global_negatives()
+      raise _threshold.CalibrationRangeError(_threshold.collapsed_message(
+          np.pad(negatives, (0, max(0, _pair_counts.FINE_BINS
+                                    - len(negatives)))),
+          far, low / _histograms.BINS_PER_UNIT))
+    calibration_range = _threshold.CalibrationRange(
+        distance=(low / _histograms.BINS_PER_UNIT,
+                  high / _histograms.BINS_PER_UNIT), far=far)
+    names = dict(range_name='the calibration range (where the global FAR '
+                 f'goes from {far[0]:g} to {far[1]:g})')
+  else:
+    calibration_range = _threshold.CalibrationRange(
+        distance=_checks.check_range('distance_range', distance_range, -1.0,
+                                     3.0), far=None)
+    names = dict(range_name='distance_range')
+  edges = _histograms.snap_thresholds(*calibration_range.distance,
+                                      num_thresholds, **names)
+  extra = histograms.far_edge(target_far)
+  positive, negative = histograms.accepted(np.append(edges, extra))
+  counts = _pair_counts.ClassCounts(
+      thresholds=_histograms.edge_distances(edges),
+      pos_accepted=positive[:, :-1], neg_accepted=negative[:, :-1],
+      pos_total=histograms.positive.sum(axis=1),
+      neg_total=histograms.negative.sum(axis=1),
+      extra_threshold=extra / _histograms.BINS_PER_UNIT,
+      pos_accepted_extra=positive[:, -1], neg_accepted_extra=negative[:, -1])
+  return counts, calibration_range
+
+
+def _from_histograms(source, mask, *, far_range, distance_range, beta,
+                     num_thresholds, epsilon, ks, target_far, progress,
+                     product) -> Evaluation:
+  """`evaluate_source` with `engine='histogram'`: one pass."""
+  product = _checks.check_choice('product', product or _default_product(),
+                                 ('numpy', 'jax'))
+  retrieval_plan = _retrieval.plan(source, ks)
+  largest_far = target_far if distance_range is not None else max(
+      target_far, float(far_range[1]))
+  cut = _one_pass.choose_cut(
+      source, largest_far,
+      None if distance_range is None else float(distance_range[1]))
+  _one_pass.check_histogram_size(source, cut)
+  run = _one_pass.numpy_pass if product == 'numpy' else _one_pass.jax_pass
+  result = run(source, retrieval_plan, cut, progress)
+  try:
+    counts, calibration_range = _histogram_counts(
+        result.histograms, far_range, distance_range, num_thresholds,
+        target_far)
+  except _histograms.BeyondCutError:  # the sample misled the cut: no cut
+    _one_pass.check_histogram_size(source, _histograms.LAST_BIN)
+    result = run(source, retrieval_plan, _histograms.LAST_BIN, progress)
+    counts, calibration_range = _histogram_counts(
+        result.histograms, far_range, distance_range, num_thresholds,
+        target_far)
+  return _assemble(source, mask, counts, calibration_range, beta, epsilon,
+                   target_far, _retrieval.summarize(
+                       source, retrieval_plan, result.sums,
+                       result.class_sums))
 
 
 def evaluate_embeddings(embeddings, labels, ref_embeddings=None,

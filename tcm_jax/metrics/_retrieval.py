@@ -114,6 +114,16 @@ def retrieval_block(queries, refs, query_ids, ref_ids, row_valid, offset,
     segment sum over the block's queries, not its pairs).
   """
   similarity = _pair_counts.block_similarity(queries, refs)
+  return ranking_sums(similarity, query_ids, ref_ids, row_valid, offset,
+                      num_relevant, num_neighbours=num_neighbours, ks=ks,
+                      exclude_self=exclude_self, num_classes=num_classes)
+
+
+def ranking_sums(similarity, query_ids, ref_ids, row_valid, offset,
+                 num_relevant, *, num_neighbours, ks, exclude_self,
+                 num_classes):
+  """`retrieval_block`'s sums from the block's `[b, R]` similarity (traced:
+  call it inside a jit-compiled kernel)."""
   # top_k ranks -0.0 below +0.0; they tie, and ties go to the lowest index.
   similarity = jnp.where(similarity == 0, 0.0, similarity)
   if exclude_self:

@@ -243,7 +243,7 @@ def resolve_range(far_range, distance_range,
   far = check_far_range(far_range)
   low, high = (far_quantile(negative_histogram, f) for f in far)
   if not low < high:
-    raise CalibrationRangeError(_collapsed_message(negative_histogram, far,
+    raise CalibrationRangeError(collapsed_message(negative_histogram, far,
                                                    low))
   return CalibrationRange(distance=(low, high), far=far)
 
@@ -254,7 +254,7 @@ def resolve_range(far_range, distance_range,
 _SPIKE = 0.05
 
 
-def _collapsed_message(negative_histogram: np.ndarray,
+def collapsed_message(negative_histogram: np.ndarray,
                        far: tuple[float, float], distance: float) -> str:
   """Why the range is empty: how many negatives share one distance bin."""
   index = int(distance * _pair_counts.FINE_BINS_PER_UNIT)

@@ -1,0 +1,365 @@
+"""The one-pass evaluation: every metric from one pass over the pairs.
+
+Each block of query rows is compared with all references once. Its pairs go
+into per-class histograms of positive and negative distances on a fixed grid
+(`_histograms`), and its rows into their nearest neighbours; every threshold
+metric is then read off the summed histograms, so that any number of
+thresholds, ranges or operating points costs nothing more.
+
+Two ways to run the pass, with the same results:
+- `'numpy'` (the default on CPU): the queries and references sorted by
+  class, so that each block's rows fall in a few classes and a class's
+  positives are one column range; products with NumPy's BLAS in tiles that
+  stay in cache; only pairs nearer than the cut are binned (`np.bincount`),
+  the rest are counted from the class sizes; the nearest neighbours are
+  found among the chunks of 128 references whose largest similarity reaches
+  a row's `depth`-th largest chunk maximum (they hold every one of its
+  `depth` nearest), then sorted exactly, ties by reference index.
+- `'jax'` (the default on accelerators): one jit-compiled kernel per block on
+  the device, the histograms a scatter-add carried on the device, the
+  neighbours `lax.top_k`.
+
+The cut is chosen before the pass from a sample of 256 query rows, past the
+distance where the global FAR reaches the largest the evaluation reads
+(with margin); in the rare case the whole set reaches it farther, the pass
+is run again with no cut, so the results never depend on the sample.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from tcm_jax.metrics import _histograms
+from tcm_jax.metrics import _pair_counts
+from tcm_jax.metrics import _retrieval
+from tcm_jax.similarity import l2_normalize
+
+# Columns per tile of the NumPy pass (a multiple of the chunk): with 256
+# rows, 8 MiB of float32 per tile, in cache for the passes that follow its
+# product.
+TILE_COLUMNS = 8192
+TILE_ROWS = 256
+CHUNK = 128
+SAMPLE_ROWS = 256
+
+
+@dataclasses.dataclass(frozen=True)
+class PassResult:
+  """What one pass leaves: the histograms and the retrieval sums."""
+  histograms: _histograms.PairHistograms
+  sums: np.ndarray  # [len(ks) + 3] float64
+  class_sums: np.ndarray  # [classes, len(ks) + 3] float64
+
+
+def pair_totals(source: _pair_counts.PairSource) -> tuple[np.ndarray,
+                                                          np.ndarray]:
+  """`([classes], [classes])` int64 positive and negative pairs of each
+  query class."""
+  queries = np.bincount(source.query_ids, minlength=source.num_classes)
+  refs = np.bincount(source.ref_ids, minlength=source.num_classes)
+  positives = queries * (refs - int(source.exclude_self))
+  return positives.astype(np.int64), (queries * (source.num_refs - refs)
+                                      ).astype(np.int64)
+
+
+def count_dtype(source: _pair_counts.PairSource) -> type:
+  """int32 where every class's pairs fit in it, else int64."""
+  positives, negatives = pair_totals(source)
+  return np.int32 if max(positives.max(), negatives.max()) < 2**31 else (
+      np.int64)
+
+
+# Histograms past this size are refused before the pass.
+MAX_HISTOGRAM_BYTES = 4 * 2**30
+
+
+def check_histogram_size(source: _pair_counts.PairSource,
+                         cut_bin: int) -> None:
+  """Raises when `classes x bins x 2` counters would not fit in memory."""
+  size = (2 * source.num_classes * (cut_bin + 2)
+          * np.dtype(count_dtype(source)).itemsize)
+  if size > MAX_HISTOGRAM_BYTES:
+    raise ValueError(
+        f"engine='histogram' needs {size / 2**30:.1f} GiB for the histograms "
+        f'of {source.num_classes} classes x {cut_bin + 2} distance bins '
+        f'(more than {MAX_HISTOGRAM_BYTES / 2**30:g} GiB): pass '
+        "engine='exact' (two passes, memory classes x thresholds), or a "
+        'smaller far_range upper end (the bins stop past it).')
+
+
+def _with_overflow(positive, every, source) -> _histograms.PairHistograms:
+  """Negatives (every pair less the positives) and the last column of both
+  recounted from the class totals (the pairs past the cut), in place."""
+  pos_total, neg_total = pair_totals(source)
+  negative = every
+  negative -= positive
+  for histogram, total in ((positive, pos_total), (negative, neg_total)):
+    histogram[:, -1] = total - histogram[:, :-1].sum(axis=1, dtype=np.int64)
+  return _histograms.PairHistograms(positive, negative,
+                                    positive.shape[1] - 2)
+
+
+def _normalized(x) -> np.ndarray:
+  return np.asarray(l2_normalize(jnp.asarray(x)), np.float32)
+
+
+class _Rows:
+  """Similarity rows of the source, by original query index (NumPy)."""
+
+  def __init__(self, source: _pair_counts.PairSource, ref_order=None):
+    self._order = ref_order
+    if source.similarity is not None:
+      self._matrix = np.asarray(source.similarity, np.float32)
+      self._queries = self._refs = None
+    else:
+      self._matrix = None
+      self._queries = _normalized(source.embeddings)
+      self._refs = (self._queries if source.ref_embeddings is None
+                    else _normalized(source.ref_embeddings))
+      if ref_order is not None:
+        self._refs = self._refs[ref_order]
+
+  def queries(self, index: np.ndarray) -> np.ndarray:
+    """Query embeddings (or similarity rows, columns in reference order)."""
+    if self._matrix is not None:
+      rows = self._matrix[index]
+      return rows if self._order is None else rows[:, self._order]
+    return self._queries[index]
+
+  def tile(self, queries: np.ndarray, start: int, stop: int,
+           out: np.ndarray) -> None:
+    """`out[:, :stop - start]` = the similarities of references
+    `start..stop` (in reference order)."""
+    width = stop - start
+    if self._matrix is not None:
+      out[:, :width] = queries[:, start:stop]
+    elif width == out.shape[1]:
+      np.dot(queries, self._refs[start:stop].T, out=out)
+    else:
+      out[:, :width] = queries @ self._refs[start:stop].T
+
+
+def choose_cut(source: _pair_counts.PairSource, far: float,
+               distance: float | None) -> int:
+  """The histograms' cut: past where the global FAR reaches `far` on a
+  sample of query rows (at FAR `1.25 far + 0.01`), and past `distance`."""
+  rng = np.random.default_rng(0)
+  count = min(source.num_queries, SAMPLE_ROWS)
+  index = np.sort(rng.choice(source.num_queries, count, replace=False))
+  rows = _Rows(source)
+  queries = rows.queries(index)
+  similarity = np.empty((count, source.num_refs), np.float32)
+  rows.tile(queries, 0, source.num_refs, similarity)
+  negative = source.query_ids[index][:, None] != source.ref_ids[None, :]
+  bins = _histograms.distance_bins(similarity[negative],
+                                   _histograms.LAST_BIN)
+  cut = _histograms.LAST_BIN
+  if bins.size:
+    cumulative = np.cumsum(np.bincount(bins))
+    wanted = min(1.0, 1.25 * far + 0.01) * bins.size
+    cut = min(cut, int(np.searchsorted(cumulative, wanted)) + 64)
+  if distance is not None:
+    cut = max(cut, _histograms.edge_bin(distance) + 1)
+  return min(cut, _histograms.LAST_BIN)
+
+
+def _class_starts(ids: np.ndarray, num_classes: int) -> np.ndarray:
+  """`[classes + 1]` where each class starts in `ids` sorted."""
+  return np.concatenate([[0], np.cumsum(np.bincount(ids,
+                                                    minlength=num_classes))])
+
+
+def _per_query_sums(relevant: np.ndarray, num_relevant: np.ndarray,
+                    ks: Sequence[int]) -> np.ndarray:
+  """`[b, len(ks) + 3]` hits at each K, AP@R, R-precision and 1, for rows of
+  neighbours in rank order (`relevant`: `[b, depth]` bool)."""
+  depth = relevant.shape[1]
+  hits = np.cumsum(relevant, axis=1)
+  ranks = np.arange(1, depth + 1)
+  r = num_relevant
+  safe_r = np.maximum(r, 1)
+  within_r = ranks[None, :] <= r[:, None]
+  average_precision = np.sum(np.where(relevant & within_r, hits / ranks, 0.0),
+                             axis=1) / safe_r
+  r_index = np.clip(r - 1, 0, depth - 1)
+  r_precision = hits[np.arange(len(r)), r_index] / safe_r
+  recall = [hits[:, min(k, depth) - 1] > 0 for k in ks]
+  per_query = np.stack(recall + [average_precision, r_precision,
+                                 np.ones_like(r_precision)], axis=1)
+  return np.where((r > 0)[:, None], per_query, 0.0)
+
+
+def _nearest(chunk_max, tiles, depth, ref_order, num_refs):
+  """`[b, depth]` sorted-reference positions of each row's nearest.
+
+  `chunk_max` `[b, chunks]` holds the largest similarity of each chunk of
+  `CHUNK` references; `tiles` `[tiles, b, tile columns]` the similarities.
+  A row's `depth` nearest all lie in chunks whose maximum reaches its
+  `depth`-th largest chunk maximum `tau`, and have similarity at least `tau`:
+  those candidates are sorted by similarity, then reference index.
+  """
+  rows, chunks = chunk_max.shape
+  if depth < chunks:
+    tau = np.partition(chunk_max, chunks - depth, axis=1)[:, chunks - depth]
+  else:
+    tau = np.full(rows, -np.inf, np.float32)
+  per_tile = tiles.shape[2] // CHUNK
+  row, chunk = np.nonzero(chunk_max >= tau[:, None])
+  tile, local = np.divmod(chunk, per_tile)
+  values = tiles.reshape(tiles.shape[0], tiles.shape[1], per_tile,
+                         CHUNK)[tile, row, local]
+  columns = chunk[:, None] * CHUNK + np.arange(CHUNK)
+  keep = values >= tau[row][:, None]
+  row = np.broadcast_to(row[:, None], values.shape)[keep]
+  values, columns = values[keep], columns[keep]
+  # Padding columns (past the references) sort after every reference.
+  index = np.where(columns < num_refs,
+                   ref_order[np.minimum(columns, num_refs - 1)],
+                   num_refs + columns)
+  order = np.lexsort((index, -values, row))
+  row, columns = row[order], columns[order]
+  starts = np.searchsorted(row, np.arange(rows))
+  rank = np.arange(len(row)) - starts[row]
+  take = rank < depth
+  nearest = np.full((rows, depth), num_refs, np.int64)
+  nearest[row[take], rank[take]] = columns[take]
+  return nearest
+
+
+def numpy_pass(source: _pair_counts.PairSource,
+               plan: _retrieval.RetrievalPlan, cut_bin: int,
+               progress=None) -> PassResult:
+  """The one pass with NumPy (see the module docstring)."""
+  num_classes, num_refs = source.num_classes, source.num_refs
+  query_order = np.argsort(source.query_ids, kind='stable')
+  ref_order = (query_order if source.exclude_self
+               else np.argsort(source.ref_ids, kind='stable'))
+  query_ids = source.query_ids[query_order]
+  ref_ids = np.append(source.ref_ids[ref_order], -1)  # -1: padding
+  query_starts = _class_starts(source.query_ids, num_classes)
+  ref_starts = _class_starts(source.ref_ids, num_classes)
+  num_relevant = plan.num_relevant[:source.num_queries][query_order]
+  rows = _Rows(source, ref_order)
+
+  columns = min(TILE_COLUMNS, -(-num_refs // CHUNK) * CHUNK)
+  num_tiles = -(-num_refs // columns)
+  block_rows = min(TILE_ROWS, source.num_queries)
+  tiles = np.empty((num_tiles, block_rows, columns), np.float32)
+  chunk_max = np.empty((block_rows, num_tiles * (columns // CHUNK)),
+                       np.float32)
+  mask = _histograms.mask_similarity(cut_bin)
+  width = cut_bin + 2
+  dtype = count_dtype(source)
+  every = np.zeros((num_classes, width), dtype)
+  positive = np.zeros((num_classes, width), dtype)
+  depth = plan.num_neighbours
+  sums = np.zeros(len(plan.ks) + 3, np.float64)
+  class_sums = np.zeros((num_classes, len(sums)), np.float64)
+
+  def count(into, values):
+    # compress is branch-free: boolean indexing runs ten times slower here.
+    values = np.compress((values >= mask).ravel(), values.ravel())
+    if values.size:
+      into += np.bincount(_histograms.distance_bins(values, cut_bin),
+                          minlength=width)
+
+  num_blocks = -(-source.num_queries // block_rows)
+  for block in range(num_blocks):
+    start = block * block_rows
+    stop = min(start + block_rows, source.num_queries)
+    valid = stop - start
+    queries = rows.queries(query_order[start:stop])
+    block_ids = query_ids[start:stop]
+    classes = np.unique(block_ids)
+    for t in range(num_tiles):
+      tile = tiles[t, :valid]
+      first = t * columns
+      last = min(first + columns, num_refs)
+      rows.tile(queries, first, last, tile)
+      tile[:, last - first:] = -np.inf
+      if source.exclude_self:
+        diagonal = np.arange(max(start, first), min(stop, last))
+        tile[diagonal - start, diagonal - first] = -np.inf
+      for c in classes:
+        r0 = max(query_starts[c] - start, 0)
+        r1 = min(query_starts[c + 1] - start, valid)
+        count(every[c], tile[r0:r1])
+        p0 = max(ref_starts[c], first) - first
+        p1 = min(ref_starts[c + 1], last) - first
+        if p1 > p0:
+          count(positive[c], tile[r0:r1, p0:p1])
+      per_tile = columns // CHUNK
+      chunk_max[:valid, t * per_tile:(t + 1) * per_tile] = tile.reshape(
+          valid, per_tile, CHUNK).max(axis=2)
+    nearest = _nearest(chunk_max[:valid], tiles[:, :valid], depth, ref_order,
+                       num_refs)
+    relevant = ref_ids[nearest] == block_ids[:, None]
+    per_query = _per_query_sums(relevant, num_relevant[start:stop], plan.ks)
+    sums += per_query.sum(axis=0)
+    np.add.at(class_sums, block_ids, per_query)
+    if progress is not None:
+      progress(block + 1, num_blocks)
+  return PassResult(_with_overflow(positive, every, source), sums,
+                    class_sums)
+
+
+@functools.partial(
+    jax.jit, donate_argnums=(0,),
+    static_argnames=('num_neighbours', 'ks', 'exclude_self', 'num_classes',
+                     'cut_bin'))
+def _device_block(histogram, queries, refs, query_ids, ref_ids, row_valid,
+                  offset, num_relevant, *, num_neighbours, ks, exclude_self,
+                  num_classes, cut_bin):
+  """One block on the device: its pairs scattered into the histograms
+  (`[classes * 2 * (cut_bin + 2)]` int32: negative, positive), its ranking
+  sums."""
+  similarity = _pair_counts.block_similarity(queries, refs)
+  distance = 1.0 - similarity
+  bins = jnp.clip(jnp.ceil(distance * _histograms.BINS_PER_UNIT), 0,
+                  cut_bin + 1).astype(jnp.int32)
+  positive = query_ids[:, None] == ref_ids[None, :]
+  valid = row_valid[:, None] & jnp.ones(distance.shape, bool)
+  if exclude_self:
+    valid &= ~_pair_counts.self_pair_mask(distance.shape, offset)
+  key = (query_ids[:, None] * 2 + positive) * (cut_bin + 2) + bins
+  key = jnp.where(valid, key, histogram.shape[0])  # dropped below
+  histogram = histogram.at[key.ravel()].add(1, mode='drop')
+  sums = _retrieval.ranking_sums(
+      similarity, query_ids, ref_ids, row_valid, offset, num_relevant,
+      num_neighbours=num_neighbours, ks=ks, exclude_self=exclude_self,
+      num_classes=num_classes)
+  return histogram, sums
+
+
+def jax_pass(source: _pair_counts.PairSource, plan: _retrieval.RetrievalPlan,
+             cut_bin: int, progress=None) -> PassResult:
+  """The one pass as a jit-compiled kernel per block (see the module
+  docstring)."""
+  if count_dtype(source) != np.int32:
+    raise ValueError(
+        "product='jax' counts in int32 and a class has 2**31 pairs or more: "
+        "use product='numpy'.")
+  width = cut_bin + 2
+  histogram = jnp.zeros(source.num_classes * 2 * width, jnp.int32)
+  ref_ids = jnp.asarray(source.ref_ids)
+  sums = np.zeros(len(plan.ks) + 3, np.float64)
+  class_sums = np.zeros((source.num_classes, len(sums)), np.float64)
+  for block in _pair_counts.blocks(source, progress):
+    histogram, (block_sums, block_class_sums) = _device_block(
+        histogram, block.queries, block.refs, block.query_ids, ref_ids,
+        block.row_valid, block.offset, plan.block_relevant(block),
+        num_neighbours=plan.num_neighbours, ks=plan.ks,
+        exclude_self=source.exclude_self, num_classes=source.num_classes,
+        cut_bin=cut_bin)
+    sums += np.asarray(block_sums, np.float64)
+    class_sums += np.asarray(block_class_sums, np.float64)
+  counts = np.asarray(histogram).reshape(source.num_classes, 2, width)
+  positive = np.ascontiguousarray(counts[:, 1])
+  return PassResult(_with_overflow(positive, counts[:, 0] + positive, source),
+                    sums, class_sums)

@@ -1,0 +1,310 @@
+"""The one-pass evaluation (`engine='histogram'`) against the references.
+
+Counts are compared exactly at the engine's thresholds (grid edges) with the
+NumPy reference and with the two-pass engine, on the same similarities.
+"""
+
+import math
+
+import hypothesis
+from hypothesis import strategies as st
+import jax
+import numpy as np
+import pytest
+
+import tcm_jax
+from tcm_jax import metrics
+from tcm_jax.metrics import _histograms
+from tcm_jax.metrics import _one_pass
+from tcm_jax.metrics import _pair_counts
+from tcm_jax.metrics import advanced
+from tests.metrics import reference
+from tests.metrics.conftest import clustered_set
+
+G = 2**14
+
+
+@pytest.fixture
+def small_tiles(monkeypatch):
+  """Tiles of 64 rows and 256 columns: many tiles, chunks and blocks."""
+  monkeypatch.setattr(_one_pass, 'TILE_ROWS', 64)
+  monkeypatch.setattr(_one_pass, 'TILE_COLUMNS', 256)
+
+
+def _set(seed=3, num=600, dim=12, spread=1.0):
+  sizes = np.random.default_rng(seed).integers(2, 30, size=60)
+  sizes[:2] = 1  # two singleton classes
+  sizes = sizes[np.cumsum(sizes) <= num]
+  return clustered_set(seed, sizes, dim=dim, spread=spread)
+
+
+def _matrix(z, y=None):
+  return np.asarray(tcm_jax.cosine_similarity(
+      z, y, precision=jax.lax.Precision.HIGHEST))
+
+
+def _check_against_reference(result, similarity, labels, ref_labels=None,
+                             ks=(1, 2, 4, 8)):
+  """Every number of `result` from the NumPy reference, on `similarity`."""
+  thresholds = result.curves.thresholds
+  # The thresholds are grid edges, in the range they were read from.
+  np.testing.assert_array_equal(thresholds * G, np.round(thresholds * G))
+  classes, tpr, tnr = reference.class_rates(similarity, labels, ref_labels,
+                                            thresholds)
+  np.testing.assert_array_equal(result.curves.classes, classes)
+  # Equal counts: rates within rounding (one pair moves a rate by 1e-5 or
+  # more here).
+  np.testing.assert_allclose(result.curves.tpr, tpr, rtol=0, atol=1e-12)
+  np.testing.assert_allclose(result.curves.tnr, tnr, rtol=0, atol=1e-12)
+  curves = reference.utility(tpr, tnr)
+  assert result.opis == pytest.approx(reference.opis(curves), rel=1e-6)
+  assert result.eps_opis == pytest.approx(reference.eps_opis(curves, 0.1),
+                                          rel=1e-6)  # float32 on device
+  recall, map_r, r_prec, excluded = reference.retrieval(
+      similarity, labels, ks, ref_labels)
+  assert result.retrieval.recall_at_k == pytest.approx(recall, abs=1e-12)
+  # Per-query averages in float32 on a device, float64 in NumPy.
+  assert result.retrieval.map_at_r == pytest.approx(map_r, abs=1e-6)
+  assert result.retrieval.r_precision == pytest.approx(r_prec, abs=1e-6)
+  assert result.retrieval.num_excluded_queries == excluded
+  negatives = reference.negative_distances(similarity, labels, ref_labels)
+  # The range's ends and the global threshold: the first grid edges at
+  # which the exact FAR reaches the rates asked for.
+  edges = [*result.curves.calibration_range.distance,
+           result.calibration.threshold]
+  for edge, far in zip(edges, (1e-3, 1e-1, 1e-2)):
+    needed = math.ceil(round(far * len(negatives), 9))
+    assert np.sum(negatives <= edge) >= needed
+    assert np.sum(negatives <= edge - 1 / G) < needed
+    assert edge - reference.far_quantile(similarity, labels, far,
+                                         ref_labels) < 1 / G
+  assert result.calibration.far == pytest.approx(
+      np.mean(negatives <= result.calibration.threshold), abs=1e-12)
+
+
+@pytest.mark.parametrize('product', ['numpy', 'jax'])
+def test_a_similarity_matrix_equals_the_reference(product, small_tiles):
+  z, labels = _set()
+  similarity = _matrix(z)
+  result = metrics.evaluate_similarity(similarity, labels, engine='histogram',
+                                       product=product)
+  _check_against_reference(result, similarity, labels)
+  assert len(result.excluded_classes) == 2
+
+
+@pytest.mark.parametrize('product', ['numpy', 'jax'])
+def test_embeddings_equal_the_reference_on_their_own_products(product,
+                                                              small_tiles):
+  z, labels = _set(seed=4)
+  result = metrics.evaluate_embeddings(z, labels, engine='histogram',
+                                       product=product)
+  if product == 'jax':
+    similarity = _matrix(z)  # the device's products
+  else:
+    zn = np.asarray(tcm_jax.similarity.l2_normalize(z))
+    similarity = zn @ zn.T  # BLAS's
+  _check_against_reference(result, similarity, labels)
+
+
+@pytest.mark.parametrize('product', ['numpy', 'jax'])
+def test_queries_against_other_references(product, small_tiles):
+  z, labels = _set(seed=5, num=700)
+  queries, refs = z[:250], z[250:]
+  query_labels, ref_labels = labels[:250], labels[250:]
+  similarity = _matrix(queries, refs)
+  result = metrics.evaluate_similarity(similarity, query_labels, ref_labels,
+                                       engine='histogram', product=product)
+  _check_against_reference(result, similarity, query_labels, ref_labels)
+
+
+def test_the_two_engines_count_alike_at_the_grid_edges():
+  z, labels = _set(seed=6, num=900)
+  similarity = _matrix(z)
+  source = advanced.source_from_similarity(similarity, labels)
+  one = advanced.evaluate_source(source, engine='histogram', ks=(1, 3))
+  exact = advanced.class_counts(source, one.curves.thresholds,
+                                one.calibration.threshold)
+  two = advanced.evaluate_source(source, ks=(1, 3))
+  mask = _pair_counts.check_enough_classes(source)
+  pos_total = exact.pos_total[mask][:, None]
+  np.testing.assert_array_equal(one.curves.tpr,
+                                exact.pos_accepted[mask] / pos_total)
+  np.testing.assert_array_equal(
+      one.calibration.class_frr,
+      1 - exact.pos_accepted_extra[mask] / exact.pos_total[mask])
+  assert one.retrieval.recall_at_k == two.retrieval.recall_at_k
+  np.testing.assert_allclose(one.retrieval.class_sums,
+                             two.retrieval.class_sums, atol=1e-5)
+  # Thresholds moved by at most half a bin from the exact engine's, whose
+  # range ends are within a bin of the same quantiles.
+  np.testing.assert_allclose(one.curves.thresholds, two.curves.thresholds,
+                             atol=2.5 / G)
+  assert one.opis == pytest.approx(two.opis, rel=0.05)
+
+
+def test_ties_are_ranked_by_reference_index(small_tiles):
+  # Embeddings on a coarse lattice: many exactly equal similarities, and
+  # duplicates of one another across classes.
+  rng = np.random.default_rng(7)
+  labels = rng.integers(0, 25, 400)
+  z = rng.integers(-1, 2, size=(400, 4)).astype(np.float32)
+  z[np.all(z == 0, axis=1)] = 1.0
+  similarity = _matrix(z)
+  result = metrics.evaluate_similarity(similarity, labels, engine='histogram',
+                                       distance_range=(0.2, 0.9), ks=(1, 5))
+  recall, map_r, r_prec, _ = reference.retrieval(similarity, labels, (1, 5))
+  assert result.retrieval.recall_at_k == pytest.approx(recall, abs=1e-12)
+  assert result.retrieval.map_at_r == pytest.approx(map_r, abs=1e-9)
+  assert result.retrieval.r_precision == pytest.approx(r_prec, abs=1e-9)
+
+
+def test_a_cut_too_near_is_redone_without_one(monkeypatch):
+  z, labels = _set(seed=8)
+  expected = metrics.evaluate_embeddings(z, labels, engine='histogram')
+  cuts = []
+  real_pass = _one_pass.numpy_pass
+
+  def spy(source, plan, cut_bin, progress=None):
+    cuts.append(cut_bin)
+    return real_pass(source, plan, cut_bin, progress)
+
+  monkeypatch.setattr(_one_pass, 'choose_cut', lambda *args: G // 4)
+  monkeypatch.setattr(_one_pass, 'numpy_pass', spy)
+  got = metrics.evaluate_embeddings(z, labels, engine='histogram')
+  assert cuts == [G // 4, _histograms.LAST_BIN]
+  np.testing.assert_array_equal(got.curves.utility, expected.curves.utility)
+  assert got.calibration.threshold == expected.calibration.threshold
+
+
+def test_the_cut_covers_an_explicit_range_and_the_far_asked():
+  z, labels = _set(seed=9)
+  source = advanced.source_from_embeddings(z, labels)
+  cut = _one_pass.choose_cut(source, 0.1, 1.5)
+  assert cut >= 1.5 * G
+  cut = _one_pass.choose_cut(source, 0.1, None)
+  negatives = reference.negative_distances(_matrix(z), labels)
+  assert np.mean(negatives <= cut / G) > 0.1
+
+
+def test_histograms_add_up_over_disjoint_rows():
+  z, labels = _set(seed=10)
+  similarity = _matrix(z)
+  whole = advanced.source_from_similarity(similarity, labels)
+  plan = advanced_plan = metrics._retrieval.plan(whole, (1,))
+  del advanced_plan
+  full = _one_pass.numpy_pass(whole, plan, 20000).histograms
+  halves = []
+  for rows in (slice(0, 300), slice(300, None)):
+    part = advanced.source_from_similarity(similarity[rows], labels[rows],
+                                           labels)
+    halves.append(_one_pass.numpy_pass(
+        part, metrics._retrieval.plan(part, (1,)), 20000).histograms)
+  # The halves' own rows pair with every reference, self pairs included as
+  # positives; remove them from the merged positives to compare.
+  merged = halves[0].merge(halves[1])
+  np.testing.assert_array_equal(merged.negative, full.negative)
+  self_bins = _histograms.distance_bins(np.diag(similarity), 20000)
+  ids = np.unique(labels, return_inverse=True)[1]
+  np.add.at(merged.positive, (ids, self_bins), -1)
+  np.testing.assert_array_equal(merged.positive, full.positive)
+  with pytest.raises(ValueError, match='same classes and cut'):
+    full.merge(_histograms.PairHistograms(full.positive, full.negative, 10))
+
+
+@hypothesis.settings(max_examples=200, deadline=None)
+@hypothesis.given(st.floats(-1.0099999904632568, 1.0099999904632568, width=32))
+def test_a_pair_is_in_the_bin_of_the_edges_around_its_distance(s):
+  cut = _histograms.LAST_BIN
+  (k,) = _histograms.distance_bins(np.float32([s]), cut)
+  d = np.float32(1) - np.float32(s)
+  if k == 0:
+    assert d <= 0
+  else:
+    assert (k - 1) / G < d <= k / G
+  # The mask of the cut keeps every pair of a bin up to the cut.
+  for cut_bin in (max(k - 1, 0), k, k + 1):
+    if k <= cut_bin:
+      assert np.float32(s) >= _histograms.mask_similarity(cut_bin)
+
+
+def _nearest_reference(similarity, depth, ref_order):
+  """Columns (sorted-reference positions) of each row's `depth` nearest."""
+  index = np.broadcast_to(ref_order, similarity.shape)
+  order = np.lexsort((index, -similarity), axis=1)
+  return order[:, :depth]
+
+
+@pytest.mark.parametrize('depth', [1, 5, 40])
+def test_the_nearest_among_the_chunks_are_the_nearest(depth):
+  rng = np.random.default_rng(depth)
+  rows, columns = 30, 1000
+  # Few distinct values: ties across chunks and tiles.
+  similarity = rng.integers(0, 50, size=(rows, columns)).astype(np.float32)
+  ref_order = rng.permutation(columns)
+  tile_columns = 512
+  tiles = np.full((2, rows, tile_columns), -np.inf, np.float32)
+  tiles[0] = similarity[:, :512]
+  tiles[1, :, :columns - 512] = similarity[:, 512:]
+  chunk_max = tiles.transpose(1, 0, 2).reshape(rows, -1, 128).max(axis=2)
+  got = _one_pass._nearest(chunk_max, tiles, depth, ref_order, columns)
+  np.testing.assert_array_equal(
+      got, _nearest_reference(similarity, depth, ref_order))
+
+
+def test_thresholds_snap_to_the_nearest_edges_and_refuse_too_many():
+  edges = _histograms.snap_thresholds(0.1, 0.2, 101)
+  wanted = np.linspace(0.1, 0.2, 101)
+  assert np.max(np.abs(edges / G - wanted)) <= 0.5 / G
+  assert np.all(np.diff(edges) > 0)
+  # round(0.1 * G) = 1638 to round(0.101 * G) = 1655: 18 edges.
+  with pytest.raises(ValueError, match=r'num_thresholds=101 is more than the '
+                     r"18 grid edges .* engine='exact'"):
+    _histograms.snap_thresholds(0.1, 0.101, 101)
+
+
+def test_a_threshold_past_the_cut_is_refused():
+  histograms = _histograms.PairHistograms(
+      np.ones((2, 12), np.int64), np.ones((2, 12), np.int64), 10)
+  with pytest.raises(_histograms.BeyondCutError, match='past'):
+    histograms.accepted(np.array([3, 11]))
+  with pytest.raises(_histograms.BeyondCutError, match='FAR 0.99'):
+    histograms.far_edge(0.99)
+  assert histograms.far_edge(0.5) == 5
+
+
+@pytest.mark.parametrize('kwargs, match', [
+    (dict(engine='fast'), r"engine must be one of \['exact', 'histogram'\], "
+     r"got 'fast'"),
+    (dict(engine='histogram', product='torch'),
+     r"product must be one of \['numpy', 'jax'\], got 'torch'"),
+])
+def test_bad_engine_options(kwargs, match):
+  z, labels = _set(seed=11, num=100)
+  with pytest.raises(ValueError, match=match):
+    metrics.evaluate_embeddings(z, labels, **kwargs)
+
+
+def test_a_collapsed_embedding_is_named_as_such():
+  labels = np.repeat(np.arange(5), 4)
+  z = np.tile(np.eye(8, dtype=np.float32)[:1], (20, 1))
+  with pytest.raises(metrics.CalibrationRangeError,
+                     match='the embeddings have collapsed'):
+    metrics.evaluate_embeddings(z, labels, engine='histogram')
+
+
+def test_histograms_that_would_not_fit_are_refused_before_the_pass(
+    monkeypatch):
+  z, labels = _set(seed=12, num=200)
+  monkeypatch.setattr(_one_pass, 'MAX_HISTOGRAM_BYTES', 2**20)
+  monkeypatch.setattr(_one_pass, 'numpy_pass', None)  # never reached
+  with pytest.raises(ValueError, match=r"needs .* GiB for the histograms of "
+                     r"\d+ classes x \d+ distance bins .* engine='exact'"):
+    metrics.evaluate_embeddings(z, labels, engine='histogram')
+
+
+def test_counts_fit_in_int32_unless_a_class_has_too_many_pairs(monkeypatch):
+  source = advanced.source_from_embeddings(np.eye(4), [0, 0, 1, 1])
+  assert _one_pass.count_dtype(source) == np.int32
+  monkeypatch.setattr(_one_pass, 'pair_totals', lambda source: (
+      np.array([2, 2**31]), np.array([4, 4])))
+  assert _one_pass.count_dtype(source) == np.int64
