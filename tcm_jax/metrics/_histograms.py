@@ -141,15 +141,17 @@ class PairHistograms:
       raise BeyondCutError(
           f'a threshold at distance {edges.max() / BINS_PER_UNIT:.6f} lies '
           f"past the histograms' cut at {self.cut:.6f}.")
-    # Sums between consecutive edges, then their running sums: `[classes,
-    # k]` memory, never a cumulative sum over every bin.
-    unique, where = np.unique(edges, return_inverse=True)
-    starts = np.concatenate([[0], unique[:-1] + 1])
+    # Running sums over a few classes at a time: `[classes, k]` memory,
+    # never a cumulative sum of every class and bin at once.
+    last = int(edges.max()) + 1 if edges.size else 1
 
     def at_edges(histogram):
-      between = np.add.reduceat(histogram[:, :unique[-1] + 1], starts,
-                                axis=1, dtype=np.int64)
-      return np.cumsum(between, axis=1)[:, where]
+      out = np.empty((histogram.shape[0], edges.size), np.int64)
+      for first in range(0, histogram.shape[0], 256):
+        rows = histogram[first:first + 256, :last]
+        out[first:first + 256] = np.cumsum(rows, axis=1,
+                                           dtype=np.int64)[:, edges]
+      return out
 
     return at_edges(self.positive), at_edges(self.negative)
 

@@ -12,7 +12,7 @@ Two ways to run the pass, with the same results:
   positives are one column range; products with NumPy's BLAS in tiles that
   stay in cache; only pairs nearer than the cut are binned (`np.bincount`),
   the rest are counted from the class sizes; the nearest neighbours are
-  found among the chunks of 128 references whose largest similarity reaches
+  found among the chunks of 32 references whose largest similarity reaches
   a row's `depth`-th largest chunk maximum (they hold every one of its
   `depth` nearest), then sorted exactly, ties by reference index.
 - `'jax'` (the default on accelerators): one jit-compiled kernel per block on
@@ -27,8 +27,11 @@ is run again with no cut, so the results never depend on the sample.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import functools
+import os
+import threading
 from typing import Sequence
 
 import jax
@@ -40,12 +43,13 @@ from tcm_jax.metrics import _pair_counts
 from tcm_jax.metrics import _retrieval
 from tcm_jax.similarity import l2_normalize
 
-# Columns per tile of the NumPy pass (a multiple of the chunk): with 256
-# rows, 8 MiB of float32 per tile, in cache for the passes that follow its
-# product.
-TILE_COLUMNS = 8192
-TILE_ROWS = 256
-CHUNK = 128
+# The NumPy pass's tiles: 64 query rows x 4096 references (a multiple of the
+# chunk), 1 MiB of float32, near the cache for the passes that follow its
+# product (benchmarks/metrics.py measured the shapes).
+TILE_COLUMNS = 4096
+TILE_ROWS = 64
+CHUNK = 32
+MAX_WORKERS = 8
 SAMPLE_ROWS = 256
 
 
@@ -195,26 +199,39 @@ def _per_query_sums(relevant: np.ndarray, num_relevant: np.ndarray,
   return np.where((r > 0)[:, None], per_query, 0.0)
 
 
+def chunk_maxima(tile: np.ndarray) -> np.ndarray:
+  """`[b, columns / CHUNK]` the largest similarity of each chunk of a tile.
+
+  Chunk `j` of a tile of `columns` holds the columns `j + k * (columns /
+  CHUNK)`, `k < CHUNK`: strided, so that the maximum is an elementwise one
+  over `CHUNK` slices (vectorised), not a reduction along each short row.
+  """
+  rows, columns = tile.shape
+  return tile.reshape(rows, CHUNK, columns // CHUNK).max(axis=1)
+
+
 def _nearest(chunk_max, tiles, depth, ref_order, num_refs):
   """`[b, depth]` sorted-reference positions of each row's nearest.
 
-  `chunk_max` `[b, chunks]` holds the largest similarity of each chunk of
-  `CHUNK` references; `tiles` `[tiles, b, tile columns]` the similarities.
-  A row's `depth` nearest all lie in chunks whose maximum reaches its
-  `depth`-th largest chunk maximum `tau`, and have similarity at least `tau`:
-  those candidates are sorted by similarity, then reference index.
+  `chunk_max` `[b, tiles * chunks]` holds the largest similarity of each
+  chunk (`chunk_maxima`) of each tile of `tiles` `[tiles, b, columns]`. A
+  row's `depth` nearest all lie in chunks whose maximum reaches its
+  `depth`-th largest chunk maximum `tau` (those `depth` maxima are `depth`
+  similarities at least `tau`), and have similarity at least `tau`: those
+  candidates are sorted by similarity, then reference index.
   """
   rows, chunks = chunk_max.shape
   if depth < chunks:
     tau = np.partition(chunk_max, chunks - depth, axis=1)[:, chunks - depth]
   else:
     tau = np.full(rows, -np.inf, np.float32)
-  per_tile = tiles.shape[2] // CHUNK
+  columns_per_tile = tiles.shape[2]
+  per_tile = columns_per_tile // CHUNK
   row, chunk = np.nonzero(chunk_max >= tau[:, None])
   tile, local = np.divmod(chunk, per_tile)
-  values = tiles.reshape(tiles.shape[0], tiles.shape[1], per_tile,
-                         CHUNK)[tile, row, local]
-  columns = chunk[:, None] * CHUNK + np.arange(CHUNK)
+  local = local[:, None] + np.arange(CHUNK) * per_tile
+  values = tiles[tile[:, None], row[:, None], local]
+  columns = tile[:, None] * columns_per_tile + local
   keep = values >= tau[row][:, None]
   row = np.broadcast_to(row[:, None], values.shape)[keep]
   values, columns = values[keep], columns[keep]
@@ -232,81 +249,137 @@ def _nearest(chunk_max, tiles, depth, ref_order, num_refs):
   return nearest
 
 
-def numpy_pass(source: _pair_counts.PairSource,
-               plan: _retrieval.RetrievalPlan, cut_bin: int,
-               progress=None) -> PassResult:
-  """The one pass with NumPy (see the module docstring)."""
-  num_classes, num_refs = source.num_classes, source.num_refs
-  query_order = np.argsort(source.query_ids, kind='stable')
-  ref_order = (query_order if source.exclude_self
-               else np.argsort(source.ref_ids, kind='stable'))
-  query_ids = source.query_ids[query_order]
-  ref_ids = np.append(source.ref_ids[ref_order], -1)  # -1: padding
-  query_starts = _class_starts(source.query_ids, num_classes)
-  ref_starts = _class_starts(source.ref_ids, num_classes)
-  num_relevant = plan.num_relevant[:source.num_queries][query_order]
-  rows = _Rows(source, ref_order)
+@dataclasses.dataclass
+class _NumpyPass:
+  """The queries and references sorted by class, the tile shape, and the
+  counts that the workers add to (under `lock`)."""
+  source: _pair_counts.PairSource
+  plan: _retrieval.RetrievalPlan
+  cut_bin: int
 
-  columns = min(TILE_COLUMNS, -(-num_refs // CHUNK) * CHUNK)
-  num_tiles = -(-num_refs // columns)
-  block_rows = min(TILE_ROWS, source.num_queries)
-  tiles = np.empty((num_tiles, block_rows, columns), np.float32)
-  chunk_max = np.empty((block_rows, num_tiles * (columns // CHUNK)),
-                       np.float32)
-  mask = _histograms.mask_similarity(cut_bin)
-  width = cut_bin + 2
-  dtype = count_dtype(source)
-  every = np.zeros((num_classes, width), dtype)
-  positive = np.zeros((num_classes, width), dtype)
-  depth = plan.num_neighbours
-  sums = np.zeros(len(plan.ks) + 3, np.float64)
-  class_sums = np.zeros((num_classes, len(sums)), np.float64)
+  def __post_init__(self):
+    source = self.source
+    self.query_order = np.argsort(source.query_ids, kind='stable')
+    self.ref_order = (self.query_order if source.exclude_self
+                      else np.argsort(source.ref_ids, kind='stable'))
+    self.query_ids = source.query_ids[self.query_order]
+    self.ref_ids = np.append(source.ref_ids[self.ref_order], -1)  # padding
+    self.query_starts = _class_starts(source.query_ids, source.num_classes)
+    self.ref_starts = _class_starts(source.ref_ids, source.num_classes)
+    self.num_relevant = self.plan.num_relevant[:source.num_queries][
+        self.query_order]
+    self.rows = _Rows(source, self.ref_order)
+    self.columns = min(TILE_COLUMNS, -(-source.num_refs // CHUNK) * CHUNK)
+    self.num_tiles = -(-source.num_refs // self.columns)
+    self.block_rows = min(TILE_ROWS, source.num_queries)
+    self.mask = _histograms.mask_similarity(self.cut_bin)
+    width = self.cut_bin + 2
+    dtype = count_dtype(source)
+    self.every = np.zeros((source.num_classes, width), dtype)
+    self.positive = np.zeros((source.num_classes, width), dtype)
+    self.sums = np.zeros(len(self.plan.ks) + 3, np.float64)
+    self.class_sums = np.zeros((source.num_classes, len(self.sums)),
+                               np.float64)
+    self.lock = threading.Lock()
 
-  def count(into, values):
+  def _count(self, into, values):
     # compress is branch-free: boolean indexing runs ten times slower here.
-    values = np.compress((values >= mask).ravel(), values.ravel())
+    values = np.compress((values >= self.mask).ravel(), values.ravel())
     if values.size:
-      into += np.bincount(_histograms.distance_bins(values, cut_bin),
-                          minlength=width)
+      counts = np.bincount(_histograms.distance_bins(values, self.cut_bin),
+                           minlength=self.cut_bin + 2)
+      with self.lock:
+        into += counts
 
-  num_blocks = -(-source.num_queries // block_rows)
-  for block in range(num_blocks):
-    start = block * block_rows
-    stop = min(start + block_rows, source.num_queries)
+  def block(self, index: int, tiles: np.ndarray, chunk_max: np.ndarray):
+    """Counts and ranks query rows `index * block_rows` onwards, in the
+    worker's own `tiles` and `chunk_max` buffers."""
+    source, columns = self.source, self.columns
+    start = index * self.block_rows
+    stop = min(start + self.block_rows, source.num_queries)
     valid = stop - start
-    queries = rows.queries(query_order[start:stop])
-    block_ids = query_ids[start:stop]
+    queries = self.rows.queries(self.query_order[start:stop])
+    block_ids = self.query_ids[start:stop]
     classes = np.unique(block_ids)
-    for t in range(num_tiles):
+    per_tile = columns // CHUNK
+    for t in range(self.num_tiles):
       tile = tiles[t, :valid]
       first = t * columns
-      last = min(first + columns, num_refs)
-      rows.tile(queries, first, last, tile)
+      last = min(first + columns, source.num_refs)
+      self.rows.tile(queries, first, last, tile)
       tile[:, last - first:] = -np.inf
       if source.exclude_self:
         diagonal = np.arange(max(start, first), min(stop, last))
         tile[diagonal - start, diagonal - first] = -np.inf
       for c in classes:
-        r0 = max(query_starts[c] - start, 0)
-        r1 = min(query_starts[c + 1] - start, valid)
-        count(every[c], tile[r0:r1])
-        p0 = max(ref_starts[c], first) - first
-        p1 = min(ref_starts[c + 1], last) - first
+        r0 = max(self.query_starts[c] - start, 0)
+        r1 = min(self.query_starts[c + 1] - start, valid)
+        self._count(self.every[c], tile[r0:r1])
+        p0 = max(self.ref_starts[c], first) - first
+        p1 = min(self.ref_starts[c + 1], last) - first
         if p1 > p0:
-          count(positive[c], tile[r0:r1, p0:p1])
-      per_tile = columns // CHUNK
-      chunk_max[:valid, t * per_tile:(t + 1) * per_tile] = tile.reshape(
-          valid, per_tile, CHUNK).max(axis=2)
-    nearest = _nearest(chunk_max[:valid], tiles[:, :valid], depth, ref_order,
-                       num_refs)
-    relevant = ref_ids[nearest] == block_ids[:, None]
-    per_query = _per_query_sums(relevant, num_relevant[start:stop], plan.ks)
-    sums += per_query.sum(axis=0)
-    np.add.at(class_sums, block_ids, per_query)
-    if progress is not None:
-      progress(block + 1, num_blocks)
-  return PassResult(_with_overflow(positive, every, source), sums,
-                    class_sums)
+          self._count(self.positive[c], tile[r0:r1, p0:p1])
+      chunk_max[:valid, t * per_tile:(t + 1) * per_tile] = chunk_maxima(tile)
+    nearest = _nearest(chunk_max[:valid], tiles[:, :valid],
+                       self.plan.num_neighbours, self.ref_order,
+                       source.num_refs)
+    relevant = self.ref_ids[nearest] == block_ids[:, None]
+    per_query = _per_query_sums(relevant, self.num_relevant[start:stop],
+                                self.plan.ks)
+    with self.lock:
+      self.sums += per_query.sum(axis=0)
+      np.add.at(self.class_sums, block_ids, per_query)
+
+  def buffers(self) -> tuple[np.ndarray, np.ndarray]:
+    """One worker's tiles (`[tiles, rows, columns]`) and chunk maxima."""
+    return (np.empty((self.num_tiles, self.block_rows, self.columns),
+                     np.float32),
+            np.empty((self.block_rows,
+                      self.num_tiles * (self.columns // CHUNK)), np.float32))
+
+
+def _workers() -> int:
+  try:
+    return max(1, min(len(os.sched_getaffinity(0)), MAX_WORKERS))
+  except AttributeError:  # not on Linux
+    return max(1, min(os.cpu_count() or 1, MAX_WORKERS))
+
+
+def numpy_pass(source: _pair_counts.PairSource,
+               plan: _retrieval.RetrievalPlan, cut_bin: int,
+               progress=None, workers: int | None = None) -> PassResult:
+  """The one pass with NumPy (see the module docstring).
+
+  With more than one worker (default: one per core, at most `MAX_WORKERS`),
+  each takes every `workers`-th block in a thread of its own, with BLAS held
+  to one thread (`threadpoolctl`): NumPy releases the GIL in its products
+  and elementwise passes, so the binning of one block runs beside the
+  products of another.
+  """
+  state = _NumpyPass(source, plan, cut_bin)
+  num_blocks = -(-source.num_queries // state.block_rows)
+  workers = min(workers or _workers(), num_blocks)
+  done = [0]
+
+  def work(first: int) -> None:
+    tiles, chunk_max = state.buffers()
+    for index in range(first, num_blocks, workers):
+      state.block(index, tiles, chunk_max)
+      if progress is not None:
+        with state.lock:
+          done[0] += 1
+          progress(done[0], num_blocks)
+
+  if workers == 1:
+    work(0)
+  else:
+    import threadpoolctl  # pylint: disable=import-outside-toplevel
+    with threadpoolctl.threadpool_limits(1, user_api='blas'):
+      with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        for future in [pool.submit(work, w) for w in range(workers)]:
+          future.result()
+  return PassResult(_with_overflow(state.positive, state.every, source),
+                    state.sums, state.class_sums)
 
 
 @functools.partial(

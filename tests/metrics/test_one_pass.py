@@ -245,7 +245,8 @@ def test_the_nearest_among_the_chunks_are_the_nearest(depth):
   tiles = np.full((2, rows, tile_columns), -np.inf, np.float32)
   tiles[0] = similarity[:, :512]
   tiles[1, :, :columns - 512] = similarity[:, 512:]
-  chunk_max = tiles.transpose(1, 0, 2).reshape(rows, -1, 128).max(axis=2)
+  chunk_max = np.concatenate([_one_pass.chunk_maxima(t) for t in tiles],
+                             axis=1)
   got = _one_pass._nearest(chunk_max, tiles, depth, ref_order, columns)
   np.testing.assert_array_equal(
       got, _nearest_reference(similarity, depth, ref_order))
@@ -308,3 +309,37 @@ def test_counts_fit_in_int32_unless_a_class_has_too_many_pairs(monkeypatch):
   monkeypatch.setattr(_one_pass, 'pair_totals', lambda source: (
       np.array([2, 2**31]), np.array([4, 4])))
   assert _one_pass.count_dtype(source) == np.int64
+
+
+def test_chunk_maxima_are_the_maxima_of_strided_columns():
+  tile = np.random.default_rng(0).normal(size=(3, 256)).astype(np.float32)
+  got = _one_pass.chunk_maxima(tile)
+  per_tile = 256 // _one_pass.CHUNK
+  want = np.stack([tile[:, j::per_tile].max(axis=1) for j in range(per_tile)],
+                  axis=1)
+  np.testing.assert_array_equal(got, want)
+
+
+def test_any_number_of_workers_counts_the_same(small_tiles):
+  z, labels = _set(seed=13)
+  source = advanced.source_from_embeddings(z, labels)
+  plan = metrics._retrieval.plan(source, (1, 4))
+  results = [_one_pass.numpy_pass(source, plan, 15000, workers=w)
+             for w in (1, 3)]
+  for got in results[1:]:
+    np.testing.assert_array_equal(got.histograms.positive,
+                                  results[0].histograms.positive)
+    np.testing.assert_array_equal(got.histograms.negative,
+                                  results[0].histograms.negative)
+    np.testing.assert_allclose(got.class_sums, results[0].class_sums,
+                               rtol=1e-12)
+
+
+def test_progress_counts_every_block_once(small_tiles):
+  z, labels = _set(seed=14)
+  calls = []
+  metrics.evaluate_embeddings(z, labels, engine='histogram',
+                              progress=lambda done, total: calls.append(
+                                  (done, total)))
+  blocks = -(-len(labels) // 64)
+  assert calls == [(i, blocks) for i in range(1, blocks + 1)]
