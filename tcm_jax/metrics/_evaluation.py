@@ -423,7 +423,11 @@ def evaluate_embeddings(embeddings, labels, ref_embeddings=None,
       distances, overriding `far_range`), `beta` (1.0), `num_thresholds`
       (101), `epsilon` (0.1), `ks` ((1, 2, 4, 8)), `target_far` (1e-2, the
       global threshold's FAR), `progress` (a `fn(done, total)` called after
-      each block).
+      each block), `engine` (`'exact'`: two passes, thresholds anywhere;
+      `'histogram'`: one pass, per-class distance histograms, thresholds on
+      a grid of 2**-14, several times faster on CPU), `product` (with
+      `'histogram'`: `'numpy'` or `'jax'`, by default NumPy's BLAS on CPU and
+      the device elsewhere).
 
   Returns:
     `Evaluation`.

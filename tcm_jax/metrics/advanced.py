@@ -7,6 +7,8 @@ held. Build the source once (`source_from_embeddings`,
 `source_from_similarity`) to evaluate it (`evaluate_source`) and count it
 again, e.g. over wider thresholds for a figure (`class_counts`,
 `curves_from_counts`), or to run a kernel of your own over its `blocks`.
+`evaluate_source(..., engine='histogram')` is the one-pass engine, whose
+state is a `PairHistograms` per set of query rows.
 
 Examples:
   >>> import numpy as np
@@ -27,6 +29,7 @@ Examples:
 from tcm_jax import _moved
 from tcm_jax.metrics._evaluation import check_options
 from tcm_jax.metrics._evaluation import evaluate_source
+from tcm_jax.metrics._histograms import PairHistograms
 from tcm_jax.metrics._opis import curves_from_counts
 from tcm_jax.metrics._pair_counts import Block
 from tcm_jax.metrics._pair_counts import blocks
@@ -41,6 +44,7 @@ from tcm_jax.metrics._threshold import thresholds_between
 __all__ = [
     'Block',
     'ClassCounts',
+    'PairHistograms',
     'PairSource',
     'blocks',
     'check_options',
