@@ -148,6 +148,9 @@ def default_config() -> ml_collections.ConfigDict:
   config.eval = ml_collections.ConfigDict(dict(
       far_range=(1e-3, 1e-1), target_far=1e-2, epsilon=0.1,
       num_thresholds=101, ks=(1, 2, 4, 8), beta=1.0,
+      # 'exact' (two passes, thresholds anywhere) or 'histogram' (one pass,
+      # thresholds on a grid of 2**-14; metrics.evaluate_embeddings).
+      engine='exact',
       # Raw-input baselines in the final report: the test images' pixels and
       # their whitened PCA fitted on the training classes (tcm_jax.baselines).
       baselines=True, baseline_pca_components=64,

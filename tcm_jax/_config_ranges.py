@@ -192,6 +192,8 @@ RANGES = (
      'thresholds over the distance range [0, 2])'),
     ('eval.ks', _ks, 'a non-empty tuple of ints >= 1'),
     ('eval.beta', _real(lambda v, _: v > 0), '> 0'),
+    ('eval.engine', lambda v, _: v in ('exact', 'histogram'),
+     "'exact' or 'histogram'"),
     ('eval.baselines', _flag, 'a bool'),
     ('eval.bootstrap_resamples', _int_from(0), 'an int >= 0'),
     ('eval.bootstrap_confidence', _real(lambda v, _: 0 < v < 1), 'in (0, 1)'),

@@ -53,6 +53,10 @@ _TARGET_FAR = flags.DEFINE_float('target_far', 1e-2,
                                  'global FAR of the one global threshold.')
 _KS = flags.DEFINE_list('ks', ['1', '2', '4', '8'], 'Recall@K values.')
 _BLOCK_SIZE = flags.DEFINE_integer('block_size', None, 'query rows per block.')
+_ENGINE = flags.DEFINE_enum(
+    'engine', 'exact', ['exact', 'histogram'],
+    "'exact': two passes, thresholds anywhere; 'histogram': one pass, "
+    'thresholds on a grid of 2**-14 (faster).')
 
 
 def _pair(name: str, values: Sequence[str] | None
@@ -121,7 +125,7 @@ def main(argv: Sequence[str]) -> None:
       distance_range=_pair('distance_range', _DISTANCE_RANGE.value),
       beta=_BETA.value, num_thresholds=_NUM_THRESHOLDS.value,
       epsilon=_EPSILON.value, target_far=_TARGET_FAR.value,
-      ks=_positive_ints('ks', _KS.value))
+      ks=_positive_ints('ks', _KS.value), engine=_ENGINE.value)
   options = {k: v for k, v in kwargs.items() if k != 'ks'}
   try:  # the flags before any work, named as flags
     advanced.check_options(**options)

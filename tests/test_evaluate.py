@@ -63,6 +63,24 @@ def test_command_writes_the_report(npz_file, tmp_path):
   assert (out / 'utility_curves.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
 
 
+def test_the_one_pass_engine_from_the_command_line(npz_file, tmp_path):
+  path, z, labels = npz_file
+  out = tmp_path / 'report'
+  _evaluate(f'--embeddings={path}', f'--out={out}', '--engine=histogram',
+            '--ks=1').check_returncode()
+  written = json.loads((out / 'metrics.json').read_text())
+  expected = metrics.evaluate_embeddings(z, labels, ks=(1,),
+                                         engine='histogram').to_dict()
+  exact = metrics.evaluate_embeddings(z, labels, ks=(1,)).to_dict()
+  assert written['opis'] == pytest.approx(expected['opis'], abs=1e-7)
+  assert written['calibration_range'] == expected['calibration_range']
+  # The one-pass engine's bounds are grid edges, the exact engine's not.
+  assert written['calibration_range'] != exact['calibration_range']
+  for low_high in (written['calibration_range']['distance'],):
+    assert [v * 2**14 for v in low_high] == [round(v * 2**14)
+                                              for v in low_high]
+
+
 def test_explicit_distance_range_and_separate_gallery(npz_file, tmp_path):
   _, z, labels = npz_file
   arrays = dict(embeddings=z[::2], labels=labels[::2],
@@ -208,6 +226,8 @@ def test_command_refuses_bad_flags_as_usage_errors(npz_file, tmp_path):
     ('--num_thresholds=10000000', '--num_thresholds=10000000 is more than'),
     ('--block_size=0', '--block_size must be a positive number of rows'),
     ('--far_range=0,0.1', '--far_range must start above 0, got (0.0, 0.1).'),
+    ('--engine=fast', 'flag --engine=fast: value should be one of '
+     '<exact|histogram>'),
 ])
 def test_evaluation_flags_are_checked_before_the_file_is_read(
     flag, message, tmp_path):

@@ -771,6 +771,7 @@ def test_a_run_with_almost_every_positive_pair_hard_is_warned_about(full):
     ('eval.bootstrap_resamples', -1),
     ('eval.bootstrap_confidence', 1.0),
     ('eval.bootstrap_confidence', 0.0),
+    ('eval.engine', 'fast'),
 ])
 def test_check_config_rejects(key, value):
   config = config_lib.default_config()

@@ -187,7 +187,8 @@ def _two_pass_progress(progress):
 
 def check_options(*, far_range=(1e-3, 1e-1), distance_range=None,
                   beta: float = 1.0, num_thresholds: int = 101,
-                  epsilon: float = 0.1, target_far: float = 1e-2) -> None:
+                  epsilon: float = 0.1, target_far: float = 1e-2,
+                  engine: str = 'exact', product: str | None = None) -> None:
   """`evaluate_source`'s options, checked before there is any data.
 
   What `evaluate_source` checks first, for a caller that wants the error
@@ -215,6 +216,13 @@ def check_options(*, far_range=(1e-3, 1e-1), distance_range=None,
   _checks.check_fraction('epsilon', epsilon)
   _checks.check_far('target_far', target_far)
   _checks.check_positive('beta', beta)
+  _checks.check_choice('engine', engine, ENGINES)
+  if product is not None:
+    _checks.check_choice('product', product, PRODUCTS)
+
+
+ENGINES = ('exact', 'histogram')
+PRODUCTS = ('numpy', 'jax')
 
 
 def evaluate_source(source: _pair_counts.PairSource, *,
@@ -267,10 +275,9 @@ def evaluate_source(source: _pair_counts.PairSource, *,
   """
   check_options(far_range=far_range, distance_range=distance_range,
                 beta=beta, num_thresholds=num_thresholds, epsilon=epsilon,
-                target_far=target_far)
+                target_far=target_far, engine=engine, product=product)
   mask = _pair_counts.check_enough_classes(source)
-  if _checks.check_choice('engine', engine, ('exact', 'histogram')) == (
-      'histogram'):
+  if engine == 'histogram':
     return _from_histograms(
         source, mask, far_range=far_range, distance_range=distance_range,
         beta=beta, num_thresholds=num_thresholds, epsilon=epsilon, ks=ks,
@@ -374,8 +381,7 @@ def _from_histograms(source, mask, *, far_range, distance_range, beta,
                      num_thresholds, epsilon, ks, target_far, progress,
                      product) -> Evaluation:
   """`evaluate_source` with `engine='histogram'`: one pass."""
-  product = _checks.check_choice('product', product or _default_product(),
-                                 ('numpy', 'jax'))
+  product = product or _default_product()
   retrieval_plan = _retrieval.plan(source, ks)
   largest_far = target_far if distance_range is not None else max(
       target_far, float(far_range[1]))
