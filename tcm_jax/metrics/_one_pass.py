@@ -360,15 +360,22 @@ def numpy_pass(source: _pair_counts.PairSource,
   num_blocks = -(-source.num_queries // state.block_rows)
   workers = min(workers or _workers(), num_blocks)
   done = [0]
+  stop = threading.Event()  # a failure or Ctrl-C: the others stop too
 
   def work(first: int) -> None:
-    tiles, chunk_max = state.buffers()
-    for index in range(first, num_blocks, workers):
-      state.block(index, tiles, chunk_max)
-      if progress is not None:
-        with state.lock:
-          done[0] += 1
-          progress(done[0], num_blocks)
+    try:
+      tiles, chunk_max = state.buffers()
+      for index in range(first, num_blocks, workers):
+        if stop.is_set():
+          return
+        state.block(index, tiles, chunk_max)
+        if progress is not None:
+          with state.lock:
+            done[0] += 1
+            progress(done[0], num_blocks)
+    except BaseException:
+      stop.set()
+      raise
 
   if workers == 1:
     work(0)
@@ -376,8 +383,13 @@ def numpy_pass(source: _pair_counts.PairSource,
     import threadpoolctl  # pylint: disable=import-outside-toplevel
     with threadpoolctl.threadpool_limits(1, user_api='blas'):
       with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-        for future in [pool.submit(work, w) for w in range(workers)]:
-          future.result()
+        futures = [pool.submit(work, w) for w in range(workers)]
+        try:
+          for future in futures:
+            future.result()
+        except BaseException:  # Ctrl-C waits for one block, not the pass
+          stop.set()
+          raise
   return PassResult(_with_overflow(state.positive, state.every, source),
                     state.sums, state.class_sums)
 

@@ -343,3 +343,23 @@ def test_progress_counts_every_block_once(small_tiles):
                                   (done, total)))
   blocks = -(-len(labels) // 64)
   assert calls == [(i, blocks) for i in range(1, blocks + 1)]
+
+
+def test_a_failing_block_stops_every_worker(small_tiles, monkeypatch):
+  z, labels = _set(seed=15)
+  source = advanced.source_from_embeddings(z, labels)
+  plan = metrics._retrieval.plan(source, (1,))
+  blocks = []
+  real_block = _one_pass._NumpyPass.block
+
+  def failing(self, index, tiles, chunk_max):
+    blocks.append(index)
+    if index == 1:
+      raise RuntimeError('disk on fire')
+    return real_block(self, index, tiles, chunk_max)
+
+  monkeypatch.setattr(_one_pass._NumpyPass, 'block', failing)
+  with pytest.raises(RuntimeError, match='disk on fire'):
+    _one_pass.numpy_pass(source, plan, 15000, workers=2)
+  # Worker 0 may finish the block it is in when worker 1 fails, no more.
+  assert len(blocks) <= 4 < -(-len(labels) // 64)
