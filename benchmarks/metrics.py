@@ -26,10 +26,15 @@ and the one-pass one (`engine='histogram'`: per-class distance histograms).
    pytorch-metric-learning's. Targets for the one-pass engine: at most 2x
    the NumPy floor, and faster than pytorch-metric-learning. Needs the
    `benchmarks` extra (torch's CPU build first, see BENCHMARKS.md).
+5. The one-pass engine on the default device (`product='jax'`) at N =
+   100,000 and 1,000,000 against the device's matmuls alone over the same
+   blocks (target on an accelerator: at most 1.5x), with its peak device
+   memory.
 
   python benchmarks/metrics.py                 # parts 1 to 3
   python benchmarks/metrics.py --parts 1 2     # skip the long N = 100,000 run
   python benchmarks/metrics.py --parts 4 --sizes 5000 20000 100000
+  python benchmarks/metrics.py --parts 5    # on a GPU: N up to 1,000,000
 """
 
 import argparse
@@ -319,6 +324,44 @@ def part_peers(sizes, repeats):
           f'{"ok" if one < reference["seconds"] else "MISSED"}')
 
 
+# --- 5. The one-pass engine on the default device, up to N = 1,000,000 -----
+
+
+def jax_floor(z, rows):
+  """The similarity products alone on the default device, `rows` query rows
+  per block."""
+  zn = jax.device_put(z / np.linalg.norm(z, axis=1, keepdims=True))
+  product = jax.jit(lambda q, r: q @ r.T)
+  queries = jax.numpy.pad(zn, ((0, -len(z) % rows), (0, 0)))
+  out = None
+  for start in range(0, len(queries), rows):
+    out = product(queries[start:start + rows], zn)
+  return float(jax.block_until_ready(out)[0, 0])
+
+
+def part_device(sizes, repeats):
+  """`engine='histogram', product='jax'` against the device's matmul floor
+  over the same blocks, and the device's peak memory (run with
+  XLA_PYTHON_CLIENT_PREALLOCATE=false on a GPU)."""
+  for n in sizes:
+    z, labels = clustered(n, PEER_DIM, seed=4)
+    source = advanced.source_from_embeddings(z, labels)
+    rows = source.rows_per_block
+    evaluate = lambda: advanced.evaluate_source(  # pylint: disable=g-long-lambda
+        source, far_range=FAR_RANGE, ks=KS, engine='histogram',
+        product='jax')
+    first = timed(evaluate)[0]  # compilation included
+    floor = min(timed(lambda: jax_floor(z, rows))[0] for _ in range(repeats))
+    best = min(timed(evaluate)[0] for _ in range(repeats))
+    stats = jax.devices()[0].memory_stats() or {}
+    peak = stats.get('peak_bytes_in_use', -1)
+    print(f'5. N = {n}, D = {PEER_DIM}, {rows} rows per block on '
+          f'{jax.devices()[0].device_kind}: floor {floor:.2f} s, one-pass '
+          f'{best:.2f} s ({first:.2f} s with compilation), ratio '
+          f'{best / floor:.2f} (target <= 1.5 on an accelerator), device '
+          'peak ' + (f'{peak / 2**30:.2f} GiB' if peak >= 0 else 'n/a'))
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--parts', type=int, nargs='+', default=[1, 2, 3])
@@ -329,6 +372,8 @@ def main():
                       help=argparse.SUPPRESS)  # (part 4's child processes)
   parser.add_argument('--n', type=int, help=argparse.SUPPRESS)
   parser.add_argument('--repeats', type=int, default=2)
+  parser.add_argument('--device_sizes', type=int, nargs='+',
+                      default=[100_000, 1_000_000], help='the N of part 5')
   parser.add_argument('--block_sizes', type=int, nargs='+', default=[None],
                       help='query rows per block in part 1 (default: the '
                            "library's, about 2**21 similarities per block on "
@@ -349,6 +394,8 @@ def main():
       part_memory(100_000, 128, engine)
   if 4 in args.parts:
     part_peers(args.sizes, args.repeats)
+  if 5 in args.parts:
+    part_device(args.device_sizes, args.repeats)
 
 
 if __name__ == '__main__':
