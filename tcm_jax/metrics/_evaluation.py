@@ -217,6 +217,8 @@ def check_options(*, far_range=(1e-3, 1e-1), distance_range=None,
   _checks.check_far('target_far', target_far)
   _checks.check_positive('beta', beta)
   _checks.check_choice('engine', engine, ENGINES)
+  if engine == 'histogram' and distance_range is not None:
+    _histogram_range(distance_range)
   if product is not None:
     _checks.check_choice('product', product, PRODUCTS)
 
@@ -338,6 +340,19 @@ def _default_product() -> str:
   return 'numpy' if jax.default_backend() == 'cpu' else 'jax'
 
 
+def _histogram_range(distance_range) -> tuple[float, float]:
+  """An explicit range, within the histograms' grid."""
+  low, high = _checks.check_range('distance_range', distance_range, -1.0,
+                                  3.0)
+  top = _histograms.LAST_BIN / _histograms.BINS_PER_UNIT
+  if low < 0 or high > top:
+    raise ValueError(
+        f"distance_range must lie within [0, {top:g}] with engine='histogram' "
+        f'(the distances its grid holds), got {(low, high)}; '
+        "engine='exact' takes any range.")
+  return low, high
+
+
 def _histogram_counts(histograms: _histograms.PairHistograms, far_range,
                       distance_range, num_thresholds: int, target_far: float
                       ) -> tuple[_pair_counts.ClassCounts,
@@ -360,8 +375,7 @@ def _histogram_counts(histograms: _histograms.PairHistograms, far_range,
                  f'goes from {far[0]:g} to {far[1]:g})')
   else:
     calibration_range = _threshold.CalibrationRange(
-        distance=_checks.check_range('distance_range', distance_range, -1.0,
-                                     3.0), far=None)
+        distance=_histogram_range(distance_range), far=None)
     names = dict(range_name='distance_range')
   edges = _histograms.snap_thresholds(*calibration_range.distance,
                                       num_thresholds, **names)

@@ -363,3 +363,15 @@ def test_a_failing_block_stops_every_worker(small_tiles, monkeypatch):
     _one_pass.numpy_pass(source, plan, 15000, workers=2)
   # Worker 0 may finish the block it is in when worker 1 fails, no more.
   assert len(blocks) <= 4 < -(-len(labels) // 64)
+
+
+@pytest.mark.parametrize('distance_range', [(-0.1, 0.5), (0.5, 2.5)])
+def test_a_distance_range_beyond_the_grid_is_refused(distance_range):
+  z, labels = _set(seed=16, num=100)
+  with pytest.raises(ValueError, match=r'distance_range must lie within '
+                     r"\[0, 2.01562\] with engine='histogram'"):
+    advanced.check_options(engine='histogram', distance_range=distance_range)
+  with pytest.raises(ValueError, match=r'distance_range must lie within'):
+    metrics.evaluate_embeddings(z, labels, engine='histogram',
+                                distance_range=distance_range)
+  metrics.evaluate_embeddings(z, labels, distance_range=distance_range)
