@@ -218,7 +218,8 @@ def check_options(*, far_range=(1e-3, 1e-1), distance_range=None,
   _checks.check_positive('beta', beta)
   _checks.check_choice('engine', engine, ENGINES)
   if engine == 'histogram' and distance_range is not None:
-    _histogram_range(distance_range)
+    _histograms.snap_thresholds(*_histogram_range(distance_range),
+                                num_thresholds, range_name='distance_range')
   if product is not None:
     _checks.check_choice('product', product, PRODUCTS)
 

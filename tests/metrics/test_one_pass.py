@@ -375,3 +375,9 @@ def test_a_distance_range_beyond_the_grid_is_refused(distance_range):
     metrics.evaluate_embeddings(z, labels, engine='histogram',
                                 distance_range=distance_range)
   metrics.evaluate_embeddings(z, labels, distance_range=distance_range)
+
+
+def test_too_many_thresholds_for_an_explicit_range_are_refused_first():
+  with pytest.raises(ValueError, match=r'num_thresholds=101 is more than the '
+                     r'\d+ grid edges .* in distance_range'):
+    advanced.check_options(engine='histogram', distance_range=(0.5, 0.501))
