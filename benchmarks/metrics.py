@@ -293,11 +293,12 @@ def run_contender(name, n):
   print(json.dumps({'seconds': seconds, 'peak_bytes': peak, **values}))
 
 
-def part_peers(sizes, repeats):
+def part_peers(sizes, repeats, names=tuple(CONTENDERS)):
   for n in sizes:
-    runs = {name: [] for name in CONTENDERS}
+    names = set(names) | {'pml+faiss', 'matmul numpy', 'tcm_jax one-pass'}
+    runs = {name: [] for name in CONTENDERS if name in names}
     for _ in range(repeats):  # alternated: each round runs every contender
-      for name in CONTENDERS:
+      for name in runs:
         out = subprocess.run(
             [sys.executable, __file__, '--contender', name, '--n', str(n)],
             check=True, capture_output=True, text=True).stdout
@@ -372,6 +373,11 @@ def main():
                       help=argparse.SUPPRESS)  # (part 4's child processes)
   parser.add_argument('--n', type=int, help=argparse.SUPPRESS)
   parser.add_argument('--repeats', type=int, default=2)
+  parser.add_argument('--contenders', nargs='+', choices=sorted(CONTENDERS),
+                      default=list(CONTENDERS),
+                      help="part 4's contenders (default: all; pml+faiss, "
+                           'matmul numpy and tcm_jax one-pass always run: '
+                           'the others are compared with them)')
   parser.add_argument('--device_sizes', type=int, nargs='+',
                       default=[100_000, 1_000_000], help='the N of part 5')
   parser.add_argument('--block_sizes', type=int, nargs='+', default=[None],
@@ -393,7 +399,7 @@ def main():
     for engine in ('exact', 'histogram'):
       part_memory(100_000, 128, engine)
   if 4 in args.parts:
-    part_peers(args.sizes, args.repeats)
+    part_peers(args.sizes, args.repeats, args.contenders)
   if 5 in args.parts:
     part_device(args.device_sizes, args.repeats)
 

@@ -109,8 +109,13 @@ def _with_overflow(positive, every, source) -> _histograms.PairHistograms:
                                     positive.shape[1] - 2)
 
 
+# One compiled program (eager, its dozen operations compile one by one: a
+# second in a fresh process).
+_l2_normalize = jax.jit(l2_normalize)
+
+
 def _normalized(x) -> np.ndarray:
-  return np.asarray(l2_normalize(jnp.asarray(x)), np.float32)
+  return np.asarray(_l2_normalize(jnp.asarray(x)), np.float32)
 
 
 class _Rows:

@@ -101,7 +101,7 @@ def test_embeddings_equal_the_reference_on_their_own_products(product,
   if product == 'jax':
     similarity = _matrix(z)  # the device's products
   else:
-    zn = np.asarray(tcm_jax.similarity.l2_normalize(z))
+    zn = _one_pass._normalized(z)
     similarity = zn @ zn.T  # BLAS's
   _check_against_reference(result, similarity, labels)
 
@@ -309,6 +309,16 @@ def test_counts_fit_in_int32_unless_a_class_has_too_many_pairs(monkeypatch):
   monkeypatch.setattr(_one_pass, 'pair_totals', lambda source: (
       np.array([2, 2**31]), np.array([4, 4])))
   assert _one_pass.count_dtype(source) == np.int64
+
+
+def test_rows_are_normalized_as_cosine_similarity_does():
+  z = np.random.default_rng(1).normal(size=(50, 7)).astype(np.float32)
+  z[3] *= 1e20
+  z[4] = 0
+  np.testing.assert_allclose(_one_pass._normalized(z),
+                             tcm_jax.similarity.l2_normalize(z), rtol=1e-6)
+  np.testing.assert_allclose(np.linalg.norm(_one_pass._normalized(z), axis=1),
+                             np.r_[np.ones(4), 0, np.ones(45)], rtol=1e-6)
 
 
 def test_chunk_maxima_are_the_maxima_of_strided_columns():
