@@ -411,7 +411,8 @@ def _from_histograms(source, mask, *, far_range, distance_range, beta,
         result.histograms, far_range, distance_range, num_thresholds,
         target_far)
   except _histograms.BeyondCutError:  # the sample misled the cut: no cut
-    _one_pass.check_histogram_size(source, _histograms.LAST_BIN)
+    del result
+    _one_pass.check_histogram_size(source, _histograms.LAST_BIN, redone=True)
     result = run(source, retrieval_plan, _histograms.LAST_BIN, progress)
     counts, calibration_range = _histogram_counts(
         result.histograms, far_range, distance_range, num_thresholds,

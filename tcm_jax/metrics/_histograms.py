@@ -11,8 +11,8 @@ are exact, whatever the number of thresholds read off them.
 
 The histograms stop at a cut, bin `cut_bin`: every pair farther than the cut
 is counted in one last column. The cut is chosen before the pass so that it
-covers every threshold the evaluation will read (at most `2 / G` past the
-largest); a threshold past it cannot be read and raises `BeyondCutError`.
+covers every threshold the evaluation will read (`_one_pass.choose_cut`); a
+threshold past it cannot be read and raises `BeyondCutError`.
 
 Histograms of disjoint sets of query rows add up (`merge`): they sum across
 blocks, devices and hosts.

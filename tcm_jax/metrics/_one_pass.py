@@ -83,26 +83,29 @@ def count_dtype(source: _pair_counts.PairSource) -> type:
 MAX_HISTOGRAM_BYTES = 4 * 2**30
 
 
-def check_histogram_size(source: _pair_counts.PairSource,
-                         cut_bin: int) -> None:
-  """Raises when `classes x bins x 2` counters would not fit in memory."""
+def check_histogram_size(source: _pair_counts.PairSource, cut_bin: int, *,
+                         redone: bool = False) -> None:
+  """Raises when `classes x bins x 2` counters would not fit in memory
+  (`redone`: for the pass without a cut, after the sample's fell short)."""
   size = (2 * source.num_classes * (cut_bin + 2)
           * np.dtype(count_dtype(source)).itemsize)
   if size > MAX_HISTOGRAM_BYTES:
+    why = ('the histograms without a cut (the sampled rows put the cut '
+           'short of where the whole set reaches the FAR asked)' if redone
+           else 'the histograms')
+    advice = ('' if redone else
+              ', or a smaller far_range upper end (the bins stop past it)')
     raise ValueError(
-        f"engine='histogram' needs {size / 2**30:.1f} GiB for the histograms "
-        f'of {source.num_classes} classes x {cut_bin + 2} distance bins '
-        f'(more than {MAX_HISTOGRAM_BYTES / 2**30:g} GiB): pass '
-        "engine='exact' (two passes, memory classes x thresholds), or a "
-        'smaller far_range upper end (the bins stop past it).')
+        f"engine='histogram' needs {size / 2**30:.1f} GiB for {why} of "
+        f'{source.num_classes} classes x {cut_bin + 2} distance bins (more '
+        f'than {MAX_HISTOGRAM_BYTES / 2**30:g} GiB): pass engine=\'exact\' '
+        f'(two passes, memory classes x thresholds){advice}.')
 
 
-def _with_overflow(positive, every, source) -> _histograms.PairHistograms:
-  """Negatives (every pair less the positives) and the last column of both
-  recounted from the class totals (the pairs past the cut), in place."""
+def _with_overflow(positive, negative, source) -> _histograms.PairHistograms:
+  """The last column of both recounted from the class totals (the pairs
+  past the cut), in place."""
   pos_total, neg_total = pair_totals(source)
-  negative = every
-  negative -= positive
   for histogram, total in ((positive, pos_total), (negative, neg_total)):
     histogram[:, -1] = total - histogram[:, :-1].sum(axis=1, dtype=np.int64)
   return _histograms.PairHistograms(positive, negative,
@@ -156,23 +159,32 @@ class _Rows:
 
 def choose_cut(source: _pair_counts.PairSource, far: float,
                distance: float | None) -> int:
-  """The histograms' cut: past where the global FAR reaches `far` on a
-  sample of query rows (at FAR `1.25 far + 0.01`), and past `distance`."""
+  """The histograms' cut: 64 bins past where the global FAR reaches
+  `1.25 far + 0.01` on a sample of `SAMPLE_ROWS` query rows, and past
+  `distance`; no cut (`LAST_BIN`) when that FAR is 1 or more (a cut at the
+  sample's farthest negative would nearly always fall short)."""
+  wanted = 1.25 * far + 0.01
+  if wanted >= 1.0:
+    return _histograms.LAST_BIN
   rng = np.random.default_rng(0)
   count = min(source.num_queries, SAMPLE_ROWS)
   index = np.sort(rng.choice(source.num_queries, count, replace=False))
   rows = _Rows(source)
-  queries = rows.queries(index)
-  similarity = np.empty((count, source.num_refs), np.float32)
-  rows.tile(queries, 0, source.num_refs, similarity)
-  negative = source.query_ids[index][:, None] != source.ref_ids[None, :]
-  bins = _histograms.distance_bins(similarity[negative],
-                                   _histograms.LAST_BIN)
+  histogram = np.zeros(_histograms.LAST_BIN + 2, np.int64)
+  rows_at_once = 16  # about 16 x R similarities held at a time
+  similarity = np.empty((rows_at_once, source.num_refs), np.float32)
+  for first in range(0, count, rows_at_once):
+    part = index[first:first + rows_at_once]
+    block = similarity[:len(part)]
+    rows.tile(rows.queries(part), 0, source.num_refs, block)
+    negative = source.query_ids[part][:, None] != source.ref_ids[None, :]
+    histogram += np.bincount(
+        _histograms.distance_bins(block[negative], _histograms.LAST_BIN),
+        minlength=len(histogram))
   cut = _histograms.LAST_BIN
-  if bins.size:
-    cumulative = np.cumsum(np.bincount(bins))
-    wanted = min(1.0, 1.25 * far + 0.01) * bins.size
-    cut = min(cut, int(np.searchsorted(cumulative, wanted)) + 64)
+  if histogram.sum():
+    cumulative = np.cumsum(histogram)
+    cut = int(np.searchsorted(cumulative, wanted * cumulative[-1])) + 64
   if distance is not None:
     cut = max(cut, _histograms.edge_bin(distance) + 1)
   return min(cut, _histograms.LAST_BIN)
@@ -287,14 +299,14 @@ class _NumpyPass:
                                np.float64)
     self.lock = threading.Lock()
 
-  def _count(self, into, values):
+  def _keys(self, values: np.ndarray, row: int) -> np.ndarray:
+    """The bins of the pairs of `values` within the cut, offset to row
+    `row` of the block's `[rows, cut_bin + 2]` counts."""
     # compress is branch-free: boolean indexing runs ten times slower here.
     values = np.compress((values >= self.mask).ravel(), values.ravel())
-    if values.size:
-      counts = np.bincount(_histograms.distance_bins(values, self.cut_bin),
-                           minlength=self.cut_bin + 2)
-      with self.lock:
-        into += counts
+    keys = _histograms.distance_bins(values, self.cut_bin)
+    keys += row * (self.cut_bin + 2)
+    return keys
 
   def block(self, index: int, tiles: np.ndarray, chunk_max: np.ndarray):
     """Counts and ranks query rows `index * block_rows` onwards, in the
@@ -306,6 +318,7 @@ class _NumpyPass:
     queries = self.rows.queries(self.query_order[start:stop])
     block_ids = self.query_ids[start:stop]
     classes = np.unique(block_ids)
+    keys = []  # rows: each class's pairs, then each class's positives
     per_tile = columns // CHUNK
     for t in range(self.num_tiles):
       tile = tiles[t, :valid]
@@ -316,14 +329,14 @@ class _NumpyPass:
       if source.exclude_self:
         diagonal = np.arange(max(start, first), min(stop, last))
         tile[diagonal - start, diagonal - first] = -np.inf
-      for c in classes:
+      for row, c in enumerate(classes):
         r0 = max(self.query_starts[c] - start, 0)
         r1 = min(self.query_starts[c + 1] - start, valid)
-        self._count(self.every[c], tile[r0:r1])
+        keys.append(self._keys(tile[r0:r1], row))
         p0 = max(self.ref_starts[c], first) - first
         p1 = min(self.ref_starts[c + 1], last) - first
         if p1 > p0:
-          self._count(self.positive[c], tile[r0:r1, p0:p1])
+          keys.append(self._keys(tile[r0:r1, p0:p1], len(classes) + row))
       chunk_max[:valid, t * per_tile:(t + 1) * per_tile] = chunk_maxima(tile)
     nearest = _nearest(chunk_max[:valid], tiles[:, :valid],
                        self.plan.num_neighbours, self.ref_order,
@@ -331,7 +344,14 @@ class _NumpyPass:
     relevant = self.ref_ids[nearest] == block_ids[:, None]
     per_query = _per_query_sums(relevant, self.num_relevant[start:stop],
                                 self.plan.ks)
+    # One count per block, not per class and tile (each a classes' worth of
+    # bins to clear and add).
+    counts = np.bincount(np.concatenate(keys),
+                         minlength=2 * len(classes) * (self.cut_bin + 2))
+    counts = counts.reshape(2, len(classes), self.cut_bin + 2)
     with self.lock:
+      self.every[classes] += counts[0]
+      self.positive[classes] += counts[1]
       self.sums += per_query.sum(axis=0)
       np.add.at(self.class_sums, block_ids, per_query)
 
@@ -395,7 +415,9 @@ def numpy_pass(source: _pair_counts.PairSource,
         except BaseException:  # Ctrl-C waits for one block, not the pass
           stop.set()
           raise
-  return PassResult(_with_overflow(state.positive, state.every, source),
+  negative = state.every
+  negative -= state.positive  # int32 wraps back: exact
+  return PassResult(_with_overflow(state.positive, negative, source),
                     state.sums, state.class_sums)
 
 
@@ -449,7 +471,7 @@ def jax_pass(source: _pair_counts.PairSource, plan: _retrieval.RetrievalPlan,
         cut_bin=cut_bin)
     sums += np.asarray(block_sums, np.float64)
     class_sums += np.asarray(block_class_sums, np.float64)
-  counts = np.asarray(histogram).reshape(source.num_classes, 2, width)
-  positive = np.ascontiguousarray(counts[:, 1])
-  return PassResult(_with_overflow(positive, counts[:, 0] + positive, source),
+  counts = np.array(histogram).reshape(source.num_classes, 2, width)
+  del histogram  # the device's copy
+  return PassResult(_with_overflow(counts[:, 1], counts[:, 0], source),
                     sums, class_sums)

@@ -82,28 +82,44 @@ def _check_against_reference(result, similarity, labels, ref_labels=None,
       np.mean(negatives <= result.calibration.threshold), abs=1e-12)
 
 
-@pytest.mark.parametrize('product', ['numpy', 'jax'])
-def test_a_similarity_matrix_equals_the_reference(product, small_tiles):
+@pytest.mark.parametrize('product, block_size', [('numpy', None),
+                                                 ('jax', None), ('jax', 64)])
+def test_a_similarity_matrix_equals_the_reference(product, block_size,
+                                                  small_tiles):
   z, labels = _set()
+  assert len(labels) % 64  # a last block of padding rows
   similarity = _matrix(z)
   result = metrics.evaluate_similarity(similarity, labels, engine='histogram',
-                                       product=product)
+                                       product=product, block_size=block_size)
   _check_against_reference(result, similarity, labels)
   assert len(result.excluded_classes) == 2
 
 
-@pytest.mark.parametrize('product', ['numpy', 'jax'])
-def test_embeddings_equal_the_reference_on_their_own_products(product,
-                                                              small_tiles):
+def test_embeddings_on_the_device_equal_the_reference():
   z, labels = _set(seed=4)
   result = metrics.evaluate_embeddings(z, labels, engine='histogram',
-                                       product=product)
-  if product == 'jax':
-    similarity = _matrix(z)  # the device's products
-  else:
-    zn = _one_pass._normalized(z)
-    similarity = zn @ zn.T  # BLAS's
-  _check_against_reference(result, similarity, labels)
+                                       product='jax', block_size=72)
+  _check_against_reference(result, _matrix(z), labels)  # the same products
+
+
+def test_embeddings_in_numpy_equal_the_reference_but_for_rounding(
+    small_tiles):
+  z, labels = _set(seed=4)
+  result = metrics.evaluate_embeddings(z, labels, engine='histogram',
+                                       product='numpy')
+  zn = _one_pass._normalized(z)
+  similarity = zn @ zn.T
+  # BLAS may round a product of tile shape otherwise than the whole matrix's
+  # (not OpenBLAS here): a pair within an ulp of a grid edge may move.
+  classes, tpr, tnr = reference.class_rates(similarity, labels, None,
+                                            result.curves.thresholds)
+  np.testing.assert_array_equal(result.curves.classes, classes)
+  for got, want in ((result.curves.tpr, tpr), (result.curves.tnr, tnr)):
+    assert np.sum(np.abs(got - want) > 1e-12) <= 4
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-3)
+  recall, map_r, _, _ = reference.retrieval(similarity, labels, (1, 2, 4, 8))
+  assert result.retrieval.recall_at_k == pytest.approx(recall, abs=2e-3)
+  assert result.retrieval.map_at_r == pytest.approx(map_r, abs=2e-3)
 
 
 @pytest.mark.parametrize('product', ['numpy', 'jax'])
@@ -179,11 +195,26 @@ def test_a_cut_too_near_is_redone_without_one(monkeypatch):
 def test_the_cut_covers_an_explicit_range_and_the_far_asked():
   z, labels = _set(seed=9)
   source = advanced.source_from_embeddings(z, labels)
-  cut = _one_pass.choose_cut(source, 0.1, 1.5)
-  assert cut >= 1.5 * G
+  assert _one_pass.choose_cut(source, 0.1, 1.5) >= 1.5 * G
   cut = _one_pass.choose_cut(source, 0.1, None)
   negatives = reference.negative_distances(_matrix(z), labels)
+  # Past the FAR asked on the whole set, and near the sample's FAR 0.135:
+  # the cut cuts.
   assert np.mean(negatives <= cut / G) > 0.1
+  assert 0.12 < np.mean(negatives <= cut / G) < 0.16
+  assert cut < _histograms.LAST_BIN / 2
+  # A FAR so large that only the sample's farthest negative would do: no cut.
+  assert _one_pass.choose_cut(source, 0.8, None) == _histograms.LAST_BIN
+
+
+def test_one_pass_when_the_sample_does_not_mislead(monkeypatch):
+  z, labels = _set(seed=9)
+  cuts = []
+  real_pass = _one_pass.numpy_pass
+  monkeypatch.setattr(_one_pass, 'numpy_pass', lambda source, plan, cut, *a:
+                      cuts.append(cut) or real_pass(source, plan, cut, *a))
+  metrics.evaluate_embeddings(z, labels, engine='histogram')
+  assert len(cuts) == 1 and cuts[0] < _histograms.LAST_BIN / 2
 
 
 def test_histograms_add_up_over_disjoint_rows():
