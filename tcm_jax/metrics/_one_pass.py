@@ -231,7 +231,8 @@ def _nearest(chunk_max, tiles, depth, ref_order, num_refs):
   """`[b, depth]` sorted-reference positions of each row's nearest.
 
   `chunk_max` `[b, tiles * chunks]` holds the largest similarity of each
-  chunk (`chunk_maxima`) of each tile of `tiles` `[tiles, b, columns]`. A
+  chunk (`chunk_maxima`) of each tile of `tiles` `[tiles, rows, columns]`
+  (contiguous; its first `b` rows are the block's). A
   row's `depth` nearest all lie in chunks whose maximum reaches its
   `depth`-th largest chunk maximum `tau` (those `depth` maxima are `depth`
   similarities at least `tau`), and have similarity at least `tau`: those
@@ -242,12 +243,14 @@ def _nearest(chunk_max, tiles, depth, ref_order, num_refs):
     tau = np.partition(chunk_max, chunks - depth, axis=1)[:, chunks - depth]
   else:
     tau = np.full(rows, -np.inf, np.float32)
-  columns_per_tile = tiles.shape[2]
+  num_tiles, tile_rows, columns_per_tile = tiles.shape
   per_tile = columns_per_tile // CHUNK
   row, chunk = np.nonzero(chunk_max >= tau[:, None])
   tile, local = np.divmod(chunk, per_tile)
   local = local[:, None] + np.arange(CHUNK) * per_tile
-  values = tiles[tile[:, None], row[:, None], local]
+  # One flat gather (`take`): several times faster than a 3-D fancy index.
+  flat = (tile * tile_rows + row)[:, None] * columns_per_tile + local
+  values = tiles.reshape(num_tiles * tile_rows * columns_per_tile).take(flat)
   columns = tile[:, None] * columns_per_tile + local
   keep = values >= tau[row][:, None]
   row = np.broadcast_to(row[:, None], values.shape)[keep]
@@ -338,7 +341,7 @@ class _NumpyPass:
         if p1 > p0:
           keys.append(self._keys(tile[r0:r1, p0:p1], len(classes) + row))
       chunk_max[:valid, t * per_tile:(t + 1) * per_tile] = chunk_maxima(tile)
-    nearest = _nearest(chunk_max[:valid], tiles[:, :valid],
+    nearest = _nearest(chunk_max[:valid], tiles,
                        self.plan.num_neighbours, self.ref_order,
                        source.num_refs)
     relevant = self.ref_ids[nearest] == block_ids[:, None]

@@ -273,11 +273,13 @@ def test_the_nearest_among_the_chunks_are_the_nearest(depth):
   similarity = rng.integers(0, 50, size=(rows, columns)).astype(np.float32)
   ref_order = rng.permutation(columns)
   tile_columns = 512
-  tiles = np.full((2, rows, tile_columns), -np.inf, np.float32)
-  tiles[0] = similarity[:, :512]
-  tiles[1, :, :columns - 512] = similarity[:, 512:]
-  chunk_max = np.concatenate([_one_pass.chunk_maxima(t) for t in tiles],
-                             axis=1)
+  # Five more rows than the block's, as in a last block: never to be read.
+  tiles = np.full((2, rows + 5, tile_columns), -np.inf, np.float32)
+  tiles[:, rows:] = np.inf
+  tiles[0, :rows] = similarity[:, :512]
+  tiles[1, :rows, :columns - 512] = similarity[:, 512:]
+  chunk_max = np.concatenate(
+      [_one_pass.chunk_maxima(t[:rows]) for t in tiles], axis=1)
   got = _one_pass._nearest(chunk_max, tiles, depth, ref_order, columns)
   np.testing.assert_array_equal(
       got, _nearest_reference(similarity, depth, ref_order))
