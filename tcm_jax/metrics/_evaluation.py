@@ -20,6 +20,7 @@ import numpy as np
 
 from tcm_jax import _checks
 from tcm_jax.metrics import _histograms
+from tcm_jax.metrics import _opis
 from tcm_jax.metrics import _one_pass
 from tcm_jax.metrics import _pair_counts
 from tcm_jax.metrics import _retrieval
@@ -314,18 +315,21 @@ def evaluate_source(source: _pair_counts.PairSource, *,
 
 
 def _assemble(source, mask, counts, calibration_range, beta, epsilon,
-              target_far, retrieval) -> Evaluation:
-  """The `Evaluation` of per-class counts and retrieval sums."""
+              target_far, retrieval, compiled=False) -> Evaluation:
+  """The `Evaluation` of per-class counts and retrieval sums (`compiled`:
+  the utility, OPIS and eps-OPIS each by one compiled program)."""
   curves = curves_from_counts(counts, mask, source.classes, beta,
-                              calibration_range)
+                              calibration_range, compiled=compiled)
+  opis = _opis.compiled_opis if compiled else opis_from_utility
+  eps_opis = _opis.compiled_eps_opis if compiled else eps_opis_from_utility
   negatives = max(int(counts.neg_total.sum()), 1)
   query_classes = np.zeros(source.num_classes, bool)
   query_classes[source.query_ids] = True
   return Evaluation(
       retrieval=retrieval,
       curves=curves,
-      opis=float(opis_from_utility(curves.utility)),
-      eps_opis=float(eps_opis_from_utility(curves.utility, epsilon=epsilon)),
+      opis=float(opis(curves.utility)),
+      eps_opis=float(eps_opis(curves.utility, epsilon=epsilon)),
       epsilon=float(epsilon),
       beta=float(beta),
       calibration=_threshold.calibrate(counts, target_far, mask),
@@ -420,7 +424,7 @@ def _from_histograms(source, mask, *, far_range, distance_range, beta,
   return _assemble(source, mask, counts, calibration_range, beta, epsilon,
                    target_far, _retrieval.summarize(
                        source, retrieval_plan, result.sums,
-                       result.class_sums))
+                       result.class_sums), compiled=True)
 
 
 def evaluate_embeddings(embeddings, labels, ref_embeddings=None,

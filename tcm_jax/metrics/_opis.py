@@ -158,10 +158,17 @@ class UtilityCurves:
   calibration_range: _threshold.CalibrationRange
 
 
+# One compiled program each, for callers that evaluate many times or want
+# no eager compiling (a second in a fresh process): the one-pass engine.
+compiled_utility = jax.jit(utility_from_rates, static_argnames=('beta',))
+compiled_opis = jax.jit(opis_from_utility)
+compiled_eps_opis = jax.jit(eps_opis_from_utility)
+
+
 def curves_from_counts(counts: _pair_counts.ClassCounts, class_mask: np.ndarray,
                        classes: np.ndarray, beta: float,
-                       calibration_range: _threshold.CalibrationRange
-                       ) -> UtilityCurves:
+                       calibration_range: _threshold.CalibrationRange,
+                       compiled: bool = False) -> UtilityCurves:
   """Utility curves of the evaluated classes from exact pair counts.
 
   Args:
@@ -170,6 +177,8 @@ def curves_from_counts(counts: _pair_counts.ClassCounts, class_mask: np.ndarray,
     classes: `[classes]` labels of the dense class ids (`PairSource.classes`).
     beta: F-beta weight of sensitivity.
     calibration_range: the range the curves are reported over.
+    compiled: the utility by one compiled program (`compiled_utility`)
+      rather than eagerly (equal to within float32 rounding).
 
   Returns:
     `UtilityCurves` of the classes in `class_mask`.
@@ -196,7 +205,8 @@ def curves_from_counts(counts: _pair_counts.ClassCounts, class_mask: np.ndarray,
   tnr = 1.0 - counts.neg_accepted[class_mask] / neg_total
   return UtilityCurves(
       thresholds=counts.thresholds, classes=classes[class_mask], tpr=tpr,
-      tnr=tnr, utility=np.asarray(utility_from_rates(tpr, tnr, beta=beta)),
+      tnr=tnr, utility=np.asarray((compiled_utility if compiled else
+                                   utility_from_rates)(tpr, tnr, beta=beta)),
       calibration_range=calibration_range)
 
 
