@@ -21,11 +21,11 @@ blocks, devices and hosts.
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import numpy as np
 
 from tcm_jax import _checks
+from tcm_jax.metrics import _threshold
 
 BINS_PER_UNIT = 2**14
 # Distances reach 2 + 0.01 at most (a cosine of -1 within COSINE_TOLERANCE):
@@ -116,13 +116,9 @@ class PairHistograms:
     Raises:
       BeyondCutError: the edge lies past the cut.
     """
-    negatives = self.global_negatives()
-    total = int(negatives.sum())
-    if total == 0:
-      raise ValueError('the evaluation set has no negative pair (one class).')
-    far = _checks.check_far('far', far)
-    needed = max(1, math.ceil(far * total * (1 - 1e-12)))
-    index = int(np.searchsorted(np.cumsum(negatives), needed))
+    # Bin k holds (k - 1) / G < d <= k / G: the bin of the order statistic
+    # is the first edge reaching its FAR.
+    index = _threshold.quantile_bin(self.global_negatives(), far)
     if index > self.cut_bin:
       raise BeyondCutError(
           f'FAR {far!r} is reached past the histograms\' cut at distance '

@@ -95,6 +95,13 @@ def far_quantile(negative_histogram: np.ndarray, far: float) -> float:
     >>> print(f'{_threshold.far_quantile(hist, 0.51):.4f}')
     1.0000
   """
+  index = quantile_bin(negative_histogram, far)
+  return (index + 0.5) / _pair_counts.FINE_BINS_PER_UNIT
+
+
+def quantile_bin(negative_histogram: np.ndarray, far: float) -> int:
+  """The bin of a histogram of negative distances that holds the
+  `ceil(far * n)`-th smallest one."""
   total = int(negative_histogram.sum())
   if total == 0:
     raise ValueError('the evaluation set has no negative pair (one class).')
@@ -102,8 +109,7 @@ def far_quantile(negative_histogram: np.ndarray, far: float) -> float:
   # (0.1 * 1000 is 100.00000000000001) as that integer.
   far = _checks.check_far('far', far)
   needed = max(1, math.ceil(far * total * (1 - 1e-12)))
-  index = int(np.searchsorted(np.cumsum(negative_histogram), needed))
-  return (index + 0.5) / _pair_counts.FINE_BINS_PER_UNIT
+  return int(np.searchsorted(np.cumsum(negative_histogram), needed))
 
 
 def _rounding_unit(low: float, high: float) -> float:
