@@ -352,10 +352,10 @@ def part_device(sizes, repeats):
         source, far_range=FAR_RANGE, ks=KS, engine='histogram',
         product='jax')
     first = timed(evaluate)[0]  # compilation included
+    stats = jax.devices()[0].memory_stats() or {}  # before the floor's
+    peak = stats.get('peak_bytes_in_use', -1)
     floor = min(timed(lambda: jax_floor(z, rows))[0] for _ in range(repeats))
     best = min(timed(evaluate)[0] for _ in range(repeats))
-    stats = jax.devices()[0].memory_stats() or {}
-    peak = stats.get('peak_bytes_in_use', -1)
     print(f'5. N = {n}, D = {PEER_DIM}, {rows} rows per block on '
           f'{jax.devices()[0].device_kind}: floor {floor:.2f} s, one-pass '
           f'{best:.2f} s ({first:.2f} s with compilation), ratio '

@@ -35,6 +35,9 @@ def _int_from(low: int):
 # The most thresholds any calibration range can hold: those of the whole
 # distance range [0, 2] (`tcm_jax.metrics.advanced.thresholds_between`).
 _MAX_THRESHOLDS = 2_097_153
+# The edges of the one-pass engine's grid (`engine='histogram'`), every
+# distance 2**-14 apart: the most thresholds it can read.
+_GRID_EDGES = 33_025
 
 
 def _num_thresholds(value: Any, _) -> bool:
@@ -194,6 +197,10 @@ RANGES = (
     ('eval.beta', _real(lambda v, _: v > 0), '> 0'),
     ('eval.engine', lambda v, _: v in ('exact', 'histogram'),
      "'exact' or 'histogram'"),
+    ('eval.num_thresholds',
+     lambda v, c: c.eval.get('engine') != 'histogram' or v <= _GRID_EDGES,
+     f"at most {_GRID_EDGES} with eval.engine='histogram' (the edges of its "
+     'grid, 2**-14 apart)'),
     ('eval.baselines', _flag, 'a bool'),
     ('eval.bootstrap_resamples', _int_from(0), 'an int >= 0'),
     ('eval.bootstrap_confidence', _real(lambda v, _: 0 < v < 1), 'in (0, 1)'),

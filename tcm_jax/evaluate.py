@@ -52,7 +52,9 @@ _EPSILON = flags.DEFINE_float('epsilon', 0.1, 'worst-class fraction.')
 _TARGET_FAR = flags.DEFINE_float('target_far', 1e-2,
                                  'global FAR of the one global threshold.')
 _KS = flags.DEFINE_list('ks', ['1', '2', '4', '8'], 'Recall@K values.')
-_BLOCK_SIZE = flags.DEFINE_integer('block_size', None, 'query rows per block.')
+_BLOCK_SIZE = flags.DEFINE_integer(
+    'block_size', None,
+    'query rows per block (not used by --engine=histogram on CPU).')
 _ENGINE = flags.DEFINE_enum(
     'engine', 'exact', ['exact', 'histogram'],
     "'exact': two passes, thresholds anywhere; 'histogram': one pass, "

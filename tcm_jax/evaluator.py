@@ -111,7 +111,8 @@ def eval_kwargs(config: ml_collections.ConfigDict) -> dict[str, Any]:
   e = config.eval
   return dict(far_range=tuple(e.far_range), target_far=e.target_far,
               epsilon=e.epsilon, num_thresholds=e.num_thresholds,
-              ks=tuple(e.ks), beta=e.beta, engine=e.engine)
+              ks=tuple(e.ks), beta=e.beta,
+              engine=e.get('engine', 'exact'))  # configs saved before it
 
 
 def evaluation_metrics(evaluation: metrics.Evaluation) -> dict[str, float]:

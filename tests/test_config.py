@@ -222,6 +222,24 @@ def test_the_threshold_limit_is_the_metrics_own():
     advanced.thresholds_between(0.0, 2.0, 2_097_154)
 
 
+def test_the_grid_limit_of_the_one_pass_engine_is_the_metrics_own():
+  from tcm_jax.metrics import advanced  # pylint: disable=import-outside-toplevel
+  config = _digits()
+  config.eval.engine = 'histogram'
+  config.eval.num_thresholds = 33_025  # the most the config allows then
+  config_lib.check_config(config)
+  advanced.check_options(engine='histogram', num_thresholds=33_025)
+  with pytest.raises(ValueError, match=r"num_thresholds=33026 is more than "
+                     r"the 33025 edges of engine='histogram''s grid"):
+    advanced.check_options(engine='histogram', num_thresholds=33_026)
+  config.eval.num_thresholds = 33_026
+  with pytest.raises(ValueError, match=r'eval.num_thresholds must be at most '
+                     r"33025 with eval.engine='histogram'"):
+    config_lib.check_config(config)
+  config.eval.engine = 'exact'
+  config_lib.check_config(config)
+
+
 @pytest.mark.parametrize('key, value, message', BAD_VALUES,
                          ids=[f'{k}={v!r}' for k, v, _ in BAD_VALUES])
 def test_check_config_refuses_every_bad_value(key, value, message):
@@ -311,3 +329,13 @@ def test_check_override_names_the_key_and_lists_its_sections_keys(key,
   assert str(error.value) == message
   config_lib.check_override(config, 'loss.tcm.enabled')
   config_lib.check_override(config, 'loss.tcm')
+
+
+def test_eval_kwargs_of_a_config_saved_before_the_engine_key():
+  # scripts/reproduce.py reads the configs of runs saved without it.
+  import ml_collections  # pylint: disable=import-outside-toplevel
+  from tcm_jax import evaluator  # pylint: disable=import-outside-toplevel
+  saved = config_lib.default_config().to_dict()
+  del saved['eval']['engine']
+  kwargs = evaluator.eval_kwargs(ml_collections.ConfigDict(saved))
+  assert kwargs['engine'] == 'exact'

@@ -218,9 +218,16 @@ def check_options(*, far_range=(1e-3, 1e-1), distance_range=None,
   _checks.check_far('target_far', target_far)
   _checks.check_positive('beta', beta)
   _checks.check_choice('engine', engine, ENGINES)
-  if engine == 'histogram' and distance_range is not None:
-    _histograms.snap_thresholds(*_histogram_range(distance_range),
-                                num_thresholds, range_name='distance_range')
+  if engine == 'histogram':
+    if distance_range is not None:
+      _histograms.snap_thresholds(*_histogram_range(distance_range),
+                                  num_thresholds, range_name='distance_range')
+    elif num_thresholds > _histograms.LAST_BIN + 1:
+      raise ValueError(
+          f'num_thresholds={num_thresholds} is more than the '
+          f"{_histograms.LAST_BIN + 1} edges of engine='histogram''s grid "
+          f"(2**-14 apart over every distance): use num_thresholds <= "
+          f"{_histograms.LAST_BIN + 1}, or engine='exact'.")
   if product is not None:
     _checks.check_choice('product', product, PRODUCTS)
 
@@ -444,7 +451,8 @@ def evaluate_embeddings(embeddings, labels, ref_embeddings=None,
       each ranked against all the others (leave-one-out).
     ref_labels: `[M]` class ids of `ref_embeddings`.
     block_size: query rows per block (default: about 2**21 / M on CPU,
-      2**26 / M on accelerators).
+      2**26 / M on accelerators; not used by `engine='histogram'` with
+      `product='numpy'`, whose tiles are 64 rows).
     **kwargs: `far_range` ((1e-3, 1e-1)), `distance_range` (None: explicit
       distances, overriding `far_range`), `beta` (1.0), `num_thresholds`
       (101), `epsilon` (0.1), `ks` ((1, 2, 4, 8)), `target_far` (1e-2, the

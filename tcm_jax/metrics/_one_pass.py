@@ -50,6 +50,7 @@ TILE_COLUMNS = 4096
 TILE_ROWS = 64
 CHUNK = 32
 MAX_WORKERS = 8
+KEYS_AT_ONCE = 2**22  # binned pairs a worker holds before counting them
 SAMPLE_ROWS = 256
 
 
@@ -161,7 +162,8 @@ def choose_cut(source: _pair_counts.PairSource, far: float,
                distance: float | None) -> int:
   """The histograms' cut: 64 bins past where the global FAR reaches
   `1.25 far + 0.01` on a sample of `SAMPLE_ROWS` query rows, and past
-  `distance`; no cut (`LAST_BIN`) when that FAR is 1 or more (a cut at the
+  `distance`; no cut (`LAST_BIN`) when that FAR is 1 or more (`far` above
+  0.792: a cut at the
   sample's farthest negative would nearly always fall short)."""
   wanted = 1.25 * far + 0.01
   if wanted >= 1.0:
@@ -321,7 +323,10 @@ class _NumpyPass:
     queries = self.rows.queries(self.query_order[start:stop])
     block_ids = self.query_ids[start:stop]
     classes = np.unique(block_ids)
-    keys = []  # rows: each class's pairs, then each class's positives
+    # Rows: each class's pairs, then each class's positives. Keys are
+    # counted every `KEYS_AT_ONCE`, so that a block holds few whatever R.
+    counts = np.zeros(2 * len(classes) * (self.cut_bin + 2), np.int64)
+    keys, held = [], 0
     per_tile = columns // CHUNK
     for t in range(self.num_tiles):
       tile = tiles[t, :valid]
@@ -340,6 +345,10 @@ class _NumpyPass:
         p1 = min(self.ref_starts[c + 1], last) - first
         if p1 > p0:
           keys.append(self._keys(tile[r0:r1, p0:p1], len(classes) + row))
+        held += len(keys[-1])
+      if held > KEYS_AT_ONCE:
+        counts += np.bincount(np.concatenate(keys), minlength=len(counts))
+        keys, held = [], 0
       chunk_max[:valid, t * per_tile:(t + 1) * per_tile] = chunk_maxima(tile)
     nearest = _nearest(chunk_max[:valid], tiles,
                        self.plan.num_neighbours, self.ref_order,
@@ -347,10 +356,10 @@ class _NumpyPass:
     relevant = self.ref_ids[nearest] == block_ids[:, None]
     per_query = _per_query_sums(relevant, self.num_relevant[start:stop],
                                 self.plan.ks)
-    # One count per block, not per class and tile (each a classes' worth of
+    # Counted per block, not per class and tile (each a classes' worth of
     # bins to clear and add).
-    counts = np.bincount(np.concatenate(keys),
-                         minlength=2 * len(classes) * (self.cut_bin + 2))
+    if keys:
+      counts += np.bincount(np.concatenate(keys), minlength=len(counts))
     counts = counts.reshape(2, len(classes), self.cut_bin + 2)
     with self.lock:
       self.every[classes] += counts[0]
@@ -474,7 +483,12 @@ def jax_pass(source: _pair_counts.PairSource, plan: _retrieval.RetrievalPlan,
         cut_bin=cut_bin)
     sums += np.asarray(block_sums, np.float64)
     class_sums += np.asarray(block_class_sums, np.float64)
-  counts = np.array(histogram).reshape(source.num_classes, 2, width)
-  del histogram  # the device's copy
-  return PassResult(_with_overflow(counts[:, 1], counts[:, 0], source),
-                    sums, class_sums)
+  # The last column recounted on the device, then one copy to the host.
+  pos_total, neg_total = pair_totals(source)
+  counts = histogram.reshape(source.num_classes, 2, width)
+  totals = jnp.asarray(np.stack([neg_total, pos_total], axis=1), jnp.int32)
+  counts = counts.at[:, :, -1].set(totals - counts[:, :, :-1].sum(axis=2))
+  del histogram
+  counts = np.asarray(counts)
+  return PassResult(_histograms.PairHistograms(counts[:, 1], counts[:, 0],
+                                               cut_bin), sums, class_sums)

@@ -206,7 +206,8 @@ def curves_from_counts(counts: _pair_counts.ClassCounts, class_mask: np.ndarray,
   return UtilityCurves(
       thresholds=counts.thresholds, classes=classes[class_mask], tpr=tpr,
       tnr=tnr, utility=np.asarray((compiled_utility if compiled else
-                                   utility_from_rates)(tpr, tnr, beta=beta)),
+                                   utility_from_rates)(
+                                       tpr, tnr, beta=float(beta))),
       calibration_range=calibration_range)
 
 

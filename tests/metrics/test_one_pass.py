@@ -5,6 +5,7 @@ NumPy reference and with the two-pass engine, on the same similarities.
 """
 
 import math
+import threading
 
 import hypothesis
 from hypothesis import strategies as st
@@ -318,6 +319,14 @@ def test_bad_engine_options(kwargs, match):
     metrics.evaluate_embeddings(z, labels, **kwargs)
 
 
+def test_a_beta_of_any_numeric_type():
+  z, labels = _set(seed=11, num=100)
+  got = metrics.evaluate_embeddings(z, labels, engine='histogram',
+                                    beta=jax.numpy.float32(2.0))
+  want = metrics.evaluate_embeddings(z, labels, engine='histogram', beta=2)
+  assert got.opis == want.opis
+
+
 def test_a_collapsed_embedding_is_named_as_such():
   labels = np.repeat(np.arange(5), 4)
   z = np.tile(np.eye(8, dtype=np.float32)[:1], (20, 1))
@@ -363,6 +372,20 @@ def test_chunk_maxima_are_the_maxima_of_strided_columns():
   np.testing.assert_array_equal(got, want)
 
 
+def test_keys_counted_in_several_goes_count_the_same(small_tiles,
+                                                     monkeypatch):
+  z, labels = _set(seed=17)
+  source = advanced.source_from_embeddings(z, labels)
+  plan = metrics._retrieval.plan(source, (1,))
+  whole = _one_pass.numpy_pass(source, plan, 20000, workers=1)
+  monkeypatch.setattr(_one_pass, 'KEYS_AT_ONCE', 100)
+  parts = _one_pass.numpy_pass(source, plan, 20000, workers=1)
+  np.testing.assert_array_equal(parts.histograms.negative,
+                                whole.histograms.negative)
+  np.testing.assert_array_equal(parts.histograms.positive,
+                                whole.histograms.positive)
+
+
 def test_any_number_of_workers_counts_the_same(small_tiles):
   z, labels = _set(seed=13)
   source = advanced.source_from_embeddings(z, labels)
@@ -393,19 +416,22 @@ def test_a_failing_block_stops_every_worker(small_tiles, monkeypatch):
   source = advanced.source_from_embeddings(z, labels)
   plan = metrics._retrieval.plan(source, (1,))
   blocks = []
+  failed = threading.Event()
   real_block = _one_pass._NumpyPass.block
 
   def failing(self, index, tiles, chunk_max):
     blocks.append(index)
-    if index == 1:
+    if index == 1:  # worker 1's first block
+      failed.set()
       raise RuntimeError('disk on fire')
+    failed.wait(timeout=60)  # worker 0 meanwhile: in its first block
     return real_block(self, index, tiles, chunk_max)
 
   monkeypatch.setattr(_one_pass._NumpyPass, 'block', failing)
   with pytest.raises(RuntimeError, match='disk on fire'):
     _one_pass.numpy_pass(source, plan, 15000, workers=2)
-  # Worker 0 may finish the block it is in when worker 1 fails, no more.
-  assert len(blocks) <= 4 < -(-len(labels) // 64)
+  # Worker 0 finishes the block it was in when worker 1 failed, no more.
+  assert sorted(blocks) == [0, 1] and -(-len(labels) // 64) > 4
 
 
 @pytest.mark.parametrize('distance_range', [(-0.1, 0.5), (0.5, 2.5)])
