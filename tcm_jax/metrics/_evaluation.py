@@ -220,7 +220,7 @@ def check_options(*, far_range=(1e-3, 1e-1), distance_range=None,
   _checks.check_choice('engine', engine, ENGINES)
   if engine == 'histogram':
     if distance_range is not None:
-      _histograms.snap_thresholds(*_histogram_range(distance_range),
+      _histograms.snap_thresholds(*_histograms.check_range(distance_range),
                                   num_thresholds, range_name='distance_range')
     elif num_thresholds > _histograms.LAST_BIN + 1:
       raise ValueError(
@@ -352,57 +352,6 @@ def _default_product() -> str:
   return 'numpy' if jax.default_backend() == 'cpu' else 'jax'
 
 
-def _histogram_range(distance_range) -> tuple[float, float]:
-  """An explicit range, within the histograms' grid."""
-  low, high = _checks.check_range('distance_range', distance_range, -1.0,
-                                  3.0)
-  top = _histograms.LAST_BIN / _histograms.BINS_PER_UNIT
-  if low < 0 or high > top:
-    raise ValueError(
-        f"distance_range must lie within [0, {top:g}] with engine='histogram' "
-        f'(the distances its grid holds), got {(low, high)}; '
-        "engine='exact' takes any range.")
-  return low, high
-
-
-def _histogram_counts(histograms: _histograms.PairHistograms, far_range,
-                      distance_range, num_thresholds: int, target_far: float
-                      ) -> tuple[_pair_counts.ClassCounts,
-                                 _threshold.CalibrationRange]:
-  """Counts at the grid edges nearest the range's thresholds and at the
-  global threshold (the first edge reaching `target_far`)."""
-  if distance_range is None:
-    far = _threshold.check_far_range(far_range)
-    low, high = (histograms.far_edge(f) for f in far)
-    if not low < high:
-      negatives = histograms.global_negatives()
-      raise _threshold.CalibrationRangeError(_threshold.collapsed_message(
-          np.pad(negatives, (0, max(0, _pair_counts.FINE_BINS
-                                    - len(negatives)))),
-          far, low / _histograms.BINS_PER_UNIT))
-    calibration_range = _threshold.CalibrationRange(
-        distance=(low / _histograms.BINS_PER_UNIT,
-                  high / _histograms.BINS_PER_UNIT), far=far)
-    names = dict(range_name='the calibration range (where the global FAR '
-                 f'goes from {far[0]:g} to {far[1]:g})')
-  else:
-    calibration_range = _threshold.CalibrationRange(
-        distance=_histogram_range(distance_range), far=None)
-    names = dict(range_name='distance_range')
-  edges = _histograms.snap_thresholds(*calibration_range.distance,
-                                      num_thresholds, **names)
-  extra = histograms.far_edge(target_far)
-  positive, negative = histograms.accepted(np.append(edges, extra))
-  counts = _pair_counts.ClassCounts(
-      thresholds=_histograms.edge_distances(edges),
-      pos_accepted=positive[:, :-1], neg_accepted=negative[:, :-1],
-      pos_total=histograms.positive.sum(axis=1),
-      neg_total=histograms.negative.sum(axis=1),
-      extra_threshold=extra / _histograms.BINS_PER_UNIT,
-      pos_accepted_extra=positive[:, -1], neg_accepted_extra=negative[:, -1])
-  return counts, calibration_range
-
-
 def _from_histograms(source, mask, *, far_range, distance_range, beta,
                      num_thresholds, epsilon, ks, target_far, progress,
                      product) -> Evaluation:
@@ -418,14 +367,14 @@ def _from_histograms(source, mask, *, far_range, distance_range, beta,
   run = _one_pass.numpy_pass if product == 'numpy' else _one_pass.jax_pass
   result = run(source, retrieval_plan, cut, progress)
   try:
-    counts, calibration_range = _histogram_counts(
+    counts, calibration_range = _histograms.counts_at_edges(
         result.histograms, far_range, distance_range, num_thresholds,
         target_far)
   except _histograms.BeyondCutError:  # the sample misled the cut: no cut
     del result
     _one_pass.check_histogram_size(source, _histograms.LAST_BIN, redone=True)
     result = run(source, retrieval_plan, _histograms.LAST_BIN, progress)
-    counts, calibration_range = _histogram_counts(
+    counts, calibration_range = _histograms.counts_at_edges(
         result.histograms, far_range, distance_range, num_thresholds,
         target_far)
   return _assemble(source, mask, counts, calibration_range, beta, epsilon,

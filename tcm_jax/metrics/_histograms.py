@@ -25,6 +25,7 @@ import dataclasses
 import numpy as np
 
 from tcm_jax import _checks
+from tcm_jax.metrics import _pair_counts
 from tcm_jax.metrics import _threshold
 
 BINS_PER_UNIT = 2**14
@@ -183,3 +184,53 @@ def snap_thresholds(low: float, high: float, num: int, *,
 def edge_distances(edges: np.ndarray) -> np.ndarray:
   """The float32 distances of grid edges (exact: multiples of 2**-14)."""
   return (np.asarray(edges, np.float64) / BINS_PER_UNIT).astype(np.float32)
+
+
+def check_range(distance_range) -> tuple[float, float]:
+  """An explicit `distance_range`, within the grid."""
+  low, high = _checks.check_range('distance_range', distance_range, -1.0,
+                                  3.0)
+  top = LAST_BIN / BINS_PER_UNIT
+  if low < 0 or high > top:
+    raise ValueError(
+        f"distance_range must lie within [0, {top:g}] with engine='histogram' "
+        f'(the distances its grid holds), got {(low, high)}; '
+        "engine='exact' takes any range.")
+  return low, high
+
+
+def counts_at_edges(histograms: PairHistograms, far_range, distance_range,
+                    num_thresholds: int, target_far: float
+                    ) -> tuple[_pair_counts.ClassCounts,
+                               _threshold.CalibrationRange]:
+  """Counts at the grid edges nearest the range's thresholds and at the
+  global threshold (the first edge reaching `target_far`)."""
+  if distance_range is None:
+    far = _threshold.check_far_range(far_range)
+    low, high = (histograms.far_edge(f) for f in far)
+    if not low < high:
+      negatives = histograms.global_negatives()
+      raise _threshold.CalibrationRangeError(_threshold.collapsed_message(
+          np.pad(negatives, (0, max(0, _pair_counts.FINE_BINS
+                                    - len(negatives)))),
+          far, low / BINS_PER_UNIT))
+    calibration_range = _threshold.CalibrationRange(
+        distance=(low / BINS_PER_UNIT, high / BINS_PER_UNIT), far=far)
+    names = dict(range_name='the calibration range (where the global FAR '
+                 f'goes from {far[0]:g} to {far[1]:g})')
+  else:
+    calibration_range = _threshold.CalibrationRange(
+        distance=check_range(distance_range), far=None)
+    names = dict(range_name='distance_range')
+  edges = snap_thresholds(*calibration_range.distance, num_thresholds,
+                          **names)
+  extra = histograms.far_edge(target_far)
+  positive, negative = histograms.accepted(np.append(edges, extra))
+  counts = _pair_counts.ClassCounts(
+      thresholds=edge_distances(edges),
+      pos_accepted=positive[:, :-1], neg_accepted=negative[:, :-1],
+      pos_total=histograms.positive.sum(axis=1),
+      neg_total=histograms.negative.sum(axis=1),
+      extra_threshold=extra / BINS_PER_UNIT,
+      pos_accepted_extra=positive[:, -1], neg_accepted_extra=negative[:, -1])
+  return counts, calibration_range
