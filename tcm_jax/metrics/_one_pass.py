@@ -341,11 +341,12 @@ class _NumpyPass:
         r0 = max(self.query_starts[c] - start, 0)
         r1 = min(self.query_starts[c + 1] - start, valid)
         keys.append(self._keys(tile[r0:r1], row))
+        held += len(keys[-1])
         p0 = max(self.ref_starts[c], first) - first
         p1 = min(self.ref_starts[c + 1], last) - first
         if p1 > p0:
           keys.append(self._keys(tile[r0:r1, p0:p1], len(classes) + row))
-        held += len(keys[-1])
+          held += len(keys[-1])
       if held > KEYS_AT_ONCE:
         counts += np.bincount(np.concatenate(keys), minlength=len(counts))
         keys, held = [], 0
