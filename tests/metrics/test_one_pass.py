@@ -32,7 +32,7 @@ def small_tiles(monkeypatch):
   monkeypatch.setattr(_one_pass, 'TILE_COLUMNS', 256)
 
 
-def _set(seed=3, num=600, dim=12, spread=1.0):
+def _set(seed=3, num=420, dim=12, spread=1.0):
   sizes = np.random.default_rng(seed).integers(2, 30, size=60)
   sizes[:2] = 1  # two singleton classes
   sizes = sizes[np.cumsum(sizes) <= num]
@@ -125,7 +125,7 @@ def test_embeddings_in_numpy_equal_the_reference_but_for_rounding(
 
 @pytest.mark.parametrize('product', ['numpy', 'jax'])
 def test_queries_against_other_references(product, small_tiles):
-  z, labels = _set(seed=5, num=700)
+  z, labels = _set(seed=5, num=450)
   queries, refs = z[:250], z[250:]
   query_labels, ref_labels = labels[:250], labels[250:]
   similarity = _matrix(queries, refs)
@@ -135,7 +135,7 @@ def test_queries_against_other_references(product, small_tiles):
 
 
 def test_the_two_engines_count_alike_at_the_grid_edges():
-  z, labels = _set(seed=6, num=900)
+  z, labels = _set(seed=6, num=600)
   similarity = _matrix(z)
   source = advanced.source_from_similarity(similarity, labels)
   one = advanced.evaluate_source(source, engine='histogram', ks=(1, 3))
