@@ -245,6 +245,7 @@ def train_and_evaluate(
 
   Examples:
     >>> import os, tempfile
+    >>> import jax
     >>> from tcm_jax import config as config_lib, train
     >>> config = config_lib.default_config()
     >>> config.dataset.name = 'digits'
@@ -254,8 +255,10 @@ def train_and_evaluate(
     ...     'vit_ti', patch_size=4, image_size=8, embedding_size=16)
     >>> config.train.num_steps, config.train.progress_bar = 3, False
     >>> config.eval.baselines = False  # (they would add a section to report.md)
+    >>> config.eval.bootstrap_resamples = 0  # no confidence intervals
     >>> workdir = tempfile.mkdtemp()
-    >>> final = train.train_and_evaluate(config, workdir)
+    >>> final = train.train_and_evaluate(  # one device: quick to compile
+    ...     config, workdir, devices=jax.devices()[:1])
     >>> 0 < final['recall_at_1'] <= 1, os.listdir(f'{workdir}/checkpoints')
     (True, ['3'])
   """
