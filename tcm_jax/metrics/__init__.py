@@ -34,6 +34,9 @@ from tcm_jax.metrics._bootstrap import Interval
 from tcm_jax.metrics._evaluation import evaluate_embeddings
 from tcm_jax.metrics._evaluation import evaluate_similarity
 from tcm_jax.metrics._evaluation import Evaluation
+from tcm_jax.metrics._operating_points import operating_points
+from tcm_jax.metrics._operating_points import OperatingPoints
+from tcm_jax.metrics._operating_points import TarAtFar
 from tcm_jax.metrics._opis import eps_opis
 from tcm_jax.metrics._opis import eps_opis_from_utility
 from tcm_jax.metrics._opis import opis
@@ -58,7 +61,9 @@ __all__ = [
     'CalibrationRangeError',
     'Evaluation',
     'Interval',
+    'OperatingPoints',
     'RetrievalMetrics',
+    'TarAtFar',
     'ThresholdCalibration',
     'UtilityCurves',
     'advanced',
@@ -72,6 +77,7 @@ __all__ = [
     'evaluate_embeddings',
     'evaluate_similarity',
     'map_at_r',
+    'operating_points',
     'opis',
     'opis_from_utility',
     'r_precision',

@@ -348,7 +348,8 @@ def _assemble(source, mask, counts, calibration_range, beta, epsilon,
   )
 
 
-def _default_product() -> str:
+def default_product() -> str:
+  """Where the one pass runs unless told: NumPy on CPU, else the device."""
   return 'numpy' if jax.default_backend() == 'cpu' else 'jax'
 
 
@@ -356,7 +357,7 @@ def _from_histograms(source, mask, *, far_range, distance_range, beta,
                      num_thresholds, epsilon, ks, target_far, progress,
                      product) -> Evaluation:
   """`evaluate_source` with `engine='histogram'`: one pass."""
-  product = product or _default_product()
+  product = product or default_product()
   retrieval_plan = _retrieval.plan(source, ks)
   largest_far = target_far if distance_range is not None else max(
       target_far, float(far_range[1]))

@@ -30,6 +30,9 @@ from tcm_jax import _moved
 from tcm_jax.metrics._evaluation import check_options
 from tcm_jax.metrics._evaluation import evaluate_source
 from tcm_jax.metrics._histograms import PairHistograms
+from tcm_jax.metrics._operating_points import (
+    operating_points_from_histograms)
+from tcm_jax.metrics._operating_points import pair_histograms
 from tcm_jax.metrics._opis import curves_from_counts
 from tcm_jax.metrics._pair_counts import Block
 from tcm_jax.metrics._pair_counts import blocks
@@ -52,6 +55,8 @@ __all__ = [
     'curves_from_counts',
     'evaluate_source',
     'negative_histogram',
+    'operating_points_from_histograms',
+    'pair_histograms',
     'source_from_embeddings',
     'source_from_similarity',
     'thresholds_between',
