@@ -53,13 +53,19 @@ from tcm_jax.metrics._threshold import calibration_range
 from tcm_jax.metrics._threshold import CalibrationRange
 from tcm_jax.metrics._threshold import CalibrationRangeError
 from tcm_jax.metrics._threshold import ThresholdCalibration
+from tcm_jax.metrics._transfer import calibration_transfer
+from tcm_jax.metrics._transfer import CalibrationTransfer
+from tcm_jax.metrics._transfer import fold_transfer
+from tcm_jax.metrics._transfer import FoldTransfer
 
 del _opis_module_path
 
 __all__ = [
     'CalibrationRange',
     'CalibrationRangeError',
+    'CalibrationTransfer',
     'Evaluation',
+    'FoldTransfer',
     'Interval',
     'OperatingPoints',
     'RetrievalMetrics',
@@ -70,12 +76,14 @@ __all__ = [
     'bootstrap_indices',
     'bootstrap_interval',
     'calibrate_threshold',
+    'calibration_transfer',
     'calibration_range',
     'class_bootstrap',
     'eps_opis',
     'eps_opis_from_utility',
     'evaluate_embeddings',
     'evaluate_similarity',
+    'fold_transfer',
     'map_at_r',
     'operating_points',
     'opis',

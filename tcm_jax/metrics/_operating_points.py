@@ -131,21 +131,47 @@ class OperatingPoints:
     }
 
 
-def check_fars(fars: Sequence[float]) -> tuple[float, ...]:
+def check_fars(fars: Sequence[float], name: str = 'fars'
+               ) -> tuple[float, ...]:
   """Target FARs: a non-empty sequence of distinct rates in (0, 1]."""
   if isinstance(fars, (str, bytes)) or not isinstance(fars, Sequence):
-    raise TypeError(f'fars must be a sequence of false-accept rates, got '
+    raise TypeError(f'{name} must be a sequence of false-accept rates, got '
                     f'{fars!r}.')
-  checked = tuple(_checks.check_far('fars', far) for far in fars)
+  checked = tuple(_checks.check_far(name, far) for far in fars)
   if not checked or len(set(checked)) != len(checked):
-    raise ValueError(f'fars must be distinct false-accept rates, at least '
+    raise ValueError(f'{name} must be distinct false-accept rates, at least '
                      f'one, got {tuple(fars)}.')
   return checked
 
 
-def _spread(values: np.ndarray) -> dict[str, float]:
-  return {'min': float(np.min(values)), 'max': float(np.max(values)),
-          'std': float(np.std(values))}
+def class_mask(histograms: _histograms.PairHistograms,
+               name: str = 'the evaluation set') -> np.ndarray:
+  """`[classes]` the rows with a positive and a negative pair (at least
+  two, else ValueError)."""
+  mask = (histograms.positive.sum(axis=1) > 0) & (
+      histograms.negative.sum(axis=1) > 0)
+  if mask.sum() < 2:
+    raise ValueError(
+        f'{name} needs at least two classes with at least two samples (a '
+        f'positive and a negative pair each), got {int(mask.sum())}.')
+  return mask
+
+
+def measure_at_edge(histograms: _histograms.PairHistograms, edge: int,
+                    target_far: float,
+                    mask: np.ndarray) -> _threshold.ThresholdCalibration:
+  """The global and per-class FAR and FRR of `histograms` at grid edge
+  `edge`, as a `ThresholdCalibration` for `target_far` over the classes of
+  `mask`."""
+  pos_at, neg_at = histograms.accepted(np.array([edge]))
+  counts = _pair_counts.ClassCounts(
+      thresholds=np.zeros(0, np.float32),
+      pos_accepted=pos_at[:, :0], neg_accepted=neg_at[:, :0],
+      pos_total=histograms.positive.sum(axis=1, dtype=np.int64),
+      neg_total=histograms.negative.sum(axis=1, dtype=np.int64),
+      extra_threshold=edge / _histograms.BINS_PER_UNIT,
+      pos_accepted_extra=pos_at[:, 0], neg_accepted_extra=neg_at[:, 0])
+  return _threshold.calibrate(counts, target_far, mask)
 
 
 def _global_counts(histograms: _histograms.PairHistograms
@@ -296,13 +322,7 @@ def operating_points_from_histograms(histograms: _histograms.PairHistograms,
   min_false_accepts = _checks.check_int('min_false_accepts',
                                         min_false_accepts, 1)
   positive, negative = _global_counts(histograms)
-  pos_total = histograms.positive.sum(axis=1, dtype=np.int64)
-  neg_total = histograms.negative.sum(axis=1, dtype=np.int64)
-  class_mask = (pos_total > 0) & (neg_total > 0)
-  if class_mask.sum() < 2:
-    raise ValueError(
-        'operating points need at least two classes with a positive and a '
-        f'negative pair, got {int(class_mask.sum())}.')
+  mask = class_mask(histograms)
   pos_cumsum, neg_cumsum = np.cumsum(positive), np.cumsum(negative)
   num_positive, num_negative = int(pos_cumsum[-1]), int(neg_cumsum[-1])
   changes = np.flatnonzero((positive > 0) | (negative > 0))
@@ -311,16 +331,8 @@ def operating_points_from_histograms(histograms: _histograms.PairHistograms,
   edges = _histograms.edge_distances(changes)
   eer, eer_threshold = equal_error_rate(far, 1.0 - tar, changes)
 
-  edge = histograms.far_edge(target_far)
-  pos_at, neg_at = histograms.accepted(np.array([edge]))
-  counts = _pair_counts.ClassCounts(
-      thresholds=np.zeros(0, np.float32),
-      pos_accepted=pos_at[:, :0], neg_accepted=neg_at[:, :0],
-      pos_total=pos_total, neg_total=neg_total,
-      extra_threshold=edge / _histograms.BINS_PER_UNIT,
-      pos_accepted_extra=pos_at[:, 0], neg_accepted_extra=neg_at[:, 0])
   own = _histograms.edge_distances(
-      class_thresholds(histograms.negative[class_mask], target_far))
+      class_thresholds(histograms.negative[mask], target_far))
   return OperatingPoints(
       thresholds=edges, far=far, tar=tar,
       tar_at_far=_tar_at_far(negative, pos_cumsum, fars, min_false_accepts),
@@ -328,10 +340,14 @@ def operating_points_from_histograms(histograms: _histograms.PairHistograms,
       auc=roc_auc(positive, negative),
       num_positive=num_positive, num_negative=num_negative,
       min_false_accepts=min_false_accepts,
-      calibration=_threshold.calibrate(counts, target_far, class_mask),
-      classes=(np.arange(len(class_mask)) if classes is None
-               else np.asarray(classes))[class_mask],
-      class_threshold=own, class_threshold_spread=_spread(own))
+      calibration=measure_at_edge(histograms,
+                                  histograms.far_edge(target_far),
+                                  target_far, mask),
+      classes=(np.arange(len(mask)) if classes is None
+               else np.asarray(classes))[mask],
+      class_threshold=own, class_threshold_spread={
+          'min': float(own.min()), 'max': float(own.max()),
+          'std': float(np.std(own))})
 
 
 def pair_histograms(source: _pair_counts.PairSource, *,

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -49,6 +51,9 @@ class ThresholdCalibration:
     far_spread: worst (highest), best (lowest) and standard deviation of
       `class_far`.
     frr_spread: the same for `class_frr`.
+    calibration_far: where the threshold was chosen on another set (a
+      calibration transfer), the FAR it reached there; None when it was
+      chosen on this set.
   """
   target_far: float
   threshold: float
@@ -58,6 +63,7 @@ class ThresholdCalibration:
   class_frr: np.ndarray
   far_spread: dict[str, float]
   frr_spread: dict[str, float]
+  calibration_far: float | None = None
 
 
 class CalibrationRangeError(ValueError):
@@ -207,7 +213,7 @@ def range_thresholds(calibration_range: CalibrationRange,
   return thresholds_between(*calibration_range.distance, num, **names)
 
 
-def _spread(values: np.ndarray) -> dict[str, float]:
+def spread(values: np.ndarray) -> dict[str, float]:
   return {'worst': float(np.max(values)), 'best': float(np.min(values)),
           'std': float(np.std(values))}
 
@@ -225,8 +231,8 @@ def calibrate(counts: _pair_counts.ClassCounts, target_far: float,
       frr=float(1.0 - counts.pos_accepted_extra.sum() / max(pos_total, 1)),
       class_far=class_far[class_mask],
       class_frr=class_frr[class_mask],
-      far_spread=_spread(class_far[class_mask]),
-      frr_spread=_spread(class_frr[class_mask]),
+      far_spread=spread(class_far[class_mask]),
+      frr_spread=spread(class_frr[class_mask]),
   )
 
 
@@ -316,7 +322,9 @@ def calibration_range(similarity, labels, ref_labels=None, *,
 
 def calibrate_threshold(similarity, labels, ref_labels=None, *,
                         target_far: float = 1e-2,
-                        block_size: int | None = None) -> ThresholdCalibration:
+                        block_size: int | None = None,
+                        calibration: Sequence[Any] | None = None
+                        ) -> ThresholdCalibration:
   """The one global threshold at a target FAR, and each class's FAR and FRR.
 
   Args:
@@ -325,6 +333,11 @@ def calibrate_threshold(similarity, labels, ref_labels=None, *,
     ref_labels: `[R]` class ids of the references; default: the queries.
     target_far: the global false-accept rate to meet, in (0, 1].
     block_size: query rows per block (default: adapted to R).
+    calibration: optional `(similarity, labels)` or `(similarity, labels,
+      ref_labels)` of another set to choose the threshold on (a calibration
+      transfer): the threshold is then that set's `far_quantile(target_far)`
+      and the rates returned are those it reaches on this set
+      (`calibration_far`: the exact FAR it reaches on the calibration set).
 
   Returns:
     `ThresholdCalibration` over the evaluated classes.
@@ -339,13 +352,37 @@ def calibrate_threshold(similarity, labels, ref_labels=None, *,
     0.60 FAR 0.25 FRR 0.50
     >>> print(c.class_frr)  # class 0's pairs are at d = 0.1, class 1's at 0.7
     [0. 1.]
+    >>> # Chosen on a set whose negatives are nearer (d = 0.3 to 0.6): the
+    >>> # threshold 0.3 accepts none of this set's (d = 0.6 to 0.9).
+    >>> other = np.array([[1.0, 0.95, 0.7, 0.6], [0.95, 1.0, 0.5, 0.4],
+    ...                   [0.7, 0.5, 1.0, 0.9], [0.6, 0.4, 0.9, 1.0]])
+    >>> t = metrics.calibrate_threshold(s, [0, 0, 1, 1], target_far=0.25,
+    ...                                 calibration=(other, [0, 0, 1, 1]))
+    >>> print(f'{t.threshold:.2f} FAR {t.far:.2f} there {t.calibration_far}')
+    0.30 FAR 0.00 there 0.25
   """
   target_far = _checks.check_far('target_far', target_far)
   source = _pair_counts.source_from_similarity(
       similarity, labels, ref_labels, block_size=block_size)
   mask = _pair_counts.check_enough_classes(source)
-  threshold = far_quantile(_pair_counts.negative_histogram(source),
-                           target_far)
-  counts = _pair_counts.class_counts(
-      source, thresholds_between(threshold, threshold + 1.0, 2), threshold)
-  return calibrate(counts, target_far, mask)
+  if calibration is None:
+    threshold = far_quantile(_pair_counts.negative_histogram(source),
+                             target_far)
+    counts = _pair_counts.class_counts(
+        source, thresholds_between(threshold, threshold + 1.0, 2), threshold)
+    return calibrate(counts, target_far, mask)
+  if isinstance(calibration, (str, bytes)) or len(calibration) not in (2, 3):
+    raise ValueError(
+        'calibration must be (similarity, labels) or (similarity, labels, '
+        f'ref_labels) of the calibration set, got {calibration!r:.80}.')
+  other = _pair_counts.source_from_similarity(*calibration,
+                                              block_size=block_size)
+  _pair_counts.check_enough_classes(other)
+  threshold = far_quantile(_pair_counts.negative_histogram(other), target_far)
+  thresholds = thresholds_between(threshold, threshold + 1.0, 2)
+  there = _pair_counts.class_counts(other, thresholds, threshold)
+  counts = _pair_counts.class_counts(source, thresholds, threshold)
+  return dataclasses.replace(
+      calibrate(counts, target_far, mask),
+      calibration_far=float(there.neg_accepted_extra.sum()
+                            / max(there.neg_total.sum(), 1)))

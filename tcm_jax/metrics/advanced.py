@@ -43,6 +43,7 @@ from tcm_jax.metrics._pair_counts import PairSource
 from tcm_jax.metrics._pair_counts import source_from_embeddings
 from tcm_jax.metrics._pair_counts import source_from_similarity
 from tcm_jax.metrics._threshold import thresholds_between
+from tcm_jax.metrics._transfer import transfer_from_histograms
 
 __all__ = [
     'Block',
@@ -60,5 +61,6 @@ __all__ = [
     'source_from_embeddings',
     'source_from_similarity',
     'thresholds_between',
+    'transfer_from_histograms',
 ]
 _moved.publish(globals())  # pickles name this package, not a private module
