@@ -1,4 +1,5 @@
-"""Figures of the reports and notebooks: utility curves, OPIS against R@1, densities.
+"""Figures of the reports and notebooks: utility curves, OPIS against R@1, densities,
+DET curves, per-class FAR and FRR, calibration transfer.
 
 Every function returns the figure it drew. With `ax` (a matplotlib Axes) it
 draws there, into your figure; with `path` it draws a new figure and writes
@@ -17,41 +18,30 @@ from typing import Any
 import numpy as np
 
 from tcm_jax import _checks
+from tcm_jax._figures import finish as _finish
+from tcm_jax._figures import new_axes as _figure
+from tcm_jax._verification_plots import plot_calibration_transfer
+from tcm_jax._verification_plots import plot_class_rates
+from tcm_jax._verification_plots import plot_det_curve
 from tcm_jax.metrics import CalibrationRange
 from tcm_jax.metrics import UtilityCurves
+
+__all__ = [
+    'DISTANCE_AXIS',
+    'MAX_CLASS_LINES',
+    'embedding_density',
+    'plot_calibration_transfer',
+    'plot_class_rates',
+    'plot_det_curve',
+    'plot_embedding_density',
+    'plot_opis_vs_recall',
+    'plot_utility_curves',
+]
 
 MAX_CLASS_LINES = 200
 # The x-axis of every utility-curve figure: the whole distance range, so
 # that the figures of two runs can be laid side by side.
 DISTANCE_AXIS = (0.0, 2.0)
-
-
-def _figure(ax, path, figsize):
-  """The figure and axes to draw into.
-
-  Into `ax` when given; else a new pyplot figure (shown inline in notebooks)
-  when there is no `path`, or a bare `Figure` when there is one (written and
-  dropped, without touching pyplot or its backend).
-  """
-  if ax is not None:
-    if path is not None:
-      raise ValueError('give ax (draw into your figure, then save it) or path '
-                       '(a new figure written there), not both.')
-    return ax.figure, ax
-  if path is None:
-    import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
-    fig, ax = plt.subplots(figsize=figsize)
-    return fig, ax
-  from matplotlib.figure import Figure  # pylint: disable=import-outside-toplevel
-  fig = Figure(figsize=figsize)
-  return fig, fig.add_subplot()
-
-
-def _finish(fig, path: str | None):
-  if path is not None:
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-  return fig
 
 
 def plot_utility_curves(curves: UtilityCurves,

@@ -224,3 +224,78 @@ def test_utility_curves_of_two_runs_share_a_fixed_axis_and_their_titles():
   with pytest.raises(ValueError, match=r'xlim .* got \(1\.2, 0\.2\)'):
     plots.plot_utility_curves(curves, curves.calibration_range,
                               xlim=(1.2, 0.2))
+
+
+def _verification_set(seed=0, classes=30, per_class=8):
+  rng = np.random.default_rng(seed)
+  labels = np.repeat(np.arange(classes), per_class)
+  z = (rng.normal(size=(classes, 16))[labels]
+       + rng.normal(size=(classes * per_class, 16)))
+  return z, labels
+
+
+def test_det_curves_draw_each_set_on_log_axes(tmp_path):
+  z, labels = _verification_set()
+  tight = metrics.operating_points(z, labels)
+  loose = metrics.operating_points(
+      z + 2 * np.random.default_rng(1).normal(size=z.shape), labels)
+  fig = plots.plot_det_curve({'tight': tight, 'loose': loose})
+  ax = fig.axes[0]
+  curves = [line for line in ax.lines if line.get_label().startswith(
+      ('tight', 'loose'))]
+  assert [c.get_label() for c in curves] == [
+      f'tight: EER {tight.eer:.3f}', f'loose: EER {loose.eer:.3f}']
+  x, y = curves[0].get_data()
+  drawn = (tight.far > 0) & (tight.tar < 1)
+  np.testing.assert_array_equal(x, tight.far[drawn])
+  np.testing.assert_array_equal(y, tight.frr[drawn])
+  assert (ax.get_xscale(), ax.get_yscale()) == ('log', 'log')
+  assert any(line.get_label() == 'target FAR 0.01' for line in ax.lines)
+  plt.close(fig)
+  path = tmp_path / 'det.png'
+  plots.plot_det_curve(tight, str(path))
+  assert path.stat().st_size > 0
+  with pytest.raises(TypeError, match='points must be one OperatingPoints'):
+    plots.plot_det_curve([tight])
+  with pytest.raises(TypeError, match=r"points\['a'\] must be"):
+    plots.plot_det_curve({'a': tight.calibration})
+
+
+def test_class_rates_put_one_dot_per_class_and_the_target_lines():
+  z, labels = _verification_set(seed=2)
+  calibration = metrics.operating_points(z, labels,
+                                         target_far=0.05).calibration
+  fig = plots.plot_class_rates(calibration)
+  ax = fig.axes[0]
+  np.testing.assert_array_equal(
+      ax.collections[0].get_offsets(),
+      np.stack([calibration.class_far, calibration.class_frr], axis=1))
+  assert ax.lines[0].get_xdata()[0] == 0.05  # the target
+  assert ax.lines[2].get_ydata()[0] == calibration.frr
+  plt.close(fig)
+  with pytest.raises(TypeError, match='ThresholdCalibration'):
+    plots.plot_class_rates({'far': 0.1})
+
+
+def test_transfer_figures_of_a_split_and_of_folds():
+  z, labels = _verification_set(seed=3, classes=40)
+  first = labels < 20
+  split = metrics.calibration_transfer(z[~first], labels[~first], z[first],
+                                       labels[first],
+                                       target_fars=(1e-4, 0.01, 0.1))
+  fig = plots.plot_calibration_transfer(split)
+  chosen, used = fig.axes[0].collections
+  resolved = [p for p in split.points if p is not None]  # 1e-4 is not
+  np.testing.assert_allclose(chosen.get_offsets()[:, 1],
+                             [p.calibration_far for p in resolved])
+  np.testing.assert_allclose(used.get_offsets()[:, 1],
+                             [max(p.far, 1e-3) for p in resolved])
+  plt.close(fig)
+  folds = metrics.fold_transfer(z, labels, folds=4)
+  fig = plots.plot_calibration_transfer(folds)
+  means = fig.axes[0].collections[-1]
+  np.testing.assert_allclose(means.get_offsets()[:, 1],
+                             folds.far.mean(axis=0))
+  plt.close(fig)
+  with pytest.raises(TypeError, match='CalibrationTransfer or a FoldTransfer'):
+    plots.plot_calibration_transfer(split.points[1])

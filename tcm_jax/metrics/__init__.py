@@ -1,5 +1,6 @@
 """Pure metric functions: threshold consistency (OPIS), retrieval, calibration,
-and bootstrap confidence intervals over classes.
+verification operating points (TAR at FARs, EER, ROC AUC), calibration
+transfer between sets, and bootstrap confidence intervals over classes.
 
 Each metric takes a `[Q, R]` similarity matrix with labels (references
 default to the queries, each left out of its own ranking) and streams it in
