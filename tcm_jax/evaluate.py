@@ -8,7 +8,12 @@ The npz holds `embeddings` `[N, D]` and integer `labels` `[N]` (optionally
 gallery), so a model trained anywhere, PyTorch included, can be checked:
 `np.savez('embeddings.npz', embeddings=z, labels=y)`. The output folder gets
 `metrics.json` (the machine-readable results), `report.md` and
-`utility_curves.png`; the command prints the metrics as the trainer does (a
+`utility_curves.png`, and the verification operating points over all pairs
+at `--fars` (TAR at each FAR, EER, ROC AUC: `det_curve.png`,
+`class_rates.png`); with `--calibration_embeddings` (another npz of
+`embeddings` and `labels`, e.g. held-out samples of the training classes),
+the FAR and FRR that thresholds chosen there reach here
+(`calibration_transfer.png`); the command prints the metrics as the trainer does (a
 table) and where the files are. The work is done by
 `tcm_jax.report.evaluate_arrays`, which a notebook can call directly.
 
@@ -29,6 +34,7 @@ from absl import flags
 from tcm_jax import _cli
 from tcm_jax import _moved
 from tcm_jax import report
+from tcm_jax.metrics import _operating_points
 from tcm_jax.metrics import advanced
 
 # Old names, for one release.
@@ -59,6 +65,14 @@ _ENGINE = flags.DEFINE_enum(
     'engine', 'exact', ['exact', 'histogram'],
     "'exact': two passes, thresholds anywhere; 'histogram': one pass, "
     'thresholds on a grid of 2**-14 (faster).')
+_FARS = flags.DEFINE_list(
+    'fars', ['1e-4', '1e-3', '1e-2', '1e-1'],
+    'target FARs of the verification operating points (TAR at each, over '
+    'all pairs, with the EER, ROC AUC and DET curve); empty: none.')
+_CALIBRATION = flags.DEFINE_string(
+    'calibration_embeddings', None,
+    'npz (embeddings, labels) of another set to choose the thresholds at '
+    '--fars on; the report gives the FAR and FRR they reach on --embeddings.')
 
 
 def _pair(name: str, values: Sequence[str] | None
@@ -73,6 +87,18 @@ def _pair(name: str, values: Sequence[str] | None
         f'--{name} takes two numbers, low,high; got '
         f'{",".join(values)!r}.') from None
   return low, high
+
+
+def _fars(values: Sequence[str]) -> tuple[float, ...] | None:
+  """`--fars` as target FARs (None when empty)."""
+  if not values:
+    return None
+  try:
+    return _operating_points.check_fars([float(v) for v in values])
+  except ValueError as e:
+    raise app.UsageError(f'--fars takes target FARs in (0, 1], '
+                         f'comma-separated; got {",".join(values)!r} '
+                         f'({e}).') from None
 
 
 def _positive_ints(name: str, values: Sequence[str]) -> list[int]:
@@ -137,16 +163,36 @@ def main(argv: Sequence[str]) -> None:
     raise app.UsageError(
         f'--block_size must be a positive number of rows, got '
         f'{_BLOCK_SIZE.value}.')
+  fars = _fars(_FARS.value)
+  if _CALIBRATION.value and fars is None:
+    raise app.UsageError('--calibration_embeddings needs --fars, the target '
+                         'FARs whose thresholds it chooses.')
   _check_out_dir(_OUT.value)
   arrays = report.load_npz(_EMBEDDINGS.value,
                            name=f'--embeddings={_EMBEDDINGS.value}')
+  calibration, calibration_name = None, None
+  if _CALIBRATION.value:
+    calibration = report.load_npz(
+        _CALIBRATION.value,
+        name=f'--calibration_embeddings={_CALIBRATION.value}')
+    calibration_name = os.path.basename(_CALIBRATION.value)
+    if calibration['embeddings'].shape[1:] != arrays['embeddings'].shape[1:]:
+      raise app.UsageError(
+          f'--calibration_embeddings={_CALIBRATION.value} holds embeddings '
+          f'of dimension {calibration["embeddings"].shape[1:]}, '
+          f'--embeddings={_EMBEDDINGS.value} '
+          f'{arrays["embeddings"].shape[1:]}: they must come from one model.')
   source_name = os.path.basename(_EMBEDDINGS.value)
   try:
     evaluation = report.evaluate_arrays(
         arrays, _OUT.value, source_name=source_name,
-        block_size=_BLOCK_SIZE.value, **kwargs)
+        block_size=_BLOCK_SIZE.value, fars=fars, calibration=calibration,
+        calibration_name=calibration_name or 'the calibration set', **kwargs)
   except (ValueError, TypeError) as e:  # what the arrays hold: name the file
-    raise ValueError(f'--embeddings={_EMBEDDINGS.value}: {e}') from e
+    files = f'--embeddings={_EMBEDDINGS.value}' + (
+        f' or --calibration_embeddings={_CALIBRATION.value}'
+        if _CALIBRATION.value else '')
+    raise ValueError(f'{files}: {e}') from e
   values, _ = report.load_results_dict(evaluation.to_dict())
   print(report.results_table(values, column=source_name,
                              epsilon=evaluation.epsilon))

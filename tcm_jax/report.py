@@ -19,10 +19,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from tcm_jax import _moved
+from tcm_jax import _verification_report
 from tcm_jax import metrics
 from tcm_jax import plots
 from tcm_jax import writers
 from tcm_jax._npz import load_npz
+from tcm_jax._progress import ProgressBar as _ProgressBar
 from tcm_jax._tables import metric_label
 from tcm_jax._tables import metric_value
 from tcm_jax._tables import results_table
@@ -43,22 +45,6 @@ if TYPE_CHECKING:  # in annotations only; the data is not this module's
 #: Thresholds of the figure's curves over the distance range [0, 2]: 0.01
 #: apart.
 PLOT_THRESHOLDS = 201
-
-
-class _ProgressBar:
-  """A tqdm bar over the blocks of all passes (silent when not a terminal)."""
-
-  def __init__(self, description: str):
-    import tqdm  # pylint: disable=import-outside-toplevel
-    self._bar = tqdm.tqdm(desc=description, unit='block', disable=None)
-
-  def __call__(self, done: int, total: int) -> None:
-    self._bar.total = total
-    self._bar.n = done
-    self._bar.refresh()
-
-  def close(self) -> None:
-    self._bar.close()
 
 
 def plot_curves(evaluation: metrics.Evaluation, embeddings, labels,
@@ -120,6 +106,9 @@ def worst_classes(evaluation: metrics.Evaluation) -> np.ndarray:
 def evaluate_arrays(arrays: dict[str, np.ndarray], out_dir: str, *,
                     source_name: str = 'arrays', block_size: int | None = None,
                     show_progress: bool = True, title: str | None = None,
+                    fars: Sequence[float] | None = None,
+                    calibration: dict[str, np.ndarray] | None = None,
+                    calibration_name: str = 'the calibration set',
                     **kwargs) -> metrics.Evaluation:
   """Evaluates `embeddings`/`labels` and writes the report into `out_dir`.
 
@@ -128,7 +117,12 @@ def evaluate_arrays(arrays: dict[str, np.ndarray], out_dir: str, *,
   (a full disk) leaves the earlier set whole, and names the folder.
   `arrays` may also hold `ref_embeddings` and `ref_labels` (a separate
   gallery); `title` is the figure's (see `write_report`); `kwargs` are
-  `metrics.evaluate_embeddings`'s.
+  `metrics.evaluate_embeddings`'s. With `fars`, the report adds the
+  verification operating points over all pairs (`metrics.operating_points`:
+  TAR at each of `fars`, EER, ROC AUC; `det_curve.png`, `class_rates.png`),
+  and with `calibration` (arrays `embeddings`, `labels` of another set,
+  named `calibration_name`) the transfer of its thresholds to these arrays
+  (`metrics.calibration_transfer`; `calibration_transfer.png`).
 
   Examples:
     >>> import os, tempfile
@@ -147,6 +141,8 @@ def evaluate_arrays(arrays: dict[str, np.ndarray], out_dir: str, *,
   source = advanced.source_from_embeddings(
       arrays['embeddings'], arrays['labels'], arrays.get('ref_embeddings'),
       arrays.get('ref_labels'), block_size=block_size)
+  if calibration is not None and fars is None:
+    raise ValueError('calibration needs fars, the target FARs to transfer.')
   bar = _ProgressBar('evaluating') if show_progress else None
   try:
     evaluation = advanced.evaluate_source(source, progress=bar, **kwargs)
@@ -154,12 +150,25 @@ def evaluate_arrays(arrays: dict[str, np.ndarray], out_dir: str, *,
       bar.close()
       bar = _ProgressBar('plotting')
     wide = _wide_curves(source, evaluation, bar)
+    if fars is not None:
+      if bar is not None:
+        bar.close()
+        bar = _ProgressBar('operating points')
+      points, transfer = _verification_report.measure(
+          source, fars, kwargs.get('target_far', 1e-2), calibration,
+          calibration_name, kwargs.get('product'), bar)
   finally:
     if bar is not None:
       bar.close()
   with writers.staged_files(out_dir) as staging:  # the old set kept whole
+    extra, sections = {}, []
+    if fars is not None:
+      extra, section = _verification_report.write_verification(
+          staging, points, transfer, calibration_name=calibration_name)
+      sections.append(section)
     write_report(evaluation, staging, source_name=source_name,
-                 plot_curves=wide, title=title)
+                 plot_curves=wide, title=title, extra=extra,
+                 sections=sections)
   return evaluation
 
 

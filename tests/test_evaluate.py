@@ -61,6 +61,74 @@ def test_command_writes_the_report(npz_file, tmp_path):
   assert ('Excluded: 1 classes without a positive pair (a single sample, or '
           'no reference of their own class): 0; 1 queries') in report
   assert (out / 'utility_curves.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+  # The verification operating points at the default --fars, over all
+  # pairs, and their figures.
+  points = metrics.operating_points(z, labels, target_far=0.05)
+  assert written['operating_points'] == json.loads(json.dumps(
+      points.to_dict()))
+  assert '## Verification over all pairs' in report
+  assert f'ROC AUC {points.auc:.5f}' in report
+  assert '| 0.0001 | not resolvable' in report  # 39,000 negatives
+  for name in ('det_curve.png', 'class_rates.png'):
+    assert (out / name).read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+  assert not (out / 'calibration_transfer.png').exists()
+
+
+def test_thresholds_chosen_on_a_calibration_file(npz_file, tmp_path):
+  path, z, labels = npz_file
+  calibration_z, calibration_labels = clustered_set(13, [20] * 8, dim=16,
+                                                    spread=0.7)
+  calibration = tmp_path / 'validation.npz'
+  np.savez(calibration, embeddings=calibration_z, labels=calibration_labels)
+  out = tmp_path / 'report'
+  run = _evaluate(f'--embeddings={path}', f'--out={out}',
+                  f'--calibration_embeddings={calibration}',
+                  '--fars=0.001,0.01,0.1')
+  assert run.returncode == 0, run.stderr
+  written = json.loads((out / 'metrics.json').read_text())
+  expected = metrics.calibration_transfer(
+      z, labels, calibration_z, calibration_labels,
+      target_fars=(0.001, 0.01, 0.1))
+  assert written['calibration_transfer'] == json.loads(json.dumps(
+      expected.to_dict()))
+  assert [p['target_far'] for p in written['operating_points'][
+      'tar_at_far']] == [0.001, 0.01, 0.1]
+  report = (out / 'report.md').read_text()
+  assert '## Calibration transfer from validation.npz' in report
+  point = expected.points[1]
+  assert (f'| 0.01 | {point.threshold:.5f} | {point.calibration_far:.4g} | '
+          f'{point.far:.4g} |') in report
+  assert (out / 'calibration_transfer.png').exists()
+
+
+def test_bad_verification_flags_and_calibration_files(npz_file, tmp_path):
+  path, z, labels = npz_file
+  out = tmp_path / 'out'
+  run = _evaluate(f'--embeddings={path}', f'--out={out}', '--fars=0,0.1')
+  _assert_one_line_error(run, '--fars takes target FARs in (0, 1]',
+                         'got 0.0', status=2)
+  run = _evaluate(f'--embeddings={path}', f'--out={out}', '--fars=',
+                  f'--calibration_embeddings={path}')
+  _assert_one_line_error(run, '--calibration_embeddings needs --fars',
+                         status=2)
+  narrow = tmp_path / 'narrow.npz'
+  np.savez(narrow, embeddings=z[:, :8], labels=labels)
+  run = _evaluate(f'--embeddings={path}', f'--out={out}',
+                  f'--calibration_embeddings={narrow}')
+  _assert_one_line_error(run, f'--calibration_embeddings={narrow}',
+                         'dimension (8,)', '(16,)', status=2)
+  single = tmp_path / 'single.npz'
+  np.savez(single, embeddings=z[:20], labels=np.zeros(20, int))
+  run = _evaluate(f'--embeddings={path}', f'--out={out}',
+                  f'--calibration_embeddings={single}')
+  _assert_one_line_error(run, f'--calibration_embeddings={single}',
+                         'at least two classes')
+  assert not out.exists()
+  # Without operating points: only the report of before.
+  run = _evaluate(f'--embeddings={path}', f'--out={out}', '--fars=')
+  assert run.returncode == 0, run.stderr
+  assert sorted(os.listdir(out)) == ['metrics.json', 'report.md',
+                                     'utility_curves.png']
 
 
 def test_the_one_pass_engine_from_the_command_line(npz_file, tmp_path):

@@ -1,0 +1,124 @@
+"""The verification part of a report: operating points, the per-class rates
+at the global threshold and calibration transfer, as `metrics.json` keys, a
+markdown section and three figures."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+
+from tcm_jax import metrics
+from tcm_jax import plots
+from tcm_jax.metrics import advanced
+
+DET_FILE = 'det_curve.png'
+CLASS_RATES_FILE = 'class_rates.png'
+TRANSFER_FILE = 'calibration_transfer.png'
+
+
+def measure(source: advanced.PairSource, fars, target_far: float,
+            calibration: dict[str, np.ndarray] | None, calibration_name: str,
+            product: str | None, progress
+            ) -> tuple[metrics.OperatingPoints,
+                       metrics.CalibrationTransfer | None]:
+  """The operating points of `source` and, with `calibration` arrays, the
+  transfer of their thresholds to it: one pass without a cut per set."""
+  histograms = advanced.pair_histograms(source, product=product,
+                                        progress=progress)
+  points = advanced.operating_points_from_histograms(
+      histograms, source.classes, fars=fars, target_far=target_far)
+  if calibration is None:
+    return points, None
+  other = advanced.source_from_embeddings(calibration['embeddings'],
+                                          calibration['labels'])
+  dims = (source.embeddings.shape[1], other.embeddings.shape[1])
+  if dims[0] != dims[1]:
+    raise ValueError(
+        f'{calibration_name} has embeddings of dimension {dims[1]}, the '
+        f'evaluated set {dims[0]}: they must come from the same model.')
+  transfer = advanced.transfer_from_histograms(
+      advanced.pair_histograms(other, product=product, progress=progress),
+      histograms, source.classes, target_fars=fars)
+  return points, transfer
+
+
+def _rate(value: float | None) -> str:
+  return 'n/a' if value is None else f'{value:.4g}'
+
+
+def _points_lines(points: metrics.OperatingPoints) -> list[str]:
+  lines = [
+      '## Verification over all pairs', '',
+      f'{points.num_positive} positive and {points.num_negative} negative '
+      f'pairs: EER {points.eer:.4f} (at distance {points.eer_threshold:.5f}),'
+      f' ROC AUC {points.auc:.5f}. A target FAR is resolved only where the '
+      f'set holds {points.min_false_accepts} negative pairs within it.', '',
+      '| target FAR | threshold | FAR reached | TAR |', '|---|---|---|---|',
+  ]
+  for point in points.tar_at_far:
+    if point.resolvable:
+      lines.append(f'| {point.target_far:g} | {point.threshold:.5f} | '
+                   f'{point.far:.4g} | {point.tar:.4f} |')
+    else:
+      lines.append(f'| {point.target_far:g} | not resolvable (fewer than '
+                   f'{points.min_false_accepts} negatives) | | |')
+  spread = points.class_threshold_spread
+  lines += [
+      '', f'Each class\'s own threshold at FAR '
+      f'{points.calibration.target_far:g}: from {spread["min"]:.5f} to '
+      f'{spread["max"]:.5f} (std {spread["std"]:.5f}); one global threshold '
+      'serves them all.', '',
+      f'![DET curve]({DET_FILE})', '',
+      f'![per-class FAR and FRR at the global threshold]({CLASS_RATES_FILE})',
+      '',
+  ]
+  return lines
+
+
+def _transfer_lines(transfer: metrics.CalibrationTransfer,
+                    calibration_name: str) -> list[str]:
+  lines = [
+      f'## Calibration transfer from {calibration_name}', '',
+      f'Thresholds chosen on {calibration_name} '
+      f'({transfer.num_calibration_negatives} negative pairs), measured '
+      'here: the global FAR and FRR they reach, and the spread of the '
+      "classes' FAR.", '',
+      '| target FAR | threshold | FAR there | FAR here | FRR here | '
+      'class FAR worst | class FAR best |', '|---|---|---|---|---|---|---|',
+  ]
+  for target, point in zip(transfer.target_fars, transfer.points):
+    if point is None:
+      lines.append(f'| {target:g} | not resolvable on {calibration_name} '
+                   '| | | | | |')
+      continue
+    lines.append(
+        f'| {target:g} | {point.threshold:.5f} | '
+        f'{_rate(point.calibration_far)} | {point.far:.4g} | '
+        f'{point.frr:.4g} | {point.far_spread["worst"]:.4g} | '
+        f'{point.far_spread["best"]:.4g} |')
+  return lines + ['', f'![calibration transfer]({TRANSFER_FILE})', '']
+
+
+def write_verification(out_dir: str, points: metrics.OperatingPoints,
+                       transfer: metrics.CalibrationTransfer | None = None,
+                       *, calibration_name: str = 'the calibration set'
+                       ) -> tuple[dict[str, Any], str]:
+  """Writes the verification figures into `out_dir`.
+
+  Returns:
+    `(metrics.json keys, markdown section)`: `operating_points` (and
+    `calibration_transfer`), and the tables and figures' links.
+  """
+  plots.plot_det_curve(points, os.path.join(out_dir, DET_FILE))
+  plots.plot_class_rates(points.calibration,
+                         os.path.join(out_dir, CLASS_RATES_FILE))
+  extra = {'operating_points': points.to_dict()}
+  lines = _points_lines(points)
+  if transfer is not None:
+    plots.plot_calibration_transfer(transfer,
+                                    os.path.join(out_dir, TRANSFER_FILE))
+    extra['calibration_transfer'] = transfer.to_dict()
+    lines += _transfer_lines(transfer, calibration_name)
+  return extra, '\n' + '\n'.join(lines)
