@@ -28,6 +28,8 @@ from tcm_jax import _moved
 from tcm_jax.metrics import opis as _opis_module_path  # pylint: disable=all
 
 from tcm_jax.metrics import advanced
+from tcm_jax.metrics._accumulator import AccumulatedMetrics
+from tcm_jax.metrics._accumulator import PairAccumulator
 from tcm_jax.metrics._bootstrap import bootstrap_indices
 from tcm_jax.metrics._bootstrap import bootstrap_interval
 from tcm_jax.metrics._bootstrap import class_bootstrap
@@ -62,6 +64,7 @@ from tcm_jax.metrics._transfer import FoldTransfer
 del _opis_module_path
 
 __all__ = [
+    'AccumulatedMetrics',
     'CalibrationRange',
     'CalibrationRangeError',
     'CalibrationTransfer',
@@ -69,6 +72,7 @@ __all__ = [
     'FoldTransfer',
     'Interval',
     'OperatingPoints',
+    'PairAccumulator',
     'RetrievalMetrics',
     'TarAtFar',
     'ThresholdCalibration',
