@@ -101,8 +101,9 @@ def bootstrap_indices(num_classes: int, num_resamples: int = 1000,
   return rng.integers(0, num_classes, size=(num_resamples, num_classes))
 
 
-def _interval(estimate: float, resampled: np.ndarray,
-              confidence: float) -> Interval:
+def percentile_interval(estimate: float, resampled: np.ndarray,
+                        confidence: float) -> Interval:
+  """The `Interval` of `estimate` from its resampled values."""
   resampled = np.asarray(resampled, np.float64)
   low, high = np.quantile(resampled, [(1 - confidence) / 2,
                                       (1 + confidence) / 2])
@@ -177,7 +178,7 @@ def bootstrap_interval(statistic: Callable[..., Any], *per_class_arrays,
   estimate = _scalar(statistic(*arrays))
   resampled = np.array([_scalar(statistic(*(a[rows] for a in arrays)))
                         for rows in indices])
-  return _interval(estimate, resampled, confidence)
+  return percentile_interval(estimate, resampled, confidence)
 
 
 def _chunks(indices: np.ndarray, elements_per_row: int):
@@ -307,5 +308,5 @@ def class_bootstrap(evaluation: _evaluation.Evaluation, *,
       map_at_r=retrieval.map_at_r, r_precision=retrieval.r_precision,
       opis=evaluation.opis, eps_opis=evaluation.eps_opis,
       mean_utility=evaluation.mean_utility, mean_tpr=evaluation.mean_tpr)
-  return {name: _interval(estimates[name], values, confidence)
+  return {name: percentile_interval(estimates[name], values, confidence)
           for name, values in resampled.items()}

@@ -174,7 +174,7 @@ def measure_at_edge(histograms: _histograms.PairHistograms, edge: int,
   return _threshold.calibrate(counts, target_far, mask)
 
 
-def _global_counts(histograms: _histograms.PairHistograms
+def global_counts(histograms: _histograms.PairHistograms
                    ) -> tuple[np.ndarray, np.ndarray]:
   """`([bins], [bins])` every positive and negative pair by grid bin, with
   none past the cut (else `BeyondCutError`)."""
@@ -321,7 +321,7 @@ def operating_points_from_histograms(histograms: _histograms.PairHistograms,
   target_far = _checks.check_far('target_far', target_far)
   min_false_accepts = _checks.check_int('min_false_accepts',
                                         min_false_accepts, 1)
-  positive, negative = _global_counts(histograms)
+  positive, negative = global_counts(histograms)
   mask = class_mask(histograms)
   pos_cumsum, neg_cumsum = np.cumsum(positive), np.cumsum(negative)
   num_positive, num_negative = int(pos_cumsum[-1]), int(neg_cumsum[-1])

@@ -34,6 +34,7 @@ from tcm_jax.metrics._operating_points import (
     operating_points_from_histograms)
 from tcm_jax.metrics._operating_points import pair_histograms
 from tcm_jax.metrics._opis import curves_from_counts
+from tcm_jax.metrics._point_intervals import operating_point_intervals
 from tcm_jax.metrics._pair_counts import Block
 from tcm_jax.metrics._pair_counts import blocks
 from tcm_jax.metrics._pair_counts import class_counts
@@ -56,6 +57,7 @@ __all__ = [
     'curves_from_counts',
     'evaluate_source',
     'negative_histogram',
+    'operating_point_intervals',
     'operating_points_from_histograms',
     'pair_histograms',
     'source_from_embeddings',
