@@ -12,8 +12,9 @@ EER and the ROC AUC. The percentile interval of the resampled values is
 
 Cost: `2 x num_resamples x classes x bins` multiply-adds (the drawn rows
 summed as one matrix product per chunk of resamples, over the bins between
-the nearest and the farthest pair): 8 s for 1,000 resamples of 1,400
-classes with every bin of the grid occupied, on 2 CPU cores.
+the nearest and the farthest pair, in float32 while that is exact): 4 s
+for 1,000 resamples of 1,400 classes with every bin of the grid occupied,
+on 2 CPU cores.
 """
 
 from __future__ import annotations
@@ -48,8 +49,10 @@ def resampled_statistics(positive: np.ndarray, negative: np.ndarray,
   Returns:
     `{'tar_at_<far>' for each target, 'threshold', 'eer', 'auc'}` to `[B]`.
   """
-  pos = weights @ positive  # [B, bins]: the resamples' global histograms
-  neg = weights @ negative
+  # [B, bins]: the resamples' global histograms (exact in the products'
+  # dtype), summed on in float64.
+  pos = (weights @ positive).astype(np.float64)
+  neg = (weights @ negative).astype(np.float64)
   pos_cum, neg_cum = np.cumsum(pos, axis=1), np.cumsum(neg, axis=1)
   pos_total, neg_total = pos_cum[:, -1], neg_cum[:, -1]
   rows = np.arange(len(weights))
@@ -135,21 +138,34 @@ def operating_point_intervals(histograms: _histograms.PairHistograms, *,
   first, last = int(occupied[0]), int(occupied[-1]) + 1
   has_pairs = (histograms.positive.sum(axis=1)
                + histograms.negative.sum(axis=1)) > 0
-  pos_rows = histograms.positive[has_pairs, first:last].astype(np.float64)
-  neg_rows = histograms.negative[has_pairs, first:last].astype(np.float64)
+  pos_rows = histograms.positive[has_pairs, first:last].astype(np.float32)
+  neg_rows = histograms.negative[has_pairs, first:last].astype(np.float32)
+  largest = max(int(histograms.positive.sum(axis=0).max()),
+                int(histograms.negative.sum(axis=0).max()))
   resolved = [t for t in targets
               if t * negative.sum() >= min_false_accepts]
   indices = _bootstrap.bootstrap_indices(len(pos_rows), num_resamples, seed)
-  estimate = resampled_statistics(pos_rows, neg_rows,
-                                  np.ones((1, len(pos_rows))), first,
+  wide = []  # the rows in float64, made when a chunk needs them
+
+  def statistics(weights):
+    # float32 products are exact while every sum stays below 2**24: twice
+    # as fast as float64.
+    if weights.max() * largest < 2**24:
+      return resampled_statistics(pos_rows, neg_rows,
+                                  weights.astype(np.float32), first,
                                   resolved, target_far)
+    if not wide:
+      wide.extend(h[has_pairs, first:last].astype(np.float64)
+                  for h in (histograms.positive, histograms.negative))
+    return resampled_statistics(*wide, weights, first, resolved, target_far)
+
+  estimate = statistics(np.ones((1, len(pos_rows))))
   chunks = []
   for start in range(0, len(indices), _RESAMPLES_AT_ONCE):
     drawn = indices[start:start + _RESAMPLES_AT_ONCE]
     weights = np.zeros((len(drawn), len(pos_rows)))
     np.add.at(weights, (np.arange(len(drawn))[:, None], drawn), 1.0)
-    chunks.append(resampled_statistics(pos_rows, neg_rows, weights, first,
-                                       resolved, target_far))
+    chunks.append(statistics(weights))
   return {name: _bootstrap.percentile_interval(
       float(estimate[name][0]),
       np.concatenate([chunk[name] for chunk in chunks]), confidence)

@@ -154,6 +154,17 @@ def test_the_interval_covers_a_known_answer_at_its_rate():
   assert 166 <= covered <= 193
 
 
+def test_counts_too_large_for_float32_give_the_same_intervals():
+  # Every count times 2**22: sums past float32's exact integers, so the
+  # products run in float64; the rates, and so the intervals, are the same.
+  small = _known_population(np.random.default_rng(8), 40)
+  large = _histograms.PairHistograms(small.positive * 2**22,
+                                     small.negative * 2**22, small.cut_bin)
+  args = dict(fars=(0.25,), num_resamples=30, seed=1)
+  assert (advanced.operating_point_intervals(large, **args)
+          == advanced.operating_point_intervals(small, **args))
+
+
 def test_bad_arguments_are_named():
   z, labels = _set(seed=7)
   histograms, _ = _histograms_of(z, labels)
