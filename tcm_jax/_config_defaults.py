@@ -159,7 +159,12 @@ def default_config() -> ml_collections.ConfigDict:
       final_split='test',
       # Confidence intervals of the final metrics over classes (seeded
       # bootstrap, tcm_jax.metrics.class_bootstrap); 0 resamples: none.
-      bootstrap_resamples=1000, bootstrap_confidence=0.95))
+      bootstrap_resamples=1000, bootstrap_confidence=0.95,
+      # Verification operating points of the final split over all pairs (TAR
+      # at each of these FARs, EER, ROC AUC; metrics.operating_points), with
+      # the thresholds chosen on the validation classes when the dataset has
+      # them (metrics.calibration_transfer); (): none.
+      fars=(1e-4, 1e-3, 1e-2, 1e-1)))
   return config
 
 

@@ -70,6 +70,12 @@ def _far_range(value: Any, _) -> bool:
           and 0 < value[0] < value[1] <= 1)
 
 
+def _fars(value: Any, _) -> bool:
+  return (isinstance(value, (list, tuple))
+          and all(_is_real(v) and 0 < v <= 1 for v in value)
+          and len(set(value)) == len(value))
+
+
 def _ks(value: Any, _) -> bool:
   return (isinstance(value, (list, tuple)) and len(value) > 0
           and all(_is_int(k) and k >= 1 for k in value))
@@ -204,4 +210,6 @@ RANGES = (
     ('eval.baselines', _flag, 'a bool'),
     ('eval.bootstrap_resamples', _int_from(0), 'an int >= 0'),
     ('eval.bootstrap_confidence', _real(lambda v, _: 0 < v < 1), 'in (0, 1)'),
+    ('eval.fars', _fars,
+     'a tuple of distinct false-accept rates in (0, 1], or () for none'),
 )

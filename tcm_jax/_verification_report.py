@@ -21,16 +21,17 @@ TRANSFER_FILE = 'calibration_transfer.png'
 def measure(source: advanced.PairSource, fars, target_far: float,
             calibration: dict[str, np.ndarray] | None, calibration_name: str,
             product: str | None, progress
-            ) -> tuple[metrics.OperatingPoints,
+            ) -> tuple[advanced.PairHistograms, metrics.OperatingPoints,
                        metrics.CalibrationTransfer | None]:
-  """The operating points of `source` and, with `calibration` arrays, the
-  transfer of their thresholds to it: one pass without a cut per set."""
+  """The histograms and operating points of `source` and, with
+  `calibration` arrays, the transfer of their thresholds to it: one pass
+  without a cut per set."""
   histograms = advanced.pair_histograms(source, product=product,
                                         progress=progress)
   points = advanced.operating_points_from_histograms(
       histograms, source.classes, fars=fars, target_far=target_far)
   if calibration is None:
-    return points, None
+    return histograms, points, None
   other = advanced.source_from_embeddings(calibration['embeddings'],
                                           calibration['labels'])
   dims = (source.embeddings.shape[1], other.embeddings.shape[1])
@@ -41,26 +42,39 @@ def measure(source: advanced.PairSource, fars, target_far: float,
   transfer = advanced.transfer_from_histograms(
       advanced.pair_histograms(other, product=product, progress=progress),
       histograms, source.classes, target_fars=fars)
-  return points, transfer
+  return histograms, points, transfer
 
 
 def _rate(value: float | None) -> str:
   return 'n/a' if value is None else f'{value:.4g}'
 
 
-def _points_lines(points: metrics.OperatingPoints) -> list[str]:
+def _interval(intervals, name: str) -> str:
+  if not intervals or name not in intervals:
+    return ''
+  return ' [{low:.4g}, {high:.4g}]'.format(**intervals[name])
+
+
+def _points_lines(points: metrics.OperatingPoints,
+                  intervals: dict[str, dict[str, float]] | None
+                  ) -> list[str]:
   lines = [
       '## Verification over all pairs', '',
       f'{points.num_positive} positive and {points.num_negative} negative '
-      f'pairs: EER {points.eer:.4f} (at distance {points.eer_threshold:.5f}),'
-      f' ROC AUC {points.auc:.5f}. A target FAR is resolved only where the '
-      f'set holds {points.min_false_accepts} negative pairs within it.', '',
+      f'pairs: EER {points.eer:.4f}{_interval(intervals, "eer")} (at '
+      f'distance {points.eer_threshold:.5f}), ROC AUC {points.auc:.5f}'
+      f'{_interval(intervals, "auc")}. A target FAR is resolved only where '
+      f'the set holds {points.min_false_accepts} negative pairs within it'
+      + ('; [low, high]: bootstrap intervals over classes.' if intervals
+         else '.'), '',
       '| target FAR | threshold | FAR reached | TAR |', '|---|---|---|---|',
   ]
   for point in points.tar_at_far:
     if point.resolvable:
-      lines.append(f'| {point.target_far:g} | {point.threshold:.5f} | '
-                   f'{point.far:.4g} | {point.tar:.4f} |')
+      lines.append(
+          f'| {point.target_far:g} | {point.threshold:.5f} | '
+          f'{point.far:.4g} | {point.tar:.4f}'
+          f'{_interval(intervals, f"tar_at_{point.target_far:g}")} |')
     else:
       lines.append(f'| {point.target_far:g} | not resolvable (fewer than '
                    f'{points.min_false_accepts} negatives) | | |')
@@ -103,9 +117,12 @@ def _transfer_lines(transfer: metrics.CalibrationTransfer,
 
 def write_verification(out_dir: str, points: metrics.OperatingPoints,
                        transfer: metrics.CalibrationTransfer | None = None,
-                       *, calibration_name: str = 'the calibration set'
+                       *, calibration_name: str = 'the calibration set',
+                       intervals: dict[str, dict[str, float]] | None = None
                        ) -> tuple[dict[str, Any], str]:
-  """Writes the verification figures into `out_dir`.
+  """Writes the verification figures into `out_dir` (`intervals`: the
+  bootstrap `{'low', 'high'}` of `tar_at_<far>`, `eer`, `auc`, printed in
+  the tables).
 
   Returns:
     `(metrics.json keys, markdown section)`: `operating_points` (and
@@ -115,7 +132,7 @@ def write_verification(out_dir: str, points: metrics.OperatingPoints,
   plots.plot_class_rates(points.calibration,
                          os.path.join(out_dir, CLASS_RATES_FILE))
   extra = {'operating_points': points.to_dict()}
-  lines = _points_lines(points)
+  lines = _points_lines(points, intervals)
   if transfer is not None:
     plots.plot_calibration_transfer(transfer,
                                     os.path.join(out_dir, TRANSFER_FILE))

@@ -25,6 +25,7 @@ import ml_collections
 import numpy as np
 
 from tcm_jax import _checksums
+from tcm_jax import _verification_report
 from tcm_jax import margins as margins_lib
 from tcm_jax import metrics
 from tcm_jax import models
@@ -34,6 +35,7 @@ from tcm_jax import writers
 from tcm_jax.data import datasets
 from tcm_jax.data import inputs as inputs_lib
 from tcm_jax.data import pipeline
+from tcm_jax.metrics import advanced
 
 _PCA_SAMPLE = 10000  # training images the raw-input baseline's PCA is fit on
 
@@ -236,19 +238,29 @@ class FinalEvaluation(NamedTuple):
       and `bootstrap` (process 0).
     embeddings: the split's embeddings and labels, which
       `write_final_report` saves with the report (process 0).
+    verification: the operating points at `eval.fars` and the calibration
+      transfer from the validation classes (None without one), process 0.
   """
   metrics: dict[str, float]
   evaluation: metrics.Evaluation | None = None
   plot_curves: metrics.UtilityCurves | None = None
   extra: dict[str, Any] | None = None
   embeddings: tuple[np.ndarray, np.ndarray] | None = None
+  verification: tuple[metrics.OperatingPoints,
+                      metrics.CalibrationTransfer | None] | None = None
 
 
 def final_evaluation(config: ml_collections.ConfigDict, workdir: str,
                      embeddings: np.ndarray, labels: np.ndarray, *,
-                     tcm_margins: tuple[float, float] | None
+                     tcm_margins: tuple[float, float] | None,
+                     calibration: tuple[np.ndarray, np.ndarray] | None = None
                      ) -> FinalEvaluation:
   """Every metric of the final split's embeddings, for `write_final_report`.
+
+  With `eval.fars`, process 0 also measures the verification operating
+  points over all pairs of the split, with bootstrap intervals, and with
+  `calibration` (the validation classes' embeddings and labels) the FAR and
+  FRR that thresholds chosen on them reach on the split.
 
   Process 0 also measures the bootstrap intervals over classes and the
   fractions of the split's pairs that TCM would count as hard at the run's
@@ -287,7 +299,7 @@ def final_evaluation(config: ml_collections.ConfigDict, workdir: str,
         metrics.evaluate_embeddings(embeddings, labels, **kwargs)))
   try:
     final = _evaluate_on_process_0(config, workdir, embeddings, labels,
-                                   tcm_margins)
+                                   tcm_margins, calibration)
   except ValueError:  # kept aside, for a look at why
     _save_embeddings(workdir, FAILED_EMBEDDINGS, embeddings, labels)
     logging.warning('The final evaluation failed; its embeddings are in %s.',
@@ -306,8 +318,10 @@ def _save_embeddings(folder: str, name: str, embeddings: np.ndarray,
       lambda f: np.savez(f, embeddings=embeddings, labels=labels), 'wb')
 
 
-def _evaluate_on_process_0(config, workdir, embeddings, labels, tcm_margins):
-  """`final_evaluation`'s metrics, figure curves and extra keys."""
+def _evaluate_on_process_0(config, workdir, embeddings, labels, tcm_margins,
+                           calibration):
+  """`final_evaluation`'s metrics, figure curves, extra keys and
+  verification."""
   evaluation = metrics.evaluate_embeddings(embeddings, labels,
                                            **eval_kwargs(config))
   wide = report.plot_curves(evaluation, embeddings, labels)
@@ -328,9 +342,35 @@ def _evaluate_on_process_0(config, workdir, embeddings, labels, tcm_margins):
         'over': 'classes',
         'intervals': {name: {'low': i.low, 'high': i.high, 'std': i.std}
                       for name, i in intervals.items()}}
+  verification = _verification(config, embeddings, labels, calibration,
+                               extra)
   values = evaluation_metrics(evaluation)
   check_finite_metrics(values, workdir)
-  return FinalEvaluation(values, evaluation, wide, extra)
+  return FinalEvaluation(values, evaluation, wide, extra,
+                         verification=verification)
+
+
+def _verification(config, embeddings, labels, calibration, extra):
+  """The operating points at `eval.fars` (None without), their intervals
+  added to `extra['bootstrap']`, and the transfer from `calibration`."""
+  fars = tuple(config.eval.get('fars', ()))  # configs saved before it
+  if not fars:
+    return None
+  histograms, points, transfer = _verification_report.measure(
+      advanced.source_from_embeddings(embeddings, labels), fars,
+      config.eval.target_far,
+      None if calibration is None else dict(zip(('embeddings', 'labels'),
+                                                calibration)),
+      'the validation classes', None, None)
+  if config.eval.bootstrap_resamples:
+    intervals = advanced.operating_point_intervals(
+        histograms, fars=fars, target_far=config.eval.target_far,
+        num_resamples=config.eval.bootstrap_resamples,
+        confidence=config.eval.bootstrap_confidence, seed=0)
+    extra['bootstrap']['intervals'].update(
+        {name: {'low': i.low, 'high': i.high, 'std': i.std}
+         for name, i in intervals.items()})
+  return points, transfer
 
 
 def check_finite_embeddings(embeddings: np.ndarray, workdir: str) -> None:
@@ -407,8 +447,9 @@ def write_final_report(config: ml_collections.ConfigDict, workdir: str,
     ...                                    tcm_margins=None)
     >>> evaluator.write_final_report(config, workdir, inputs, inputs.test,
     ...                              100, final)
-    >>> sorted(os.listdir(workdir))
-    ['config.json', 'embeddings.npz', 'metrics.json', 'report.md', 'utility_curves.png']
+    >>> sorted(os.listdir(workdir))  # doctest: +NORMALIZE_WHITESPACE
+    ['class_rates.png', 'config.json', 'det_curve.png', 'embeddings.npz',
+     'metrics.json', 'report.md', 'utility_curves.png']
   """
   extra = dict(final.extra)
   margins = writers.logged_margins(workdir)
@@ -427,6 +468,13 @@ def write_final_report(config: ml_collections.ConfigDict, workdir: str,
       _save_embeddings(staging, 'embeddings.npz', *final.embeddings)
     writers.write_atomic(os.path.join(staging, 'config.json'),
                          lambda f: json.dump(config_dict, f, indent=2))
+    if final.verification is not None:
+      verification_keys, section = _verification_report.write_verification(
+          staging, *final.verification,
+          calibration_name='the validation classes',
+          intervals=extra.get('bootstrap', {}).get('intervals'))
+      extra.update(verification_keys)
+      sections = [*sections, section]
     report.write_report(
         final.evaluation, staging, source_name=f'the {split.name} split',
         plot_curves=final.plot_curves, extra=extra, sections=sections,

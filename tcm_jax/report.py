@@ -154,7 +154,7 @@ def evaluate_arrays(arrays: dict[str, np.ndarray], out_dir: str, *,
       if bar is not None:
         bar.close()
         bar = _ProgressBar('operating points')
-      points, transfer = _verification_report.measure(
+      _, points, transfer = _verification_report.measure(
           source, fars, kwargs.get('target_far', 1e-2), calibration,
           calibration_name, kwargs.get('product'), bar)
   finally:

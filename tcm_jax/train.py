@@ -412,9 +412,15 @@ def train_and_evaluate(
     # --- The final evaluation, and the last checkpoint.
     final = selected = None
     try:
+      # The thresholds of the operating points are chosen on the validation
+      # classes too, and measured on the final split (never the reverse).
+      calibration = None
+      if (config.eval.get('fars') and inputs.val is not None
+          and final_split is not inputs.val):
+        calibration = evaluator.embed(state, inputs.val)
       final = evaluator_lib.final_evaluation(
           config, workdir, *evaluator.embed(state, final_split),
-          tcm_margins=tcm_margins)
+          tcm_margins=tcm_margins, calibration=calibration)
       if jax.process_index() == 0:  # on disk at once; the baselines come last
         write_report(final, with_baselines=False)
       # The last step is scored on the selection split like the others, so

@@ -1208,6 +1208,14 @@ def test_digits_default_run_end_to_end(tmp_path):
   again = metrics_lib.evaluate_embeddings(embeddings, labels)
   assert again.retrieval.recall_at_k[1] == pytest.approx(recall_at_1, abs=1e-4)
   assert again.opis == pytest.approx(final['opis'], abs=1e-4)
+  # And the verification operating points of the report (eval.fars).
+  written = json.loads((workdir / 'metrics.json').read_text())
+  points = metrics_lib.operating_points(embeddings, labels,
+                                        fars=config.eval.fars)
+  assert written['operating_points']['eer'] == pytest.approx(points.eer,
+                                                             abs=1e-9)
+  assert 'eer' in written['bootstrap']['intervals']
+  assert (workdir / 'det_curve.png').stat().st_size > 0
 
 
 # --- load_config: config files for notebooks and scripts ------------------------

@@ -47,7 +47,8 @@ def resampled_statistics(positive: np.ndarray, negative: np.ndarray,
     target_far: the FAR of `threshold`.
 
   Returns:
-    `{'tar_at_<far>' for each target, 'threshold', 'eer', 'auc'}` to `[B]`.
+    `{'tar_at_<far>' for each target, 'global_threshold', 'eer', 'auc'}`
+    to `[B]`.
   """
   # [B, bins]: the resamples' global histograms (exact in the products'
   # dtype), summed on in float64.
@@ -64,7 +65,7 @@ def resampled_statistics(positive: np.ndarray, negative: np.ndarray,
   out = {}
   for far in targets:
     out[f'tar_at_{far:g}'] = pos_cum[rows, edge_at(far)] / pos_total
-  out['threshold'] = (edge_at(target_far) + first_bin) / (
+  out['global_threshold'] = (edge_at(target_far) + first_bin) / (
       _histograms.BINS_PER_UNIT)
   # The EER: FAR and FRR linear across the bin where they cross, from FAR 0
   # and FRR 1 one bin before column 0 (see `equal_error_rate`).
@@ -104,8 +105,8 @@ def operating_point_intervals(histograms: _histograms.PairHistograms, *,
     seed: for `np.random.default_rng`; the same seed, the same intervals.
 
   Returns:
-    `{'tar_at_<far>' for each resolvable far, 'threshold', 'eer', 'auc'}`
-    to `Interval`, each estimate the value of `operating_points` on the
+    `{'tar_at_<far>' for each resolvable far, 'global_threshold', 'eer',
+    'auc'}` to `Interval`, each estimate the value of `operating_points` on the
     histograms as given.
 
   Raises:
@@ -123,7 +124,7 @@ def operating_point_intervals(histograms: _histograms.PairHistograms, *,
     >>> intervals = advanced.operating_point_intervals(
     ...     histograms, fars=(1e-2,), num_resamples=200)
     >>> sorted(intervals)
-    ['auc', 'eer', 'tar_at_0.01', 'threshold']
+    ['auc', 'eer', 'global_threshold', 'tar_at_0.01']
     >>> eer = intervals['eer']
     >>> bool(eer.low <= eer.estimate <= eer.high)
     True

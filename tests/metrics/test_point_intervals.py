@@ -40,11 +40,11 @@ def test_the_estimates_are_the_operating_points():
       histograms, fars=fars, target_far=0.05, num_resamples=50)
   points = advanced.operating_points_from_histograms(histograms, fars=fars,
                                                      target_far=0.05)
-  assert sorted(intervals) == ['auc', 'eer', 'tar_at_0.02', 'tar_at_0.2',
-                               'threshold']  # 1e-3 is not resolvable
+  assert sorted(intervals) == ['auc', 'eer', 'global_threshold',
+                               'tar_at_0.02', 'tar_at_0.2']  # not 1e-3
   assert intervals['eer'].estimate == pytest.approx(points.eer, abs=1e-12)
   assert intervals['auc'].estimate == pytest.approx(points.auc, abs=1e-12)
-  assert intervals['threshold'].estimate == points.calibration.threshold
+  assert intervals['global_threshold'].estimate == points.calibration.threshold
   for point in points.tar_at_far[1:]:
     assert intervals[f'tar_at_{point.target_far:g}'].estimate == (
         pytest.approx(point.tar, abs=1e-12))
@@ -110,7 +110,7 @@ def test_each_resample_against_brute_force():
     tar, threshold, eer, auc = _brute_force(
         similarity, np.searchsorted(classes, labels), weight, 0.05, 0.1)
     assert got['tar_at_0.05'][b] == pytest.approx(tar, abs=1e-12)
-    assert got['threshold'][b] == threshold
+    assert got['global_threshold'][b] == threshold
     assert got['eer'][b] == pytest.approx(eer, abs=1e-12)
     assert got['auc'][b] == pytest.approx(auc, abs=1e-12)
 
