@@ -11,6 +11,7 @@ import numpy as np
 
 from tcm_jax import metrics
 from tcm_jax import plots
+from tcm_jax.metrics import _histograms
 from tcm_jax.metrics import advanced
 
 DET_FILE = 'det_curve.png'
@@ -20,14 +21,16 @@ TRANSFER_FILE = 'calibration_transfer.png'
 
 def measure(source: advanced.PairSource, fars, target_far: float,
             calibration: dict[str, np.ndarray] | None, calibration_name: str,
-            product: str | None, progress
+            product: str | None, progress,
+            histograms: advanced.PairHistograms | None = None
             ) -> tuple[advanced.PairHistograms, metrics.OperatingPoints,
                        metrics.CalibrationTransfer | None]:
   """The histograms and operating points of `source` and, with
   `calibration` arrays, the transfer of their thresholds to it: one pass
-  without a cut per set."""
-  histograms = advanced.pair_histograms(source, product=product,
-                                        progress=progress)
+  without a cut per set (none for `source` when given its `histograms`)."""
+  if histograms is None or histograms.cut_bin != _histograms.LAST_BIN:
+    histograms = advanced.pair_histograms(source, product=product,
+                                          progress=progress)
   points = advanced.operating_points_from_histograms(
       histograms, source.classes, fars=fars, target_far=target_far)
   if calibration is None:
@@ -47,6 +50,22 @@ def measure(source: advanced.PairSource, fars, target_far: float,
 
 def _rate(value: float | None) -> str:
   return 'n/a' if value is None else f'{value:.4g}'
+
+
+def counts_from_histograms(histograms: advanced.PairHistograms,
+                           thresholds: np.ndarray, extra: float
+                           ) -> advanced.ClassCounts:
+  """Per-class counts at the grid edges nearest `thresholds` and `extra`,
+  from histograms of every pair."""
+  edges = np.array([_histograms.edge_bin(t) for t in [*thresholds, extra]])
+  positive, negative = histograms.accepted(edges)
+  return advanced.ClassCounts(
+      thresholds=_histograms.edge_distances(edges[:-1]),
+      pos_accepted=positive[:, :-1], neg_accepted=negative[:, :-1],
+      pos_total=histograms.positive.sum(axis=1, dtype=np.int64),
+      neg_total=histograms.negative.sum(axis=1, dtype=np.int64),
+      extra_threshold=float(edges[-1] / _histograms.BINS_PER_UNIT),
+      pos_accepted_extra=positive[:, -1], neg_accepted_extra=negative[:, -1])
 
 
 def _interval(intervals, name: str) -> str:

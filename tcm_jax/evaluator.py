@@ -322,8 +322,12 @@ def _evaluate_on_process_0(config, workdir, embeddings, labels, tcm_margins,
                            calibration):
   """`final_evaluation`'s metrics, figure curves, extra keys and
   verification."""
+  kwargs = eval_kwargs(config)
+  # With the one-pass engine and operating points, one pass without a cut
+  # serves the metrics, the figure and the operating points.
+  keep = bool(config.eval.get('fars')) and kwargs['engine'] == 'histogram'
   evaluation = metrics.evaluate_embeddings(embeddings, labels,
-                                           **eval_kwargs(config))
+                                           keep_histograms=keep, **kwargs)
   wide = report.plot_curves(evaluation, embeddings, labels)
   if tcm_margins is None:
     tcm_margins = (config.loss.tcm.margin_pos, config.loss.tcm.margin_neg)
@@ -343,14 +347,15 @@ def _evaluate_on_process_0(config, workdir, embeddings, labels, tcm_margins,
         'intervals': {name: {'low': i.low, 'high': i.high, 'std': i.std}
                       for name, i in intervals.items()}}
   verification = _verification(config, embeddings, labels, calibration,
-                               extra)
+                               extra, evaluation.histograms)
   values = evaluation_metrics(evaluation)
   check_finite_metrics(values, workdir)
   return FinalEvaluation(values, evaluation, wide, extra,
                          verification=verification)
 
 
-def _verification(config, embeddings, labels, calibration, extra):
+def _verification(config, embeddings, labels, calibration, extra,
+                  histograms):
   """The operating points at `eval.fars` (None without), their intervals
   added to `extra['bootstrap']`, and the transfer from `calibration`."""
   fars = tuple(config.eval.get('fars', ()))  # configs saved before it
@@ -361,7 +366,7 @@ def _verification(config, embeddings, labels, calibration, extra):
       config.eval.target_far,
       None if calibration is None else dict(zip(('embeddings', 'labels'),
                                                 calibration)),
-      'the validation classes', None, None)
+      'the validation classes', None, None, histograms)
   if config.eval.bootstrap_resamples:
     intervals = advanced.operating_point_intervals(
         histograms, fars=fars, target_far=config.eval.target_far,

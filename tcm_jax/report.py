@@ -23,6 +23,9 @@ from tcm_jax import _verification_report
 from tcm_jax import metrics
 from tcm_jax import plots
 from tcm_jax import writers
+from tcm_jax._figure_curves import PLOT_THRESHOLDS
+from tcm_jax._figure_curves import plot_curves
+from tcm_jax._figure_curves import wide_curves as _wide_curves
 from tcm_jax._npz import load_npz
 from tcm_jax._progress import ProgressBar as _ProgressBar
 from tcm_jax._tables import metric_label
@@ -42,47 +45,6 @@ if TYPE_CHECKING:  # in annotations only; the data is not this module's
   from tcm_jax.data.datasets import Split
   from tcm_jax.data.inputs import Inputs
 
-#: Thresholds of the figure's curves over the distance range [0, 2]: 0.01
-#: apart.
-PLOT_THRESHOLDS = 201
-
-
-def plot_curves(evaluation: metrics.Evaluation, embeddings, labels,
-                ref_embeddings=None, ref_labels=None, *,
-                block_size: int | None = None,
-                progress=None) -> metrics.UtilityCurves:
-  """Utility curves over the whole distance range [0, 2], for the figure.
-
-  `PLOT_THRESHOLDS` thresholds from 0 to 2 whatever the run, so that the
-  figures of two runs share their x-axis (`plots.plot_utility_curves`
-  draws [0, 2] and shades the calibration range). The curves' calibration
-  range is the evaluation's.
-
-  Examples:
-    >>> import numpy as np
-    >>> from tcm_jax import metrics, report
-    >>> labels = np.repeat(np.arange(4), 10)
-    >>> z = np.random.default_rng(0).normal(size=(40, 8)) + np.eye(8)[labels]
-    >>> wide = report.plot_curves(metrics.evaluate_embeddings(z, labels), z,
-    ...                           labels)
-    >>> wide.utility.shape, wide.thresholds[[0, -1]].tolist()
-    ((4, 201), [0.0, 2.0])
-  """
-  source = advanced.source_from_embeddings(
-      embeddings, labels, ref_embeddings, ref_labels, block_size=block_size)
-  return _wide_curves(source, evaluation, progress)
-
-
-def _wide_curves(source: advanced.PairSource, evaluation: metrics.Evaluation,
-                 progress) -> metrics.UtilityCurves:
-  high = evaluation.curves.calibration_range.distance[1]
-  thresholds = advanced.thresholds_between(*plots.DISTANCE_AXIS,
-                                           PLOT_THRESHOLDS)
-  counts = advanced.class_counts(source, thresholds, high, progress)
-  mask = np.isin(source.classes, evaluation.curves.classes)
-  return advanced.curves_from_counts(counts, mask, source.classes,
-                                     evaluation.beta,
-                                     evaluation.curves.calibration_range)
 
 
 def worst_classes(evaluation: metrics.Evaluation) -> np.ndarray:
@@ -143,6 +105,8 @@ def evaluate_arrays(arrays: dict[str, np.ndarray], out_dir: str, *,
       arrays.get('ref_labels'), block_size=block_size)
   if calibration is not None and fars is None:
     raise ValueError('calibration needs fars, the target FARs to transfer.')
+  if fars is not None and kwargs.get('engine') == 'histogram':
+    kwargs['keep_histograms'] = True  # one pass for all
   bar = _ProgressBar('evaluating') if show_progress else None
   try:
     evaluation = advanced.evaluate_source(source, progress=bar, **kwargs)
@@ -156,7 +120,8 @@ def evaluate_arrays(arrays: dict[str, np.ndarray], out_dir: str, *,
         bar = _ProgressBar('operating points')
       _, points, transfer = _verification_report.measure(
           source, fars, kwargs.get('target_far', 1e-2), calibration,
-          calibration_name, kwargs.get('product'), bar)
+          calibration_name, kwargs.get('product'), bar,
+          evaluation.histograms)
   finally:
     if bar is not None:
       bar.close()

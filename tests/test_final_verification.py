@@ -5,6 +5,7 @@ measured on it."""
 import json
 
 import numpy as np
+import pytest
 
 from tcm_jax import config as config_lib
 from tcm_jax import evaluator
@@ -23,15 +24,18 @@ def _config(**eval_options):
   return config
 
 
+@pytest.mark.parametrize('engine', ['exact', 'histogram'])
 def test_the_report_measures_validation_thresholds_on_the_test_split(
-    tmp_path):
-  config = _config(fars=(1e-3, 1e-2, 1e-1), target_far=0.05)
+    engine, tmp_path):
+  # With the one-pass engine, one pass without a cut serves it all.
+  config = _config(fars=(1e-3, 1e-2, 1e-1), target_far=0.05, engine=engine)
   inputs = inputs_lib.create_inputs(config)
   z, labels = clustered_set(0, [30] * 10, dim=10)
   z_val, labels_val = clustered_set(1, [25] * 6, dim=10, spread=0.8)
   final = evaluator.final_evaluation(config, str(tmp_path), z, labels,
                                      tcm_margins=None,
                                      calibration=(z_val, labels_val))
+  assert (final.evaluation.histograms is not None) == (engine == 'histogram')
   evaluator.write_final_report(config, str(tmp_path), inputs, inputs.test,
                                10, final)
   written = json.loads((tmp_path / 'metrics.json').read_text())

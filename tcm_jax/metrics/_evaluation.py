@@ -56,6 +56,10 @@ class Evaluation:
       pair: a single sample).
     num_queries: queries in the set.
     num_references: references in the set.
+    histograms: with `keep_histograms=True` (`engine='histogram'`), the
+      per-class histograms of every pair it was read from (rows: the pair
+      source's classes), for more thresholds or operating points without
+      another pass; None otherwise.
   """
   retrieval: _retrieval.RetrievalMetrics
   curves: UtilityCurves
@@ -68,6 +72,8 @@ class Evaluation:
   excluded_classes: np.ndarray
   num_queries: int
   num_references: int
+  histograms: _histograms.PairHistograms | None = dataclasses.field(
+      default=None, repr=False, compare=False)
 
   @property
   def class_mean_utility(self) -> np.ndarray:
@@ -242,8 +248,8 @@ def evaluate_source(source: _pair_counts.PairSource, *,
                     epsilon: float = 0.1, ks: Sequence[int] = (1, 2, 4, 8),
                     target_far: float = 1e-2,
                     progress: _pair_counts.ProgressFn | None = None,
-                    engine: str = 'exact', product: str | None = None
-                    ) -> Evaluation:
+                    engine: str = 'exact', product: str | None = None,
+                    keep_histograms: bool = False) -> Evaluation:
   """Every metric of a pair source; see `evaluate_embeddings`.
 
   `evaluate_embeddings` and `evaluate_similarity` are this function of the
@@ -269,6 +275,9 @@ def evaluate_source(source: _pair_counts.PairSource, *,
     product: with `engine='histogram'`, where the similarities are computed
       and counted: `'numpy'` (BLAS, the default on CPU) or `'jax'` (the
       default device, the default elsewhere).
+    keep_histograms: with `engine='histogram'`, bin every pair (no cut) and
+      keep the histograms in `Evaluation.histograms` (memory: classes x
+      33,026 x 2 counters).
 
   Returns:
     `Evaluation`.
@@ -292,7 +301,11 @@ def evaluate_source(source: _pair_counts.PairSource, *,
     return _from_histograms(
         source, mask, far_range=far_range, distance_range=distance_range,
         beta=beta, num_thresholds=num_thresholds, epsilon=epsilon, ks=ks,
-        target_far=target_far, progress=progress, product=product)
+        target_far=target_far, progress=progress, product=product,
+        keep=keep_histograms)
+  if keep_histograms:
+    raise ValueError("keep_histograms=True needs engine='histogram' (the "
+                     "exact engine keeps no histogram).")
   first_progress, second_progress = _two_pass_progress(progress)
 
   retrieval_plan = _retrieval.plan(source, ks)
@@ -355,13 +368,14 @@ def default_product() -> str:
 
 def _from_histograms(source, mask, *, far_range, distance_range, beta,
                      num_thresholds, epsilon, ks, target_far, progress,
-                     product) -> Evaluation:
-  """`evaluate_source` with `engine='histogram'`: one pass."""
+                     product, keep=False) -> Evaluation:
+  """`evaluate_source` with `engine='histogram'`: one pass (`keep`: with no
+  cut, the histograms kept)."""
   product = product or default_product()
   retrieval_plan = _retrieval.plan(source, ks)
   largest_far = target_far if distance_range is not None else max(
       target_far, float(far_range[1]))
-  cut = _one_pass.choose_cut(
+  cut = _histograms.LAST_BIN if keep else _one_pass.choose_cut(
       source, largest_far,
       None if distance_range is None else float(distance_range[1]))
   _one_pass.check_histogram_size(source, cut)
@@ -378,10 +392,12 @@ def _from_histograms(source, mask, *, far_range, distance_range, beta,
     counts, calibration_range = _histograms.counts_at_edges(
         result.histograms, far_range, distance_range, num_thresholds,
         target_far)
-  return _assemble(source, mask, counts, calibration_range, beta, epsilon,
-                   target_far, _retrieval.summarize(
-                       source, retrieval_plan, result.sums,
-                       result.class_sums), compiled=True)
+  evaluation = _assemble(source, mask, counts, calibration_range, beta,
+                         epsilon, target_far, _retrieval.summarize(
+                             source, retrieval_plan, result.sums,
+                             result.class_sums), compiled=True)
+  return (dataclasses.replace(evaluation, histograms=result.histograms)
+          if keep else evaluation)
 
 
 def evaluate_embeddings(embeddings, labels, ref_embeddings=None,
@@ -411,7 +427,9 @@ def evaluate_embeddings(embeddings, labels, ref_embeddings=None,
       `'histogram'`: one pass, per-class distance histograms, thresholds on
       a grid of 2**-14, several times faster on CPU), `product` (with
       `'histogram'`: `'numpy'` or `'jax'`, by default NumPy's BLAS on CPU and
-      the device elsewhere).
+      the device elsewhere), `keep_histograms` (False; with `'histogram'`:
+      every pair binned, no cut, the histograms kept in
+      `Evaluation.histograms`).
 
   Returns:
     `Evaluation`.

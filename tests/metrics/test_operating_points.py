@@ -320,3 +320,33 @@ def test_histograms_with_a_cut_are_refused():
                      axis=1), cut)
   with pytest.raises(_histograms.BeyondCutError, match='past the histograms'):
     advanced.operating_points_from_histograms(clipped)
+
+
+def test_kept_histograms_serve_the_metrics_the_figure_and_the_points():
+  from tcm_jax import report  # pylint: disable=import-outside-toplevel
+  z, labels = _set(seed=7)
+  kept = metrics.evaluate_embeddings(z, labels, engine='histogram',
+                                     keep_histograms=True)
+  cut = metrics.evaluate_embeddings(z, labels, engine='histogram')
+  assert cut.histograms is None
+  assert kept.opis == cut.opis and kept.eps_opis == cut.eps_opis
+  np.testing.assert_array_equal(kept.curves.utility, cut.curves.utility)
+  source = advanced.source_from_embeddings(z, labels)
+  again = advanced.pair_histograms(source)
+  assert kept.histograms.cut_bin == LAST_EDGE
+  np.testing.assert_array_equal(kept.histograms.positive, again.positive)
+  np.testing.assert_array_equal(kept.histograms.negative, again.negative)
+  # The figure's curves off the histograms: exact counts at grid edges
+  # within half a bin of the figure's thresholds.
+  wide = report.plot_curves(kept, z, labels)
+  wanted = np.linspace(0, 2, report.PLOT_THRESHOLDS)
+  assert np.max(np.abs(wide.thresholds - wanted)) <= 0.5 / G
+  np.testing.assert_array_equal(wide.thresholds * G,
+                                np.round(wide.thresholds * G))
+  counts = advanced.class_counts(source, wide.thresholds, 1.0)
+  mask = np.isin(source.classes, kept.curves.classes)
+  np.testing.assert_array_equal(
+      wide.tpr, counts.pos_accepted[mask] / counts.pos_total[mask][:, None])
+  with pytest.raises(ValueError, match="keep_histograms=True needs "
+                     "engine='histogram'"):
+    metrics.evaluate_embeddings(z, labels, keep_histograms=True)
