@@ -230,13 +230,16 @@ def base_config(args) -> ml_collections.ConfigDict:
   """`--config` as every run of the study uses it, before the run's changes.
 
   No evaluation or checkpoint before the end, no raw-input baselines (the
-  study compares losses), no progress bar.
+  study compares losses), no progress bar; the one-pass evaluation engine.
   """
   config = config_lib.load_config(args.config)
   config.train.eval_every_steps = 0
   config.train.checkpoint_every_steps = 0
   config.train.progress_bar = False
   config.eval.baselines = False
+  # One pass over each run's test pairs: the metrics, the figure and the
+  # operating points off one set of per-class histograms.
+  config.eval.engine = 'histogram'
   config.loss.tcm.margin_pos, config.loss.tcm.margin_neg = PAPER_MARGINS
   config.loss.tcm_from_data.hard_pos_fraction = args.hard_pos_fraction
   config.loss.tcm_from_data.hard_neg_fraction = args.hard_neg_fraction
@@ -834,7 +837,8 @@ def budget_lines(base, args) -> list[str]:
   return [
       f'- Config: `{args.config}` (the dataset, model, input and optimizer); '
       'no evaluation before the last step, which is evaluated once on the '
-      'test classes.',
+      f'test classes ({base.eval.engine} engine: thresholds on the 2**-14 '
+      'grid of [the one-pass engine](docs/definitions.md#the-one-pass-engine)).',
       f'- Model: {model}.',
       f'- Batches: {i.classes_per_batch} classes x {i.samples_per_class} '
       f'images, {i.image_size} px, `{i.recipe}` recipe; '
