@@ -30,11 +30,19 @@ and the one-pass one (`engine='histogram'`: per-class distance histograms).
    100,000 and 1,000,000 against the device's matmuls alone over the same
    blocks (target on an accelerator: at most 1.5x), with its peak device
    memory.
+6. The full report at N = 100,000 (`--report_size`), each in a fresh
+   process: the evaluation as it was (each engine, with the class bootstrap
+   and the figure's curves) against the evaluation with the verification
+   operating points (TAR at 4 FARs, EER, AUC, each class's own threshold)
+   and their 1,000-resample bootstrap intervals, all off one pass without a
+   cut (`keep_histograms=True`). Targets: at most 1.2x the one-pass
+   evaluation without them, peak RSS under 2 GB.
 
   python benchmarks/metrics.py                 # parts 1 to 3
   python benchmarks/metrics.py --parts 1 2     # skip the long N = 100,000 run
   python benchmarks/metrics.py --parts 4 --sizes 5000 20000 100000
   python benchmarks/metrics.py --parts 5    # on a GPU: N up to 1,000,000
+  python benchmarks/metrics.py --parts 6    # the report with operating points
 """
 
 import argparse
@@ -363,6 +371,51 @@ def part_device(sizes, repeats):
           'peak ' + (f'{peak / 2**30:.2f} GiB' if peak >= 0 else 'n/a'))
 
 
+# --- 6. The full report, operating points and their intervals included -----
+
+_REPORT = {
+    'exact': ('e = metrics.evaluate_embeddings(z, labels)\n'
+              'metrics.class_bootstrap(e, num_resamples=1000)\n'
+              'report.plot_curves(e, z, labels)\n'),
+    'one-pass': ('e = metrics.evaluate_embeddings(z, labels, engine="histogram")\n'
+                 'metrics.class_bootstrap(e, num_resamples=1000)\n'
+                 'report.plot_curves(e, z, labels)\n'),
+    'one-pass + operating points': (
+        'e = metrics.evaluate_embeddings(z, labels, engine="histogram",\n'
+        '                                keep_histograms=True)\n'
+        'metrics.class_bootstrap(e, num_resamples=1000)\n'
+        'report.plot_curves(e, z, labels)\n'
+        'h = e.histograms\n'
+        'advanced.operating_points_from_histograms(h, e.curves.classes)\n'
+        'advanced.operating_point_intervals(h, num_resamples=1000)\n'),
+}
+
+
+def part_report(n, dim):
+  seconds = {}
+  for name, work in _REPORT.items():
+    code = ('import resource, sys, time\n'
+            'sys.path.insert(0, "benchmarks")\n'
+            'from metrics import clustered\n'
+            'from tcm_jax import metrics, report\n'
+            'from tcm_jax.metrics import advanced\n'
+            f'z, labels = clustered({n}, {dim}, seed=2)\n'
+            'start = time.perf_counter()\n' + work +
+            'print(time.perf_counter() - start,\n'
+            '      resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n')
+    out = subprocess.run([sys.executable, '-c', code], check=True,
+                         capture_output=True, text=True).stdout.split()
+    seconds[name], peak = float(out[0]), int(out[1]) * 1024
+    print(f'6. N = {n}: {name}: {seconds[name]:.1f} s, peak RSS '
+          f'{peak / 2**30:.2f} GiB (target < 2 GB: '
+          f'{"ok" if peak < 2e9 else "MISSED"})')
+  ratio = seconds['one-pass + operating points'] / seconds['one-pass']
+  print(f'6. operating points and intervals: {ratio:.2f}x the one-pass report '
+        f'(target <= 1.2x: {"ok" if ratio <= 1.2 else "MISSED"}), '
+        f'{seconds["one-pass + operating points"] / seconds["exact"]:.2f}x '
+        'the two-pass one')
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--parts', type=int, nargs='+', default=[1, 2, 3])
@@ -380,6 +433,8 @@ def main():
                            'the others are compared with them)')
   parser.add_argument('--device_sizes', type=int, nargs='+',
                       default=[100_000, 1_000_000], help='the N of part 5')
+  parser.add_argument('--report_size', type=int, default=100_000,
+                      help='the N of part 6')
   parser.add_argument('--block_sizes', type=int, nargs='+', default=[None],
                       help='query rows per block in part 1 (default: the '
                            "library's, about 2**21 similarities per block on "
@@ -402,6 +457,8 @@ def main():
     part_peers(args.sizes, args.repeats, args.contenders)
   if 5 in args.parts:
     part_device(args.device_sizes, args.repeats)
+  if 6 in args.parts:
+    part_report(args.report_size, 128)
 
 
 if __name__ == '__main__':
