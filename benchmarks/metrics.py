@@ -386,7 +386,7 @@ _REPORT = {
         'metrics.class_bootstrap(e, num_resamples=1000)\n'
         'report.plot_curves(e, z, labels)\n'
         'h = e.histograms\n'
-        'advanced.operating_points_from_histograms(h, e.curves.classes)\n'
+        'advanced.operating_points_from_histograms(h)\n'
         'advanced.operating_point_intervals(h, num_resamples=1000)\n'),
 }
 

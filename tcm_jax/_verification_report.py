@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from absl import logging
 import numpy as np
 
 from tcm_jax import metrics
@@ -158,3 +159,41 @@ def write_verification(out_dir: str, points: metrics.OperatingPoints,
     extra['calibration_transfer'] = transfer.to_dict()
     lines += _transfer_lines(transfer, calibration_name)
   return extra, '\n' + '\n'.join(lines)
+
+
+def final_verification(config, embeddings, labels, calibration, extra,
+                       histograms):
+  """The operating points at `eval.fars` (None without), their intervals
+  added to `extra['bootstrap']`, and the transfer from `calibration`."""
+  fars = tuple(config.eval.get('fars', ()))  # configs saved before it
+  if not fars:
+    return None
+  source = advanced.source_from_embeddings(embeddings, labels)
+  if not advanced.histograms_fit(source):
+    logging.warning('The operating points are left out of the report: the '
+                    'histograms of every pair of %d classes do not fit in '
+                    'memory (eval.fars=() says so).', source.num_classes)
+    return None
+  arrays = None if calibration is None else dict(
+      zip(('embeddings', 'labels'), calibration))
+  try:
+    histograms, points, transfer = measure(
+        source, fars, config.eval.target_far, arrays,
+        'the validation classes', None, None, histograms)
+  except ValueError as e:  # the validation classes cannot calibrate
+    if arrays is None:
+      raise
+    logging.warning('The calibration transfer from the validation classes '
+                    'is left out of the report: %s', e)
+    histograms, points, transfer = measure(
+        source, fars, config.eval.target_far, None, '', None, None,
+        histograms)
+  if config.eval.bootstrap_resamples:
+    intervals = advanced.operating_point_intervals(
+        histograms, fars=fars, target_far=config.eval.target_far,
+        num_resamples=config.eval.bootstrap_resamples,
+        confidence=config.eval.bootstrap_confidence, seed=0)
+    extra['bootstrap']['intervals'].update(
+        {name: {'low': i.low, 'high': i.high, 'std': i.std}
+         for name, i in intervals.items()})
+  return points, transfer

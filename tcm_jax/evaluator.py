@@ -35,7 +35,6 @@ from tcm_jax import writers
 from tcm_jax.data import datasets
 from tcm_jax.data import inputs as inputs_lib
 from tcm_jax.data import pipeline
-from tcm_jax.metrics import advanced
 
 _PCA_SAMPLE = 10000  # training images the raw-input baseline's PCA is fit on
 
@@ -346,36 +345,12 @@ def _evaluate_on_process_0(config, workdir, embeddings, labels, tcm_margins,
         'over': 'classes',
         'intervals': {name: {'low': i.low, 'high': i.high, 'std': i.std}
                       for name, i in intervals.items()}}
-  verification = _verification(config, embeddings, labels, calibration,
-                               extra, evaluation.histograms)
+  verification = _verification_report.final_verification(
+      config, embeddings, labels, calibration, extra, evaluation.histograms)
   values = evaluation_metrics(evaluation)
   check_finite_metrics(values, workdir)
   return FinalEvaluation(values, evaluation, wide, extra,
                          verification=verification)
-
-
-def _verification(config, embeddings, labels, calibration, extra,
-                  histograms):
-  """The operating points at `eval.fars` (None without), their intervals
-  added to `extra['bootstrap']`, and the transfer from `calibration`."""
-  fars = tuple(config.eval.get('fars', ()))  # configs saved before it
-  if not fars:
-    return None
-  histograms, points, transfer = _verification_report.measure(
-      advanced.source_from_embeddings(embeddings, labels), fars,
-      config.eval.target_far,
-      None if calibration is None else dict(zip(('embeddings', 'labels'),
-                                                calibration)),
-      'the validation classes', None, None, histograms)
-  if config.eval.bootstrap_resamples:
-    intervals = advanced.operating_point_intervals(
-        histograms, fars=fars, target_far=config.eval.target_far,
-        num_resamples=config.eval.bootstrap_resamples,
-        confidence=config.eval.bootstrap_confidence, seed=0)
-    extra['bootstrap']['intervals'].update(
-        {name: {'low': i.low, 'high': i.high, 'std': i.std}
-         for name, i in intervals.items()})
-  return points, transfer
 
 
 def check_finite_embeddings(embeddings: np.ndarray, workdir: str) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -114,6 +115,10 @@ def evaluate_arrays(arrays: dict[str, np.ndarray], out_dir: str, *,
       bar.close()
       bar = _ProgressBar('plotting')
     wide = _wide_curves(source, evaluation, bar)
+    if fars is not None and not advanced.histograms_fit(source):
+      warnings.warn(f'the operating points of {source.num_classes} classes '
+                    'are left out: their histograms do not fit in memory.')
+      fars = None
     if fars is not None:
       if bar is not None:
         bar.close()

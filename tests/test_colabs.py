@@ -67,8 +67,9 @@ SMALL = {
 FIGURES = {
     # the hard pairs' histogram, the training curves, the utility curves
     'tcm_loss_quickstart': 3,
-    # the toy embeddings, the utility curves, FAR/FRR per class, the report's
-    'measure_threshold_consistency': 4,
+    # the toy embeddings, the utility curves, FAR/FRR per class, the DET
+    # curve, the calibration transfer, the report's
+    'measure_threshold_consistency': 6,
     # the densities on the circle, the utility curves
     'digits_toy': 2,
     # the training curves, the report's utility curves
@@ -88,6 +89,11 @@ EXPECTED_OUTPUT = {
         rf'^0.1-OPIS: {_NUMBER}$',
         rf'^per-class FRR: worst {_NUMBER}, best {_NUMBER}',
         r'^\| class \| mean utility \| FAR \| FRR \|$',
+        rf'^TAR@FAR=0.01: {_NUMBER} \(threshold',
+        rf'^EER {_NUMBER} at distance {_NUMBER}; ROC AUC {_NUMBER}$',
+        rf'^target FAR 0.01: reached {_NUMBER} \+- {_NUMBER} over 2 folds',
+        rf'^opis: {_NUMBER}, 95% interval \[{_NUMBER}, {_NUMBER}\]$',
+        rf'^eer: {_NUMBER}, 95% interval',
     ],
     'digits_toy': [
         r'^metric +ArcFace +ArcFace \+ TCM$',

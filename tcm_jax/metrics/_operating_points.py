@@ -11,21 +11,25 @@ in distance), so every rate is exact at the grid edges where it is read:
 - the curves: `FAR` and `TAR` at every grid edge where either changes (the
   ROC and DET curves);
 - TAR at a FAR: the threshold is the first grid edge at which the global FAR
-  reaches the target (the convention of `calibrate_threshold`: the FAR reached
-  is at least the target, above it only by the negatives of the last bin,
-  and is reported), and the TAR there. A target is resolvable only when the
-  set has at least `min_false_accepts` negative pairs within it
-  (`target * negatives >= min_false_accepts`; default 30, Doddington's "rule
-  of 30": 30 errors put the observed rate within about 30% of the true one
-  with 90% confidence). Leave-one-out sets count each pair twice (both
-  orders): 30 ordered pairs are 15 distinct ones;
+  reaches the target (the one-pass engine's global threshold; the FAR
+  reached is at least the target, above it only by the negatives of the
+  last bin, and is reported), and the TAR there. A target is resolvable only
+  when the set has at least `min_false_accepts` negative pairs within it
+  (`target * negatives >= min_false_accepts`, default 30, after Doddington's
+  "rule of 30": 30 independent errors put the observed rate within about 30%
+  of the true one with 90% confidence). Pairs are counted as everywhere
+  here, ordered: with the queries as references each pair counts twice, so
+  30 are 15 distinct pairs (pass `min_false_accepts=60` for the rule's
+  guarantee there);
 - the equal error rate: where the FAR and FRR curves, linear between
   consecutive grid edges, cross;
 - ROC AUC: the area under the TAR-against-FAR curve through every grid edge,
   which is the probability that a positive pair is nearer than a negative
   one, pairs in the same bin counting one half;
 - per class: its FAR and FRR at the global threshold, and its own threshold,
-  the first grid edge at which the class's own FAR reaches the target.
+  the first grid edge at which the class's own FAR reaches the target (no
+  resolvability rule per class: a small class's own threshold is coarse,
+  and the spread's min and max come from such classes first).
 """
 
 from __future__ import annotations
@@ -131,9 +135,19 @@ class OperatingPoints:
     }
 
 
+def resolvable(target: float, negatives: int, min_false_accepts: int) -> bool:
+  """Whether `negatives` pairs resolve a target FAR: `target * negatives >=
+  min_false_accepts`, a product within float rounding of it counting as
+  equal (3e-4 * 100,000 is 29.999999999999996)."""
+  return target * negatives * (1 + 1e-12) >= min_false_accepts
+
+
 def check_fars(fars: Sequence[float], name: str = 'fars'
                ) -> tuple[float, ...]:
-  """Target FARs: a non-empty sequence of distinct rates in (0, 1]."""
+  """Target FARs: a non-empty sequence (or 1-D array) of distinct rates in
+  (0, 1]."""
+  if isinstance(fars, np.ndarray) and fars.ndim == 1:
+    fars = fars.tolist()
   if isinstance(fars, (str, bytes)) or not isinstance(fars, Sequence):
     raise TypeError(f'{name} must be a sequence of false-accept rates, got '
                     f'{fars!r}.')
@@ -247,7 +261,7 @@ def _tar_at_far(negative, pos_cumsum, targets,
   num_positive = max(int(pos_cumsum[-1]), 1)
   points = []
   for target in targets:
-    if target * num_negative < min_false_accepts:
+    if not resolvable(target, num_negative, min_false_accepts):
       points.append(TarAtFar(target, False, None, None, None))
       continue
     edge = _threshold.quantile_bin(negative, target)
@@ -259,17 +273,17 @@ def _tar_at_far(negative, pos_cumsum, targets,
   return tuple(points)
 
 
-def class_thresholds(negative: np.ndarray, target_far: float) -> np.ndarray:
-  """`[classes]` int64: each row's first grid edge at which its own FAR
-  reaches `target_far` (every row with a negative pair)."""
-  totals = negative.sum(axis=1, dtype=np.int64)
-  needed = np.maximum(1, np.ceil(target_far * totals * (1 - 1e-12)))
-  out = np.empty(len(negative), np.int64)
-  for first in range(0, len(negative), 256):  # [256, bins] at a time
-    rows = negative[first:first + 256].astype(np.int64)
-    np.cumsum(rows, axis=1, out=rows)
-    out[first:first + 256] = np.sum(
-        rows < needed[first:first + 256, None], axis=1)
+def class_thresholds(negative: np.ndarray, rows: np.ndarray,
+                     target_far: float) -> np.ndarray:
+  """`[len(rows)]` int64: each row's (of `negative`, by index) first grid
+  edge at which its own FAR reaches `target_far` (rows with a negative)."""
+  out = np.empty(len(rows), np.int64)
+  for first in range(0, len(rows), 256):  # [256, bins] at a time
+    counts = negative[rows[first:first + 256]].astype(np.int64)
+    needed = np.maximum(1, np.ceil(target_far * counts.sum(axis=1)
+                                   * (1 - 1e-12)))
+    np.cumsum(counts, axis=1, out=counts)
+    out[first:first + 256] = np.sum(counts < needed[:, None], axis=1)
   return out
 
 
@@ -323,6 +337,10 @@ def operating_points_from_histograms(histograms: _histograms.PairHistograms,
                                         min_false_accepts, 1)
   positive, negative = global_counts(histograms)
   mask = class_mask(histograms)
+  if classes is not None and len(classes) != len(mask):
+    raise ValueError(
+        f'classes must label the histograms\' {len(mask)} rows, got '
+        f'{len(classes)} labels.')
   pos_cumsum, neg_cumsum = np.cumsum(positive), np.cumsum(negative)
   num_positive, num_negative = int(pos_cumsum[-1]), int(neg_cumsum[-1])
   changes = np.flatnonzero((positive > 0) | (negative > 0))
@@ -332,7 +350,8 @@ def operating_points_from_histograms(histograms: _histograms.PairHistograms,
   eer, eer_threshold = equal_error_rate(far, 1.0 - tar, changes)
 
   own = _histograms.edge_distances(
-      class_thresholds(histograms.negative[mask], target_far))
+      class_thresholds(histograms.negative, np.flatnonzero(mask),
+                       target_far))
   return OperatingPoints(
       thresholds=edges, far=far, tar=tar,
       tar_at_far=_tar_at_far(negative, pos_cumsum, fars, min_false_accepts),
@@ -348,6 +367,26 @@ def operating_points_from_histograms(histograms: _histograms.PairHistograms,
       class_threshold=own, class_threshold_spread={
           'min': float(own.min()), 'max': float(own.max()),
           'std': float(np.std(own))})
+
+
+def histogram_bytes(source: _pair_counts.PairSource) -> int:
+  """The memory of `pair_histograms(source)`."""
+  return (2 * source.num_classes * (_histograms.LAST_BIN + 2)
+          * np.dtype(_one_pass.count_dtype(source)).itemsize)
+
+
+def fits(source: _pair_counts.PairSource) -> bool:
+  """Whether `pair_histograms(source)` is within the engine's memory limit
+  (4 GiB: about 16,000 classes).
+
+  Examples:
+    >>> import numpy as np
+    >>> from tcm_jax.metrics import advanced
+    >>> z = np.eye(4) + 0.1
+    >>> advanced.histograms_fit(advanced.source_from_embeddings(z, [0, 0, 1, 1]))
+    True
+  """
+  return histogram_bytes(source) <= _one_pass.MAX_HISTOGRAM_BYTES
 
 
 def pair_histograms(source: _pair_counts.PairSource, *,
@@ -375,7 +414,14 @@ def pair_histograms(source: _pair_counts.PairSource, *,
   """
   _evaluation.check_options(product=product)
   product = product or _evaluation.default_product()
-  _one_pass.check_histogram_size(source, _histograms.LAST_BIN)
+  if not fits(source):
+    raise ValueError(
+        f'the histograms of every pair of {source.num_classes} classes need '
+        f'{histogram_bytes(source) / 2**30:.1f} GiB (over '
+        f'{_one_pass.MAX_HISTOGRAM_BYTES / 2**30:g} GiB): evaluate the '
+        'operating points of fewer classes at a time (e.g. a PairAccumulator '
+        'over query batches of a few classes), or leave them out (fars=(), '
+        'eval.fars=(), --fars=).')
   run = _one_pass.numpy_pass if product == 'numpy' else _one_pass.jax_pass
   return run(source, _retrieval.plan(source, (1,)), _histograms.LAST_BIN,
              progress).histograms
@@ -433,6 +479,7 @@ def operating_points(embeddings, labels, ref_embeddings=None,
   """
   fars = check_fars(fars)
   _checks.check_far('target_far', target_far)
+  _checks.check_int('min_false_accepts', min_false_accepts, 1)
   source = _pair_counts.source_from_embeddings(embeddings, labels,
                                                ref_embeddings, ref_labels)
   _pair_counts.check_enough_classes(source)

@@ -1,20 +1,24 @@
 """Bootstrap intervals over classes of the operating points.
 
-The population is the query classes of the histograms' rows (every class
-with a pair, singletons included: their negatives count in the global FAR).
-Resample `b` draws them with replacement, rows
-`bootstrap_indices(n, num_resamples, seed)[b]`; its global histograms are
-the drawn rows summed, each as often as drawn, and every statistic is
+The population is the evaluated classes (a positive and a negative pair
+each), the same as `class_bootstrap`'s: resample `b` draws them with
+replacement, rows `bootstrap_indices(n, num_resamples, seed)[b]` (for an
+`Evaluation` of the same set and seed, the very classes `class_bootstrap`
+draws). Classes with no positive pair (a single sample) are held fixed:
+their negatives count once in every resample, as in the global FAR. Each
+resample's global histograms are the drawn rows summed, each as often as
+drawn, plus the fixed ones, and every statistic is
 recomputed from them exactly as `operating_points_from_histograms` does:
 TAR at each resolvable target FAR, the global threshold at `target_far`, the
 EER and the ROC AUC. The percentile interval of the resampled values is
 `Interval`'s (see `class_bootstrap`).
 
-Cost: `2 x num_resamples x classes x bins` multiply-adds (the drawn rows
-summed as one matrix product per chunk of resamples, over the bins between
-the nearest and the farthest pair, in float32 while that is exact): 4 s
-for 1,000 resamples of 1,400 classes with every bin of the grid occupied,
-on 2 CPU cores.
+Cost: `2 x num_resamples x classes x bins` multiply-adds (every resample's
+histograms as matrix products of the draws with 256 classes' rows at a
+time, over the bins between the nearest and the farthest pair, in float32
+while that is exact): 4 s for 1,000 resamples of 1,400 classes with every
+bin of the grid occupied, on 2 CPU cores; memory `2 x num_resamples x bins`
+sums (0.2 GiB for 1,000 resamples over 26,000 bins).
 """
 
 from __future__ import annotations
@@ -32,31 +36,25 @@ from tcm_jax.metrics import _operating_points
 _RESAMPLES_AT_ONCE = 64
 
 
-def resampled_statistics(positive: np.ndarray, negative: np.ndarray,
-                         weights: np.ndarray, first_bin: int,
+def resampled_statistics(pos: np.ndarray, neg: np.ndarray, first_bin: int,
                          targets: Sequence[float], target_far: float
                          ) -> dict[str, np.ndarray]:
-  """Each statistic of each weighting of the class rows.
+  """Each statistic of each resample's global histograms.
 
   Args:
-    positive: `[classes, bins]` positive pairs by bin, from `first_bin`.
-    negative: `[classes, bins]` negative pairs by bin.
-    weights: `[B, classes]` how often each class is drawn.
+    pos: `[B, bins]` float64 positive pairs by bin, from `first_bin`.
+    neg: `[B, bins]` float64 negative pairs by bin.
     first_bin: the grid bin of column 0.
     targets: target FARs of `tar_at_<far>`.
-    target_far: the FAR of `threshold`.
+    target_far: the FAR of `global_threshold`.
 
   Returns:
     `{'tar_at_<far>' for each target, 'global_threshold', 'eer', 'auc'}`
     to `[B]`.
   """
-  # [B, bins]: the resamples' global histograms (exact in the products'
-  # dtype), summed on in float64.
-  pos = (weights @ positive).astype(np.float64)
-  neg = (weights @ negative).astype(np.float64)
   pos_cum, neg_cum = np.cumsum(pos, axis=1), np.cumsum(neg, axis=1)
   pos_total, neg_total = pos_cum[:, -1], neg_cum[:, -1]
-  rows = np.arange(len(weights))
+  rows = np.arange(len(pos))
 
   def edge_at(far):  # first column where the FAR reaches `far`
     needed = np.maximum(1, np.ceil(far * neg_total * (1 - 1e-12)))
@@ -111,7 +109,8 @@ def operating_point_intervals(histograms: _histograms.PairHistograms, *,
 
   Raises:
     BeyondCutError: pairs past the histograms' cut.
-    ValueError: fewer than two classes with a pair, a bad argument.
+    ValueError: fewer than two classes with a positive and a negative pair,
+      a bad argument.
 
   Examples:
     >>> import numpy as np
@@ -135,38 +134,39 @@ def operating_point_intervals(histograms: _histograms.PairHistograms, *,
                                         min_false_accepts, 1)
   _checks.check_fraction('confidence', confidence)
   positive, negative = _operating_points.global_counts(histograms)
+  mask = _operating_points.class_mask(histograms)
   occupied = np.flatnonzero((positive > 0) | (negative > 0))
   first, last = int(occupied[0]), int(occupied[-1]) + 1
-  has_pairs = (histograms.positive.sum(axis=1)
-               + histograms.negative.sum(axis=1)) > 0
-  pos_rows = histograms.positive[has_pairs, first:last].astype(np.float32)
-  neg_rows = histograms.negative[has_pairs, first:last].astype(np.float32)
-  largest = max(int(histograms.positive.sum(axis=0).max()),
-                int(histograms.negative.sum(axis=0).max()))
-  resolved = [t for t in targets
-              if t * negative.sum() >= min_false_accepts]
-  indices = _bootstrap.bootstrap_indices(len(pos_rows), num_resamples, seed)
-  wide = []  # the rows in float64, made when a chunk needs them
-
-  def statistics(weights):
-    # float32 products are exact while every sum stays below 2**24: twice
-    # as fast as float64.
-    if weights.max() * largest < 2**24:
-      return resampled_statistics(pos_rows, neg_rows,
-                                  weights.astype(np.float32), first,
-                                  resolved, target_far)
-    if not wide:
-      wide.extend(h[has_pairs, first:last].astype(np.float64)
-                  for h in (histograms.positive, histograms.negative))
-    return resampled_statistics(*wide, weights, first, resolved, target_far)
-
-  estimate = statistics(np.ones((1, len(pos_rows))))
-  chunks = []
-  for start in range(0, len(indices), _RESAMPLES_AT_ONCE):
-    drawn = indices[start:start + _RESAMPLES_AT_ONCE]
-    weights = np.zeros((len(drawn), len(pos_rows)))
-    np.add.at(weights, (np.arange(len(drawn))[:, None], drawn), 1.0)
-    chunks.append(statistics(weights))
+  resolved = [t for t in targets if _operating_points.resolvable(
+      t, int(negative.sum()), min_false_accepts)]
+  rows = np.flatnonzero(mask)
+  indices = _bootstrap.bootstrap_indices(len(rows), num_resamples, seed)
+  weights = np.zeros((len(indices), len(rows)), np.float32)
+  np.add.at(weights, (np.arange(len(indices))[:, None], indices), 1.0)
+  # [B, bins]: every resample's global histograms, summed 256 classes at a
+  # time; float32 products and sums are exact while every sum stays below
+  # 2**24 (twice as fast as float64).
+  largest = max(int(positive.max()), int(negative.max()))
+  dtype = (np.float32 if float(weights.max(initial=1)) * largest < 2**24
+           else np.float64)
+  pos = np.zeros((len(indices), last - first), dtype)
+  neg = np.zeros((len(indices), last - first), dtype)
+  for start in range(0, len(rows), 256):
+    chunk = rows[start:start + 256]
+    drawn = weights[:, start:start + 256].astype(dtype)
+    pos += drawn @ histograms.positive[chunk, first:last].astype(dtype)
+    neg += drawn @ histograms.negative[chunk, first:last].astype(dtype)
+  fixed = histograms.negative[~mask, first:last].sum(axis=0,
+                                                     dtype=np.float64)
+  estimate = resampled_statistics(
+      positive[None, first:last].astype(np.float64),
+      negative[None, first:last].astype(np.float64), first, resolved,
+      target_far)
+  chunks = [resampled_statistics(
+      pos[start:start + _RESAMPLES_AT_ONCE].astype(np.float64),
+      neg[start:start + _RESAMPLES_AT_ONCE].astype(np.float64) + fixed,
+      first, resolved, target_far)
+            for start in range(0, len(indices), _RESAMPLES_AT_ONCE)]
   return {name: _bootstrap.percentile_interval(
       float(estimate[name][0]),
       np.concatenate([chunk[name] for chunk in chunks]), confidence)

@@ -4,8 +4,10 @@ A deployed threshold is chosen on the data at hand (a calibration set) and
 then serves other data: other classes, other customers. Whether it still
 meets its target is the question of threshold consistency across sets. Here
 the threshold at each target FAR is the first grid edge (2**-14 in distance)
-at which the calibration set's global FAR reaches the target (the convention
-of `calibrate_threshold` and `operating_points`), and the evaluated set's
+at which the calibration set's global FAR reaches the target (as in
+`operating_points`; `calibrate_threshold(..., calibration=...)` uses the
+exact engine's midpoint of a fine bin instead, whose FAR may fall short of
+the target by the pairs of half a bin), and the evaluated set's
 FAR and FRR are counted exactly at it, globally and per class.
 
 - `calibration_transfer`: a calibration set and an evaluated set (e.g. the
@@ -75,10 +77,6 @@ class CalibrationTransfer:
             'min_false_accepts': self.min_false_accepts}
 
 
-def _resolvable(target: float, negatives: int, min_false_accepts: int):
-  return target * negatives >= min_false_accepts
-
-
 def transfer_from_histograms(calibration: _histograms.PairHistograms,
                              evaluated: _histograms.PairHistograms,
                              classes: np.ndarray | None = None, *,
@@ -92,6 +90,7 @@ def transfer_from_histograms(calibration: _histograms.PairHistograms,
     calibration: the histograms the thresholds are chosen on.
     evaluated: the histograms they are measured on.
     classes: `[classes]` labels of `evaluated`'s rows (default: indices).
+      The calibration set's classes are its own: they need not match.
     target_fars: the global FARs to meet, each in (0, 1].
     min_false_accepts: calibration negatives a target must hold.
 
@@ -119,11 +118,15 @@ def transfer_from_histograms(calibration: _histograms.PairHistograms,
                                         min_false_accepts, 1)
   mask = _operating_points.class_mask(evaluated, 'the evaluated set')
   _operating_points.class_mask(calibration, 'the calibration set')
+  if classes is not None and len(classes) != len(mask):
+    raise ValueError(
+        f"classes must label the evaluated histograms' {len(mask)} rows, "
+        f'got {len(classes)} labels.')
   negatives = calibration.global_negatives()
   num_negatives = int(negatives.sum())
   points = []
   for target in targets:
-    if not _resolvable(target, num_negatives, min_false_accepts):
+    if not _operating_points.resolvable(target, num_negatives, min_false_accepts):
       points.append(None)
       continue
     edge = calibration.far_edge(target)
@@ -190,6 +193,7 @@ def calibration_transfer(embeddings, labels, calibration_embeddings,
     0.010 True
   """
   targets = _operating_points.check_fars(target_fars, 'target_fars')
+  _checks.check_int('min_false_accepts', min_false_accepts, 1)
   evaluated = _pair_counts.source_from_embeddings(embeddings, labels)
   calibration = _pair_counts.source_from_embeddings(
       calibration_embeddings, calibration_labels)
@@ -342,7 +346,7 @@ def fold_transfer(embeddings, labels, *, folds: int = 10,
   pools = negatives.sum(axis=0) - negatives  # [folds, bins]
   smallest = int(pools.sum(axis=1).min())
   kept = tuple(t for t in targets
-               if _resolvable(t, smallest, min_false_accepts))
+               if _operating_points.resolvable(t, smallest, min_false_accepts))
   if not kept:
     raise ValueError(
         f'no target in target_fars={targets} is resolved: the smallest '

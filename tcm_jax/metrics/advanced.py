@@ -32,6 +32,7 @@ from tcm_jax.metrics._evaluation import evaluate_source
 from tcm_jax.metrics._histograms import PairHistograms
 from tcm_jax.metrics._operating_points import (
     operating_points_from_histograms)
+from tcm_jax.metrics._operating_points import fits as histograms_fit
 from tcm_jax.metrics._operating_points import pair_histograms
 from tcm_jax.metrics._opis import curves_from_counts
 from tcm_jax.metrics._point_intervals import operating_point_intervals
@@ -56,6 +57,7 @@ __all__ = [
     'class_counts',
     'curves_from_counts',
     'evaluate_source',
+    'histograms_fit',
     'negative_histogram',
     'operating_point_intervals',
     'operating_points_from_histograms',

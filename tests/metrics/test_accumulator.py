@@ -86,19 +86,27 @@ def test_states_of_different_classes_merge_by_label():
   first, second = labels < 3, labels >= 3
   one = PairAccumulator.empty().update(z[first], labels[first], z, labels)
   two = PairAccumulator.empty().update(z[second], labels[second], z, labels)
-  # Each block's classes are those its queries and references hold (all
-  # six here); a class without a query in a block has empty rows there.
+  # Each block's rows are those of its queries' classes.
+  assert one.classes.tolist() == [0, 1, 2]
+  assert two.classes.tolist() == [3, 4, 5]
   merged = two.merge(one)
   np.testing.assert_array_equal(merged.classes, np.arange(6))
   both = PairAccumulator.empty().update(z, labels, z, labels)
   np.testing.assert_array_equal(merged.negative, both.negative)
+  np.testing.assert_array_equal(merged.positive, both.positive)
   lone = PairAccumulator.empty().update(z[labels == 5], labels[labels == 5],
                                         z[labels != 0], labels[labels != 0])
-  assert lone.classes.tolist() == [1, 2, 3, 4, 5]
+  assert lone.classes.tolist() == [5]
   mixed = lone.merge(one)
-  assert mixed.classes.tolist() == list(range(6))
-  np.testing.assert_array_equal(mixed.negative[5], lone.negative[4])
-  np.testing.assert_array_equal(mixed.negative[:3], one.negative[:3])
+  assert mixed.classes.tolist() == [0, 1, 2, 5]
+  np.testing.assert_array_equal(mixed.negative[3], lone.negative[0])
+  np.testing.assert_array_equal(mixed.negative[:3], one.negative)
+  # A state within the other's classes, either way round.
+  again = merged.merge(lone)
+  np.testing.assert_array_equal(again.classes, merged.classes)
+  np.testing.assert_array_equal(again.negative[5],
+                                merged.negative[5] + lone.negative[0])
+  np.testing.assert_array_equal(lone.merge(merged).negative, again.negative)
 
 
 def test_a_block_without_references_is_leave_one_out_within_it():

@@ -102,9 +102,8 @@ def test_each_resample_against_brute_force():
   weights = np.stack([np.bincount(rng.integers(0, rows.sum(), rows.sum()),
                                   minlength=rows.sum()) for _ in range(3)])
   got = _point_intervals.resampled_statistics(
-      histograms.positive[:, :-1].astype(float),
-      histograms.negative[:, :-1].astype(float), weights.astype(float), 0,
-      (0.05,), 0.1)
+      weights @ histograms.positive[:, :-1], weights @ histograms.negative[
+          :, :-1], 0, (0.05,), 0.1)
   classes = np.unique(labels)
   for b, weight in enumerate(weights):
     tar, threshold, eer, auc = _brute_force(
@@ -155,14 +154,40 @@ def test_the_interval_covers_a_known_answer_at_its_rate():
 
 
 def test_counts_too_large_for_float32_give_the_same_intervals():
-  # Every count times 2**22: sums past float32's exact integers, so the
-  # products run in float64; the rates, and so the intervals, are the same.
+  # Every count times 2**22 + 1: sums past float32's exact integers (float32
+  # products would be off by about 5e-9), so the products run in float64;
+  # the rates, and so the intervals, are those of the counts as they were.
   small = _known_population(np.random.default_rng(8), 40)
-  large = _histograms.PairHistograms(small.positive * 2**22,
-                                     small.negative * 2**22, small.cut_bin)
+  scale = 2**22 + 1
+  large = _histograms.PairHistograms(small.positive * scale,
+                                     small.negative * scale, small.cut_bin)
   args = dict(fars=(0.25,), num_resamples=30, seed=1)
-  assert (advanced.operating_point_intervals(large, **args)
-          == advanced.operating_point_intervals(small, **args))
+  got = advanced.operating_point_intervals(large, **args)
+  want = advanced.operating_point_intervals(small, **args)
+  for name, interval in want.items():
+    for field in ('estimate', 'low', 'high', 'std'):
+      assert getattr(got[name], field) == pytest.approx(
+          getattr(interval, field), rel=1e-12, abs=1e-15), (name, field)
+
+
+def test_singletons_are_held_fixed_and_the_draws_are_class_bootstrap_s():
+  # Two classes of one sample: no positive pair. A resample of every class
+  # could draw none with a positive (a NaN TAR); they are held fixed instead,
+  # and the draws are those of class_bootstrap over the evaluated classes.
+  labels = np.array([0, 0, 0, 1, 1, 1, 2, 3])
+  z = np.random.default_rng(9).normal(size=(8, 4)) + 2 * np.eye(4)[labels % 4]
+  histograms, _ = _histograms_of(z, labels)
+  intervals = advanced.operating_point_intervals(histograms, fars=(0.1,),
+                                                 num_resamples=200, seed=3)
+  for interval in intervals.values():
+    assert np.isfinite([interval.low, interval.high, interval.std]).all()
+  assert intervals['eer'].estimate == pytest.approx(
+      advanced.operating_points_from_histograms(histograms).eer, abs=1e-12)
+  one_class = _histograms.PairHistograms(
+      histograms.positive * (np.arange(4) == 0)[:, None], histograms.negative,
+      histograms.cut_bin)
+  with pytest.raises(ValueError, match='at least two classes'):
+    advanced.operating_point_intervals(one_class)
 
 
 def test_bad_arguments_are_named():
