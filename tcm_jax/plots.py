@@ -27,8 +27,6 @@ from tcm_jax.metrics import CalibrationRange
 from tcm_jax.metrics import UtilityCurves
 
 __all__ = [
-    'DISTANCE_AXIS',
-    'MAX_CLASS_LINES',
     'embedding_density',
     'plot_calibration_transfer',
     'plot_class_rates',

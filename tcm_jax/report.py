@@ -24,7 +24,7 @@ from tcm_jax import _verification_report
 from tcm_jax import metrics
 from tcm_jax import plots
 from tcm_jax import writers
-from tcm_jax._figure_curves import PLOT_THRESHOLDS
+from tcm_jax import _figure_curves
 from tcm_jax._figure_curves import plot_curves
 from tcm_jax._figure_curves import wide_curves as _wide_curves
 from tcm_jax._npz import load_npz
@@ -39,6 +39,10 @@ __all__ = ['PLOT_THRESHOLDS', 'REPORT_FILES', 'evaluate_arrays', 'load_npz',
            'metric_value', 'paths_text', 'plot_curves', 'report_paths',
            'results_table', 'run_sections', 'run_title', 'worst_classes',
            'write_report']
+
+#: Thresholds of the figure's curves over the distance range [0, 2]: 0.01
+#: apart.
+PLOT_THRESHOLDS = _figure_curves.PLOT_THRESHOLDS
 
 if TYPE_CHECKING:  # in annotations only; the data is not this module's
   import ml_collections
