@@ -180,8 +180,13 @@ class Evaluator:
       ValueError: the split cannot be evaluated (e.g. collapsed embeddings
         have no threshold range).
     """
+    return self.evaluate(*self.embed(state, split))
+
+  def evaluate(self, embeddings: np.ndarray,
+               labels: np.ndarray) -> dict[str, float]:
+    """The metrics of embeddings already made (`evaluation_metrics`)."""
     return evaluation_metrics(metrics.evaluate_embeddings(
-        *self.embed(state, split), **self.kwargs))
+        embeddings, labels, **self.kwargs))
 
 
 def baseline_metrics(config: ml_collections.ConfigDict,

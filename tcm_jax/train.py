@@ -428,7 +428,9 @@ def train_and_evaluate(
       selected = final.metrics
       if final_split is not inputs.selection:
         try:
-          selected = evaluator.run(state, inputs.selection)
+          selected = (evaluator.run(state, inputs.selection)
+                      if calibration is None  # else embedded already
+                      else evaluator.evaluate(*calibration))
         except ValueError as e:  # as at the other steps: the run goes on
           logging.warning('Step %d: the evaluation of %s failed: %s',
                           total_steps, inputs.selection.name, e)

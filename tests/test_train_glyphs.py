@@ -95,8 +95,9 @@ def _recall_at_1(features, labels):
 def test_model_selection_sees_the_validation_classes_and_test_once(
     cache, latin_run):
   workdir, final, embedded = latin_run
-  # Steps 2 and 4 are evaluated on val; the test classes once, at the end.
-  assert embedded == ['glyphs/val', 'glyphs/test', 'glyphs/val']
+  # Steps 2 and 4 are evaluated on val; the test classes once, at the end,
+  # after val (whose embeddings also choose the report's thresholds).
+  assert embedded == ['glyphs/val', 'glyphs/val', 'glyphs/test']
   inputs = inputs_lib.create_inputs(_latin_config(cache))
   train_classes = set(inputs.train.labels.tolist())
   val_classes = set(inputs.val.labels.tolist())
@@ -117,6 +118,11 @@ def test_model_selection_sees_the_validation_classes_and_test_once(
   report = (workdir / 'report.md').read_text()
   assert 'Periodic evaluation used glyphs/val; this evaluation is of test' in report
   assert '## Dataset' in report and 'DejaVu' in report
+  # The report's thresholds are chosen on the validation classes and
+  # measured on the test classes.
+  written = json.loads((workdir / 'metrics.json').read_text())
+  assert written['calibration_transfer']['targets'][-1]['resolvable']
+  assert '## Calibration transfer from the validation classes' in report
   with np.load(workdir / 'embeddings.npz') as saved:
     assert set(saved['labels'].tolist()) == test_classes
   assert final['recall_at_1'] == pytest.approx(
