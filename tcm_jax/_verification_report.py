@@ -58,15 +58,9 @@ def counts_from_histograms(histograms: advanced.PairHistograms,
                            ) -> advanced.ClassCounts:
   """Per-class counts at the grid edges nearest `thresholds` and `extra`,
   from histograms of every pair."""
-  edges = np.array([_histograms.edge_bin(t) for t in [*thresholds, extra]])
-  positive, negative = histograms.accepted(edges)
-  return advanced.ClassCounts(
-      thresholds=_histograms.edge_distances(edges[:-1]),
-      pos_accepted=positive[:, :-1], neg_accepted=negative[:, :-1],
-      pos_total=histograms.positive.sum(axis=1, dtype=np.int64),
-      neg_total=histograms.negative.sum(axis=1, dtype=np.int64),
-      extra_threshold=float(edges[-1] / _histograms.BINS_PER_UNIT),
-      pos_accepted_extra=positive[:, -1], neg_accepted_extra=negative[:, -1])
+  return _histograms.class_counts_at(
+      histograms, [_histograms.edge_bin(t) for t in thresholds],
+      _histograms.edge_bin(extra))
 
 
 def _interval(intervals, name: str) -> str:

@@ -224,13 +224,20 @@ def counts_at_edges(histograms: PairHistograms, far_range, distance_range,
     names = dict(range_name='distance_range')
   edges = snap_thresholds(*calibration_range.distance, num_thresholds,
                           **names)
-  extra = histograms.far_edge(target_far)
-  positive, negative = histograms.accepted(np.append(edges, extra))
-  counts = _pair_counts.ClassCounts(
+  return (class_counts_at(histograms, edges, histograms.far_edge(target_far)),
+          calibration_range)
+
+
+def class_counts_at(histograms: PairHistograms, edges: np.ndarray,
+                    extra_edge: int) -> _pair_counts.ClassCounts:
+  """Per-class counts at grid edges `edges` (ints, increasing) and at one
+  more, `extra_edge`, read off the histograms (edges at most the cut)."""
+  edges = np.asarray(edges, np.int64)
+  positive, negative = histograms.accepted(np.append(edges, extra_edge))
+  return _pair_counts.ClassCounts(
       thresholds=edge_distances(edges),
       pos_accepted=positive[:, :-1], neg_accepted=negative[:, :-1],
-      pos_total=histograms.positive.sum(axis=1),
-      neg_total=histograms.negative.sum(axis=1),
-      extra_threshold=extra / BINS_PER_UNIT,
+      pos_total=histograms.positive.sum(axis=1, dtype=np.int64),
+      neg_total=histograms.negative.sum(axis=1, dtype=np.int64),
+      extra_threshold=extra_edge / BINS_PER_UNIT,
       pos_accepted_extra=positive[:, -1], neg_accepted_extra=negative[:, -1])
-  return counts, calibration_range

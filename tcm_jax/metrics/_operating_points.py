@@ -177,14 +177,8 @@ def measure_at_edge(histograms: _histograms.PairHistograms, edge: int,
   """The global and per-class FAR and FRR of `histograms` at grid edge
   `edge`, as a `ThresholdCalibration` for `target_far` over the classes of
   `mask`."""
-  pos_at, neg_at = histograms.accepted(np.array([edge]))
-  counts = _pair_counts.ClassCounts(
-      thresholds=np.zeros(0, np.float32),
-      pos_accepted=pos_at[:, :0], neg_accepted=neg_at[:, :0],
-      pos_total=histograms.positive.sum(axis=1, dtype=np.int64),
-      neg_total=histograms.negative.sum(axis=1, dtype=np.int64),
-      extra_threshold=edge / _histograms.BINS_PER_UNIT,
-      pos_accepted_extra=pos_at[:, 0], neg_accepted_extra=neg_at[:, 0])
+  counts = _histograms.class_counts_at(histograms, np.zeros(0, np.int64),
+                                       edge)
   return _threshold.calibrate(counts, target_far, mask)
 
 
